@@ -1,0 +1,126 @@
+"""Run configs: a spec, a training recipe and a dataset in one TOML file.
+
+``budgetnas train``, ``count`` and ``reproduce`` read them; ``studies/paper/*.toml`` holds
+the paper's models with the figures it reported (``[paper]``), and ``studies/found/*.toml``
+the searched models with the figures we measured (``[result]``)::
+
+    name = "cnn-100k"
+    dataset = "fashion-mnist"
+
+    [spec]
+    family = "cnn"
+    fc = [25, 50]
+    [[spec.conv]]
+    out_channels = 40
+    kernel_size = 3
+    padding = 1
+    pool = 2          # 0 = no pooling
+    batch_norm = false
+
+    [recipe]          # any Recipe field; omitted ones take the paper's defaults
+    epochs = 20
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from budgetnas.data import check_dataset_name
+from budgetnas.errors import UsageError
+from budgetnas.spec import Spec, spec_from_dict
+from budgetnas.trainer import Recipe
+
+_KEYS = ("name", "description", "dataset", "spec", "recipe", "paper", "result")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What to train and how. ``paper`` and ``result`` are free-form tables of reported figures."""
+
+    name: str
+    spec: Spec
+    recipe: Recipe = Recipe()
+    dataset: str = "fashion-mnist"
+    description: str = ""
+    paper: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name}
+        if self.description:
+            data["description"] = self.description
+        data["dataset"] = self.dataset
+        data["spec"] = _toml_safe(self.spec.to_dict())
+        data["recipe"] = self.recipe.to_dict()
+        if self.paper:
+            data["paper"] = dict(self.paper)
+        if self.result:
+            data["result"] = _toml_safe(dict(self.result))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, default_name: str = "config") -> "RunConfig":
+        unknown = sorted(set(data) - set(_KEYS))
+        if unknown:
+            raise UsageError(f"unknown key(s) {', '.join(unknown)} in config; allowed: {', '.join(_KEYS)}")
+        if "spec" not in data:
+            raise UsageError("config has no [spec] table; see studies/paper/*.toml for examples")
+        for key in ("recipe", "paper", "result"):
+            if key in data and not isinstance(data[key], dict):
+                raise UsageError(f"config key {key!r} must be a table, got {type(data[key]).__name__}")
+        for key in ("name", "description", "dataset"):
+            if key in data and not isinstance(data[key], str):
+                raise UsageError(f"config key {key!r} must be a string, got {data[key]!r}")
+        return cls(
+            name=data.get("name", default_name),
+            description=data.get("description", ""),
+            dataset=check_dataset_name(data.get("dataset", "fashion-mnist")),
+            spec=spec_from_dict(data["spec"]),
+            recipe=Recipe.from_dict(data.get("recipe", {})),
+            paper=dict(data.get("paper", {})),
+            result=dict(data.get("result", {})),
+        )
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a run config; every problem is a one-line :class:`UsageError` naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        return RunConfig.from_dict(data, default_name=path.stem)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+def save_config(config: RunConfig, path: str | Path, header: str = "") -> Path:
+    """Write ``config`` as TOML (with an optional ``#`` comment header)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = tomli_w.dumps(config.to_dict())
+    comment = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines()) if header else ""
+    path.write_text(comment + ("\n" if comment else "") + body, encoding="utf-8")
+    return path
+
+
+def _toml_safe(value: Any) -> Any:
+    """TOML has no null: drop None values (pool=None becomes pool=0, its TOML spelling)."""
+    if isinstance(value, dict):
+        return {k: (0 if k == "pool" and v is None else _toml_safe(v)) for k, v in value.items()
+                if v is not None or k == "pool"}
+    if isinstance(value, (list, tuple)):
+        return [_toml_safe(v) for v in value]
+    return value

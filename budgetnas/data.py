@@ -1,0 +1,233 @@
+"""Datasets, loaded once into compact in-memory tensors.
+
+Images stay ``uint8`` (N, C, H, W) until the trainer converts them once to normalised
+floats on the training device; labels are ``int64``. The training set is split 90/10
+into train and validation with a stratified, seeded split (scikit-learn), as in the
+paper. The test split is only read when asked for (``with_test=True``): the search never
+asks, so it cannot select on test data.
+
+Data root: the ``root`` argument, else ``$BUDGETNAS_DATA``, else ``./data``. torchvision
+datasets are read from there in torchvision's own layout; they are downloaded only when
+missing, and a failed download (no network) raises :class:`DataError` saying where to
+put the files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from budgetnas.errors import DataError
+
+DATA_ENV = "BUDGETNAS_DATA"
+
+# name -> (torchvision class, folder torchvision reads, class names)
+_TORCHVISION = {
+    "fashion-mnist": ("FashionMNIST", "FashionMNIST/raw",
+                      ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
+    "mnist": ("MNIST", "MNIST/raw", tuple(str(i) for i in range(10))),
+    "kmnist": ("KMNIST", "KMNIST/raw", ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py",
+                ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")),
+}
+DATASETS = tuple(_TORCHVISION) + ("npz:PATH",)
+
+
+@dataclass
+class Split:
+    """Images as uint8 (N, C, H, W) and labels as int64 (N,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass
+class Data:
+    """A dataset split into train / validation (and test when requested)."""
+
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train: Split
+    val: Split
+    test: Split | None = None
+
+    def require_test(self) -> Split:
+        if self.test is None:
+            raise DataError("this dataset was loaded without its test split; load it with with_test=True")
+        return self.test
+
+
+def resolve_root(root: str | os.PathLike | None) -> Path:
+    """The data root: the given one, else $BUDGETNAS_DATA, else ./data."""
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get(DATA_ENV)
+    return Path(env).expanduser() if env else Path("data")
+
+
+def check_dataset_name(name: str) -> str:
+    if name in _TORCHVISION or name.startswith("npz:"):
+        return name
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def load_dataset(name: str = "fashion-mnist", root: str | os.PathLike | None = None, *,
+                 val_fraction: float = 0.1, seed: int = 0, with_test: bool = False,
+                 subset: int | None = None, download: bool = True) -> Data:
+    """Load ``name`` into memory and split it.
+
+    ``subset`` keeps a stratified sample of that many training images (and at most as many
+    test images), for quick runs and tests; the validation split is taken from it.
+    """
+    check_dataset_name(name)
+    if name.startswith("npz:"):
+        x_train, y_train, x_test, y_test, classes = _load_npz(Path(name[4:]).expanduser())
+    else:
+        x_train, y_train, x_test, y_test, classes = _load_torchvision(name, resolve_root(root), download)
+    num_classes = len(classes)
+    if subset is not None:
+        if subset < 20:
+            raise DataError(f"subset must be at least 20 images, got {subset}")
+        x_train, y_train = _stratified_take(x_train, y_train, subset, seed)
+        x_test, y_test = _stratified_take(x_test, y_test, subset, seed)
+    train_idx, val_idx = _split_indices(y_train, val_fraction, seed)
+    train = Split(torch.from_numpy(x_train[train_idx]), torch.from_numpy(y_train[train_idx]))
+    val = Split(torch.from_numpy(x_train[val_idx]), torch.from_numpy(y_train[val_idx]))
+    test = Split(torch.from_numpy(x_test), torch.from_numpy(y_test)) if with_test else None
+    # Per-channel statistics of the training split only (never validation or test).
+    pixels = train.x.to(torch.float32).div_(255)
+    mean = tuple(pixels.mean(dim=(0, 2, 3)).tolist())
+    std = tuple(max(s, 1e-6) for s in pixels.std(dim=(0, 2, 3)).tolist())
+    return Data(name=name, input_shape=tuple(x_train.shape[1:]), num_classes=num_classes, classes=classes,
+                mean=mean, std=std, train=train, val=val, test=test)
+
+
+def dataset_info(name: str, root: str | os.PathLike | None = None) -> tuple[tuple[int, int, int], int]:
+    """(input_shape, num_classes) of a dataset without keeping it in memory."""
+    known = {"fashion-mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
+             "kmnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
+    if name in known:
+        return known[name]
+    data = load_dataset(name, root, subset=None)
+    return data.input_shape, data.num_classes
+
+
+def _load_torchvision(name: str, root: Path, download: bool):
+    import torchvision
+
+    cls_name, folder, classes = _TORCHVISION[name]
+    cls = getattr(torchvision.datasets, cls_name)
+    where = root / folder
+    try:
+        train = cls(str(root), train=True, download=False)
+        test = cls(str(root), train=False, download=False)
+    except (RuntimeError, FileNotFoundError, OSError) as missing:
+        if not download:
+            raise DataError(f"{name} not found under {where}; put the files there or set "
+                            f"--data-root / ${DATA_ENV} to a folder that has them") from missing
+        try:
+            train = cls(str(root), train=True, download=True)
+            test = cls(str(root), train=False, download=True)
+        except Exception as failed:  # no network, proxy refusal, read-only root, ...
+            raise DataError(
+                f"{name} is not under {where} and could not be downloaded ({_short(failed)}); "
+                f"copy the dataset files there in torchvision's layout, or point --data-root / "
+                f"${DATA_ENV} at a folder that has them") from failed
+    x_train, y_train = _as_nchw(train.data), np.asarray(train.targets, dtype=np.int64)
+    x_test, y_test = _as_nchw(test.data), np.asarray(test.targets, dtype=np.int64)
+    return x_train, y_train, x_test, y_test, classes
+
+
+def _as_nchw(images) -> np.ndarray:
+    arr = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if arr.ndim == 3:
+        return np.ascontiguousarray(arr[:, None])
+    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))  # CIFAR: NHWC -> NCHW
+
+
+def _load_npz(path: Path):
+    if not path.is_file():
+        raise DataError(f"npz file {path} does not exist; give npz:PATH to a file with "
+                        "x_train, y_train, x_test, y_test")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as exc:
+        raise DataError(f"cannot read {path} as an npz file ({_short(exc)})") from exc
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    if missing:
+        raise DataError(f"{path} lacks array(s) {', '.join(missing)}; it needs x_train, y_train, x_test, y_test")
+    xs = [_npz_images(arrays[k], k, path) for k in ("x_train", "x_test")]
+    if xs[0].shape[1:] != xs[1].shape[1:]:
+        raise DataError(f"{path}: x_train images are {xs[0].shape[1:]} but x_test images are {xs[1].shape[1:]}")
+    ys = [_npz_labels(arrays[k], k, path, len(x)) for k, x in (("y_train", xs[0]), ("y_test", xs[1]))]
+    num_classes = int(ys[0].max()) + 1
+    if num_classes < 2:
+        raise DataError(f"{path}: y_train has a single class; labels must be 0..K-1 with K >= 2")
+    if int(ys[1].max()) >= num_classes:
+        raise DataError(f"{path}: y_test has label {int(ys[1].max())} not seen in y_train (0..{num_classes - 1})")
+    return xs[0], ys[0], xs[1], ys[1], tuple(str(i) for i in range(num_classes))
+
+
+def _npz_images(x: np.ndarray, key: str, path: Path) -> np.ndarray:
+    if x.dtype != np.uint8:
+        raise DataError(f"{path}: {key} has dtype {x.dtype}; images must be uint8 (0..255)")
+    if x.ndim == 3:
+        return np.ascontiguousarray(x[:, None])
+    if x.ndim == 4:
+        if x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
+            return np.ascontiguousarray(x)  # NCHW
+        if x.shape[3] in (1, 3, 4):
+            return np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # NHWC
+    raise DataError(f"{path}: {key} has shape {x.shape}; images must be NHW, NCHW or NHWC")
+
+
+def _npz_labels(y: np.ndarray, key: str, path: Path, n: int) -> np.ndarray:
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: {key} has dtype {y.dtype}; labels must be integers")
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(f"{path}: {key} has shape {y.shape}; expected ({n},), one label per image")
+    if n == 0:
+        raise DataError(f"{path}: {key} is empty")
+    if y.min() < 0:
+        raise DataError(f"{path}: {key} has negative label {int(y.min())}; labels must be 0..K-1")
+    return y.astype(np.int64)
+
+
+def _split_indices(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    counts = np.bincount(y)
+    stratify = y if counts[counts > 0].min() >= 2 else None
+    train_idx, val_idx = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=stratify)
+    return np.sort(train_idx), np.sort(val_idx)
+
+
+def _stratified_take(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if n >= len(y):
+        return x, y
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(y)
+    stratify = y if counts[counts > 0].min() >= 2 and n >= len(counts) else None
+    keep, _ = train_test_split(np.arange(len(y)), train_size=n, random_state=seed, stratify=stratify)
+    keep = np.sort(keep)
+    return x[keep], y[keep]
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:160]

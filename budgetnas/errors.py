@@ -1,0 +1,32 @@
+"""Exception types that carry a user-facing message.
+
+The CLI turns :class:`UsageError` into exit code 2 and :class:`RunFailure` into exit
+code 1, printing only ``error: <message>`` (no traceback). Library users get ordinary
+exceptions with the same one-line messages.
+"""
+
+from __future__ import annotations
+
+
+class BudgetNASError(Exception):
+    """Base class of every error budgetnas raises on purpose."""
+
+
+class UsageError(BudgetNASError, ValueError):
+    """Bad input: a malformed option, file or setting. The message says what to do."""
+
+
+class DataError(UsageError):
+    """A dataset that is missing, cannot be downloaded, or has the wrong shape."""
+
+
+class StorageError(UsageError):
+    """A storage URL that is malformed or unreachable, or a study that does not fit."""
+
+
+class RunFailure(BudgetNASError, RuntimeError):
+    """A failure while running (e.g. a diverged training run)."""
+
+
+class TrainingDiverged(RunFailure):
+    """The training loss became NaN or infinite."""

@@ -1,0 +1,124 @@
+"""What a study stores, and how to read it back.
+
+This module is the contract between the search (which writes) and replay, report,
+sweep and the dashboard (which read). Everything lives in Optuna's own storage as
+study and trial user attributes, so a study is self-describing: replay needs nothing
+but the storage URL and the study name.
+
+Study user attribute ``budgetnas`` holds :class:`StudySettings` as a dict.
+Trial user attributes (all JSON-serialisable):
+
+========================  ==========================================================
+``spec``                  the architecture, ``Spec.to_dict()``
+``recipe``                the training recipe, ``Recipe.to_dict()``
+``params``                exact trainable parameters (int)
+``mult_adds``             torchinfo mult-adds at ``mult_adds_batch`` (int)
+``val_accuracy_curve``    validation accuracy after each epoch (list of float)
+``train_loss_curve``      mean train loss of each epoch (list of float)
+``epoch_seconds``         wall seconds of each epoch (list of float)
+``train_seconds``         wall seconds of the whole training run (float)
+``device`` / ``precision``  where it ran and in which precision
+``versions``              library versions (dict)
+``rejected``              why a candidate was rejected before training (str)
+``stopped_early``         why training stopped before the last epoch (str)
+``replay``                the latest replay's metrics (dict), written by ``budgetnas replay``
+========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from budgetnas.errors import StorageError
+from budgetnas.spec import Spec, spec_from_dict
+from budgetnas.trainer import Recipe, TrainResult
+
+SETTINGS_ATTR = "budgetnas"
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """The settings a study was created with. Resuming with different ones is refused."""
+
+    family: str
+    budget: int
+    dataset: str
+    epochs: int
+    objectives: tuple[str, ...]
+    sampler: str
+    parameterisation: str
+    space_version: int
+    subset: int | None = None
+    split_seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["objectives"] = list(self.objectives)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StudySettings":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["objectives"] = tuple(values.get("objectives", ()))
+        return cls(**values)
+
+    def differences(self, other: "StudySettings") -> list[str]:
+        """Human-readable ``name: stored -> requested`` for each setting that differs."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{k}: study has {mine[k]!r}, asked for {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
+
+
+def library_versions() -> dict[str, str]:
+    import optuna
+    import torch
+    import torchvision
+
+    from budgetnas import __version__
+
+    return {"budgetnas": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "optuna": optuna.__version__, "python": platform.python_version()}
+
+
+def training_attrs(spec: Spec, recipe: Recipe, result: TrainResult, mult_adds: int) -> dict[str, Any]:
+    """The user attributes of a trained trial (see the table above)."""
+    attrs: dict[str, Any] = {
+        "spec": spec.to_dict(),
+        "recipe": recipe.to_dict(),
+        "params": result.params,
+        "mult_adds": mult_adds,
+        "val_accuracy_curve": [e.val_accuracy for e in result.epochs],
+        "train_loss_curve": [e.train_loss for e in result.epochs],
+        "epoch_seconds": [e.seconds for e in result.epochs],
+        "train_seconds": result.train_seconds,
+        "device": result.device,
+        "precision": result.precision,
+        "versions": library_versions(),
+    }
+    if result.stopped_early:
+        attrs["stopped_early"] = result.stopped_early
+    return attrs
+
+
+def spec_of(trial: Any) -> Spec:
+    """The spec stored on a FrozenTrial (raises StorageError if the trial has none)."""
+    data = trial.user_attrs.get("spec")
+    if data is None:
+        raise StorageError(f"trial {trial.number} has no stored spec (it was rejected or never trained)")
+    return spec_from_dict(data)
+
+
+def recipe_of(trial: Any) -> Recipe:
+    data = trial.user_attrs.get("recipe")
+    if data is None:
+        raise StorageError(f"trial {trial.number} has no stored recipe")
+    return Recipe.from_dict(data)
+
+
+def settings_of(study: Any) -> StudySettings:
+    data = study.user_attrs.get(SETTINGS_ATTR)
+    if data is None:
+        raise StorageError(f"study {study.study_name!r} was not made by budgetnas (it has no settings)")
+    return StudySettings.from_dict(data)

@@ -21,8 +21,12 @@ Trial user attributes (all JSON-serialisable):
 ``versions``              library versions (dict)
 ``rejected``              why a candidate was rejected before training (str)
 ``stopped_early``         why training stopped before the last epoch (str)
-``replay``                the latest replay's metrics (dict), written by ``budgetnas replay``
 ========================  ==========================================================
+
+Replays: Optuna refuses to change a finished trial (``UpdateFinishedTrialError``), so
+``budgetnas replay`` records the latest replay of trial N as the *study* user attribute
+``replay:N`` (a dict of metrics, see :func:`replay_key` and :func:`replays_of`); the
+dashboard lists it with the study's attributes.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from budgetnas.spec import Spec, spec_from_dict
 from budgetnas.trainer import Recipe, TrainResult
 
 SETTINGS_ATTR = "budgetnas"
+REPLAY_PREFIX = "replay:"
 
 
 @dataclass(frozen=True)
@@ -122,3 +127,18 @@ def settings_of(study: Any) -> StudySettings:
     if data is None:
         raise StorageError(f"study {study.study_name!r} was not made by budgetnas (it has no settings)")
     return StudySettings.from_dict(data)
+
+
+def replay_key(number: int) -> str:
+    """The study user attribute that holds the latest replay of trial ``number``."""
+    return f"{REPLAY_PREFIX}{number}"
+
+
+def replays_of(study: Any) -> dict[int, dict[str, Any]]:
+    """Trial number -> metrics of its latest replay, for every replayed trial of ``study``."""
+    found: dict[int, dict[str, Any]] = {}
+    for key, value in study.user_attrs.items():
+        suffix = key[len(REPLAY_PREFIX):]
+        if key.startswith(REPLAY_PREFIX) and suffix.isdigit() and isinstance(value, dict):
+            found[int(suffix)] = value
+    return found

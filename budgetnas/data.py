@@ -15,6 +15,9 @@ put the files.
 from __future__ import annotations
 
 import os
+import re
+import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,13 +136,20 @@ def _load_torchvision(name: str, root: Path, download: bool):
     try:
         train = cls(str(root), train=True, download=False)
         test = cls(str(root), train=False, download=False)
-    except (RuntimeError, FileNotFoundError, OSError) as missing:
+    except Exception as missing:  # torchvision raises RuntimeError, AssertionError, ValueError, ...
+        if not _is_not_found(missing):
+            raise DataError(f"{name} files under {where} are unreadable or corrupt ({_short(missing)}); "
+                            f"replace them with the original files in torchvision's layout, or point "
+                            f"--data-root / ${DATA_ENV} at a folder that has them") from missing
         if not download:
             raise DataError(f"{name} not found under {where}; put the files there or set "
                             f"--data-root / ${DATA_ENV} to a folder that has them") from missing
         try:
-            train = cls(str(root), train=True, download=True)
-            test = cls(str(root), train=False, download=True)
+            # torchvision's urlopen has no timeout: without one a firewalled network would hang
+            # for minutes. A per-read timeout still lets a real (slow) download finish.
+            with _socket_timeout(_DOWNLOAD_TIMEOUT_S):
+                train = cls(str(root), train=True, download=True)
+                test = cls(str(root), train=False, download=True)
         except Exception as failed:  # no network, proxy refusal, read-only root, ...
             raise DataError(
                 f"{name} is not under {where} and could not be downloaded ({_short(failed)}); "
@@ -148,6 +158,27 @@ def _load_torchvision(name: str, root: Path, download: bool):
     x_train, y_train = _as_nchw(train.data), np.asarray(train.targets, dtype=np.int64)
     x_test, y_test = _as_nchw(test.data), np.asarray(test.targets, dtype=np.int64)
     return x_train, y_train, x_test, y_test, classes
+
+
+_DOWNLOAD_TIMEOUT_S = 15.0
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    """torchvision's "Dataset not found" (files absent), as opposed to files that fail to parse.
+
+    CIFAR-10 checks md5 sums and says "not found or corrupted": a download is the right answer then too.
+    """
+    return isinstance(exc, (RuntimeError, FileNotFoundError)) and "not found" in str(exc).lower()
+
+
+@contextmanager
+def _socket_timeout(seconds: float):
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _as_nchw(images) -> np.ndarray:
@@ -229,5 +260,10 @@ def _stratified_take(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> tuple[n
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:160]
+    """One line from an exception: the innermost reason, e.g. 'Name or service not known'."""
+    text = " ".join(str(exc).split())
+    # torchvision's download error lists every mirror it tried; the reason is in <urlopen error ...>.
+    reason = re.search(r"<urlopen error (.*?)>", text)
+    if reason:
+        text = f"download failed: {reason.group(1)}"
+    return (text or type(exc).__name__)[:200]

@@ -1,10 +1,26 @@
 """Optuna storages from URLs: SQLite by default, any RDB URL, or ``journal:PATH``.
 
 * ``None`` -> an SQLite file ``budgetnas.db`` in the current folder (printed by the CLI so
-  the user finds it again).
-* ``sqlite:///PATH.db``, ``postgresql://...`` and other SQLAlchemy URLs -> ``RDBStorage``.
-* ``journal:PATH`` -> ``JournalStorage(JournalFileBackend(PATH))``, safe for several local
-  processes (SQLite is not, see ``shared/optuna-facts.md``).
+  the user finds it again). One process at a time: SQLite has no row locks, so several
+  writers get "database is locked" (Optuna's FAQ); :mod:`budgetnas.workers` refuses it.
+* ``sqlite:///PATH.db``, ``postgresql://...``, ``mysql://...`` -> ``RDBStorage``. PostgreSQL
+  (or MySQL) is the storage for many workers on many machines. A URL without a driver uses
+  whichever driver is installed (SQLAlchemy 2.1 would insist on psycopg 3; budgetnas's
+  ``postgres`` extra installs psycopg2).
+* ``journal:PATH`` -> ``JournalStorage(JournalFileBackend(PATH))``, safe for several
+  processes on one machine (file locks; not over NFS for many nodes).
+
+Crash safety. RDB storages are opened with Optuna's heartbeat: while a trial runs inside
+``Study.optimize`` a thread records a heartbeat every ``interval`` seconds; a trial whose
+heartbeat is older than ``grace_period`` (a worker killed with SIGKILL, a machine that lost
+power) is marked FAIL the next time any worker of the study asks for a trial, and
+``RetryHeartbeatStaleTrialCallback`` queues a WAITING copy with the same parameters, linked
+to the original by the system attributes ``failed_trial`` (first failed trial's number) and
+``retry_history``. The heartbeat does not work with ask/tell, only with ``optimize``.
+
+Journal storage has no heartbeat: the trial of a killed worker stays RUNNING for ever. When
+no worker of the study is alive any more (or with ``older_than`` for trials that cannot
+still be running), :func:`fail_running_trials` marks them FAIL and queues the same retries.
 
 Malformed or unreachable storages raise :class:`StorageError` with a one-line message that
 never echoes a password.
@@ -12,14 +28,62 @@ never echoes a password.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import warnings
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from budgetnas.errors import StorageError
 
 DEFAULT_DB = "budgetnas.db"
-_RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
+JOURNAL_PREFIX = "journal:"
+
+# Drivers tried, in order, for a URL that names none (``postgresql://``): (module, SQLAlchemy name).
+_DRIVERS = {
+    "postgresql": (("psycopg2", "psycopg2"), ("psycopg", "psycopg"), ("pg8000", "pg8000")),
+    "mysql": (("MySQLdb", "mysqldb"), ("pymysql", "pymysql"), ("mysql.connector", "mysqlconnector")),
+}
+_PIP_HINT = {"postgresql": "pip install 'budgetnas[postgres]' (psycopg2-binary)", "mysql": "pip install pymysql"}
+_UNREACHABLE = re.compile(r"connection refused|could not translate host|name or service not known|timeout expired|"
+                          r"timed out|no route to host|network is unreachable|can't connect|could not connect|"
+                          r"no such file or directory", re.I)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Optuna's heartbeat settings for RDB storages (seconds).
+
+    ``interval`` is how often a running trial says it is alive; ``grace_period`` how long
+    after its last heartbeat it is declared dead (keep it well above ``interval``: a
+    heartbeat can be late when the machine is busy); ``max_retry`` how often one
+    architecture is retried after its worker died (``None``: for ever).
+    The defaults come from the environment (``BUDGETNAS_HEARTBEAT_INTERVAL``,
+    ``BUDGETNAS_HEARTBEAT_GRACE``) so that tests and impatient users can shorten them
+    without a new command-line option.
+    """
+
+    interval: int = 60
+    grace_period: int = 180
+    max_retry: int | None = 3
+
+    @classmethod
+    def from_env(cls) -> "Heartbeat":
+        interval = _env_seconds("BUDGETNAS_HEARTBEAT_INTERVAL", cls.interval)
+        grace = _env_seconds("BUDGETNAS_HEARTBEAT_GRACE", max(cls.grace_period, 3 * interval))
+        return cls(interval=interval, grace_period=grace)
+
+
+def _env_seconds(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    if not text.isdigit() or int(text) <= 0:
+        raise StorageError(f"{name}={text!r} must be a positive whole number of seconds")
+    return int(text)
 
 
 def default_storage_url() -> str:
@@ -28,69 +92,206 @@ def default_storage_url() -> str:
 
 def redact(url: str) -> str:
     """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    # Greedy up to the last '@', so a raw '@' in a password stays hidden; also "user:pw@host" without a scheme.
+    text = re.sub(r"(://[^:/@\s]*):\S*@", r"\1:***@", url)
+    if "://" not in url and not url.startswith(JOURNAL_PREFIX):
+        text = re.sub(r"^([^:/@\s]*):\S*@", r"\1:***@", text)
+    return text
+
+
+def storage_kind(url: str | None) -> str:
+    """``"sqlite"``, ``"journal"``, or the RDB backend (``"postgresql"``, ``"mysql"``)."""
+    url = normalise_url(url)
+    if url.startswith(JOURNAL_PREFIX):
+        return "journal"
+    return _parse(url).get_backend_name()
+
+
+def supports_many_workers(url: str | None) -> bool:
+    """Whether several processes may write this storage at once (everything but SQLite)."""
+    return storage_kind(url) != "sqlite"
 
 
 def normalise_url(url: str | None) -> str:
-    """The URL to use: the default SQLite file, or ``url`` checked for a known form."""
+    """The URL to use: the default SQLite file, or ``url`` checked for a known form.
+
+    ``postgres://`` becomes ``postgresql://`` and a URL without a driver gets an installed
+    one (``postgresql+psycopg2://``); raises StorageError for anything else.
+    """
     if url is None or url == "":
         return default_storage_url()
-    if url.startswith("journal:"):
-        if not url[len("journal:"):]:
+    if url.startswith(JOURNAL_PREFIX):
+        if not url[len(JOURNAL_PREFIX):].strip():
             raise StorageError("journal storage needs a file path: journal:PATH")
         return url
-    scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
-    if scheme not in _RDB_SCHEMES:
+    if "://" not in url:
         raise StorageError(f"storage URL {redact(url)!r} is not understood; use sqlite:///PATH.db, "
-                           "postgresql://USER:PASSWORD@HOST/DB or journal:PATH")
-    if scheme == "postgres":  # SQLAlchemy 2 only knows the long spelling
+                           "postgresql://USER:PASSWORD@HOST:PORT/DB or journal:PATH")
+    if url.split("://", 1)[0].split("+", 1)[0].lower() == "postgres":  # SQLAlchemy knows only the long name
         url = "postgresql" + url[len("postgres"):]
+    parsed = _parse(url)
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql", "mysql"):
+        raise StorageError(f"storage URL {redact(url)!r} names the database {backend!r}; budgetnas supports "
+                           "sqlite:///PATH.db, postgresql://..., mysql://... and journal:PATH")
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise StorageError("an in-memory SQLite database would be lost when the command ends; "
+                           "use sqlite:///PATH.db")
+    if parsed.host and "@" in parsed.host:
+        raise StorageError(f"storage URL {redact(url)!r} has an '@' in its password; write it as %40")
+    if "+" not in parsed.drivername and backend in _DRIVERS:
+        parsed = parsed.set(drivername=f"{backend}+{_installed_driver(backend)}")
+        url = parsed.render_as_string(hide_password=False)
     return url
 
 
-def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
-                 grace_period: int | None = None, retry_stale: bool = True) -> Any:
+def _parse(url: str) -> Any:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url)
+    except Exception as exc:  # ArgumentError, or ValueError for a port that is not a number
+        reason = "the port is not a number" if isinstance(exc, ValueError) else "it is not a database URL"
+        raise StorageError(f"storage URL {redact(url)!r} is malformed ({reason}); expected "
+                           "postgresql://USER:PASSWORD@HOST:PORT/DB, sqlite:///PATH.db or journal:PATH") from None
+
+
+def _installed_driver(backend: str) -> str:
+    for module, name in _DRIVERS[backend]:
+        try:
+            if importlib.util.find_spec(module) is not None:
+                return name
+        except ModuleNotFoundError:  # a dotted name whose parent package is missing
+            continue
+    raise StorageError(f"no {backend} database driver is installed; {_PIP_HINT[backend]}")
+
+
+def where(url: str) -> str:
+    """``host:port/db`` of an RDB URL (for messages; never the password)."""
+    parsed = _parse(url)
+    if parsed.get_backend_name() == "sqlite":
+        return str(parsed.database)
+    default_port = {"postgresql": 5432, "mysql": 3306}.get(parsed.get_backend_name(), "")
+    return f"{parsed.host or 'localhost'}:{parsed.port or default_port}/{parsed.database or ''}"
+
+
+def open_storage(url: str | None, *, heartbeat: Heartbeat | None = None, heartbeat_interval: int | None = None,
+                 grace_period: int | None = None) -> Any:
     """Open (and create if needed) the Optuna storage that ``url`` names.
 
-    ``heartbeat_interval`` turns on Optuna's heartbeat for RDB storages so that trials of a
-    killed worker are failed after ``grace_period`` and (``retry_stale``) re-queued.
+    RDB storages get Optuna's heartbeat (``heartbeat``, default :meth:`Heartbeat.from_env`;
+    ``heartbeat_interval``/``grace_period`` override single fields) so the trials of a
+    killed worker are failed and retried; see the module docstring.
+    Raises StorageError with one line (no password) if the URL is malformed, the driver is
+    missing or the database cannot be reached.
     """
-    import optuna
-    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
 
     url = normalise_url(url)
-    if url.startswith("journal:"):
-        path = Path(url[len("journal:"):]).expanduser()
+    if url.startswith(JOURNAL_PREFIX):
+        path = Path(url[len(JOURNAL_PREFIX):]).expanduser()
         _check_parent(path)
         try:
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as exc:
             raise StorageError(f"cannot open journal file {path}: {exc.strerror or exc}") from None
-    if url.startswith("sqlite:///"):
-        _check_parent(Path(url[len("sqlite:///"):]))
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
+    backend = _parse(url).get_backend_name()
+    if backend == "sqlite":
+        _check_parent(Path(url.split(":///", 1)[1]))
         # Several readers (dashboard, report) may open the file while a search writes.
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 30.0}}
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 30.0}}
     else:
-        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
-    if heartbeat_interval and not url.startswith("sqlite"):
-        kwargs["heartbeat_interval"] = heartbeat_interval
-        kwargs["grace_period"] = grace_period or 2 * heartbeat_interval
-        if retry_stale:
-            kwargs["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+        # Fail fast on a host that does not answer; survive connections the server dropped.
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    heartbeat = heartbeat or Heartbeat.from_env()
+    if heartbeat_interval is not None:
+        heartbeat = replace(heartbeat, interval=heartbeat_interval,
+                            grace_period=grace_period or 3 * heartbeat_interval)
+    elif grace_period is not None:
+        heartbeat = replace(heartbeat, grace_period=grace_period)
     try:
-        return RDBStorage(url, **kwargs)
-    except ImportError as exc:
-        raise StorageError(f"the database driver for {redact(url).split(':')[0]} is missing ({exc.name}); "
-                           "install it, e.g. pip install 'budgetnas[postgres]'") from None
+        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.8; we rely on it knowingly
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat.interval,
+                              grace_period=heartbeat.grace_period,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                  max_retry=heartbeat.max_retry))
+    except ImportError as exc:  # Optuna wraps the driver's ModuleNotFoundError
+        missing = getattr(exc.__cause__, "name", None) or getattr(exc, "name", None) or "its module"
+        hint = _PIP_HINT.get(backend, "install it")
+        raise StorageError(f"the database driver for {_parse(url).drivername} is not installed "
+                           f"(no module {missing!r}); {hint}") from None
     except Exception as exc:  # sqlalchemy.exc.* carry the URL, with password, in their text
-        reason = redact(" ".join(str(getattr(exc, "orig", None) or exc).split()))[:200]
-        raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
+        raise StorageError(_connection_message(url, exc)) from None
+
+
+def _connection_message(url: str, exc: BaseException) -> str:
+    parsed = _parse(url)
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    # The first line says what happened; libpq's next lines are generic advice.
+    reason = " ".join(text.splitlines()[0].split()) if text else type(exc).__name__
+    if parsed.password:
+        reason = reason.replace(str(parsed.password), "***")
+    reason = redact(reason)
+    # psycopg2 puts the useful part after "failed:" ("connection to server at ... failed: Connection refused").
+    short = re.sub(r"^(FATAL|ERROR):\s*", "", reason.split(" failed: ", 1)[-1])[:200]
+    if parsed.get_backend_name() == "sqlite":
+        return f"cannot open SQLite database {parsed.database}: {short}"
+    if _UNREACHABLE.search(reason):
+        return (f"cannot reach database at {where(url)} ({short}); is the server running and "
+                "accepting TCP connections there, and are host and port right?")
+    if "does not exist" in reason:
+        return f"cannot open database at {where(url)}: {short}; create it first (e.g. createdb) or fix the URL"
+    if "authentication" in reason:
+        return f"cannot open database at {where(url)}: {short}; check the user name and password in the URL"
+    return f"cannot open database at {where(url)}: {short}"
 
 
 def _check_parent(path: Path) -> None:
     parent = path.expanduser().resolve().parent
     if not parent.is_dir():
         raise StorageError(f"folder {parent} for the storage file does not exist; create it or choose another path")
+
+
+def fail_running_trials(storage: Any, study_name: str, *, older_than: float | None = None,
+                        retry: bool = True) -> list[int]:
+    """Mark RUNNING trials FAIL (and queue a retry of each); return their numbers.
+
+    For storages without a heartbeat (journal files), where a killed worker's trial stays
+    RUNNING for ever and would count against ``--trials``. Run it when no worker of the study
+    is alive, or pass ``older_than`` (seconds since the trial started) larger than any trial
+    can take, so that live workers' trials are left alone. The retry is the one Optuna's
+    heartbeat would make: a WAITING trial with the same parameters and system attributes
+    ``failed_trial``/``retry_history`` naming the original.
+    """
+    import copy
+
+    import optuna
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    if isinstance(storage, str) or storage is None:
+        storage = open_storage(storage)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise StorageError(f"study {study_name!r} is not in this storage") from None
+    cutoff = datetime.now() - timedelta(seconds=older_than) if older_than is not None else None
+    failed: list[int] = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if cutoff is not None and trial.datetime_start is not None and trial.datetime_start > cutoff:
+            continue
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # it finished (or another process failed it) meanwhile
+            continue
+        failed.append(trial.number)
+        if retry:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                RetryHeartbeatStaleTrialCallback()(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
+    return failed

@@ -1,0 +1,133 @@
+"""Storage URLs, their one-line errors, and the journal's stale-trial helper (no server needed).
+
+An unreachable PostgreSQL is a real closed TCP port on this machine, not a mock: the
+driver really tries to connect and fails.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import optuna
+import pytest
+
+from budgetnas.errors import StorageError
+from budgetnas.storage import (Heartbeat, fail_running_trials, normalise_url, open_storage, redact, storage_kind,
+                               supports_many_workers)
+
+SECRET = "s3cr3t-Pw"
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def assert_one_line(exc: pytest.ExceptionInfo, *needles: str) -> str:
+    text = str(exc.value)
+    assert "\n" not in text and SECRET not in text, text
+    for needle in needles:
+        assert needle.lower() in text.lower(), (needle, text)
+    return text
+
+
+def test_redact_hides_password_even_with_raw_at_sign():
+    assert redact(f"postgresql://me:{SECRET}@db.example:5432/nas") == "postgresql://me:***@db.example:5432/nas"
+    assert SECRET not in redact(f"postgresql://me:{SECRET}@extra@db/nas")
+    assert redact("sqlite:///runs/a@b.db") == "sqlite:///runs/a@b.db"
+
+
+def test_normalise_picks_installed_driver_and_long_scheme():
+    url = normalise_url(f"postgres://me:{SECRET}@db:5433/nas")
+    assert url.startswith("postgresql+psycopg2://me:") and url.endswith("@db:5433/nas")
+    assert SECRET in url  # the real URL keeps the password; only messages hide it
+    assert normalise_url("postgresql+psycopg2://a@b/c") == "postgresql+psycopg2://a@b/c"
+    assert normalise_url(None).startswith("sqlite:///") and normalise_url(None).endswith("budgetnas.db")
+    assert storage_kind("journal:x.log") == "journal" and storage_kind("sqlite:///x.db") == "sqlite"
+    assert storage_kind("postgresql://a@b/c") == "postgresql"
+    assert supports_many_workers("journal:x.log") and not supports_many_workers(None)
+
+
+@pytest.mark.parametrize("url, needle", [
+    (f"postgresql://me:{SECRET}@127.0.0.1:notaport/nas", "port is not a number"),
+    (f"oracle://me:{SECRET}@db/nas", "oracle"),
+    (f"me:{SECRET}@db/nas", "not understood"),
+    (f"postgresql://me:{SECRET}@x@db/nas", "%40"),
+    ("sqlite://", "in-memory"),
+    ("journal:", "journal:PATH"),
+])
+def test_malformed_urls_are_one_line_errors(url, needle):
+    with pytest.raises(StorageError) as exc:
+        open_storage(url)
+    assert_one_line(exc, needle)
+
+
+def test_unreachable_postgres_names_host_and_port_not_password():
+    port = closed_port()
+    with pytest.raises(StorageError) as exc:
+        open_storage(f"postgresql://me:{SECRET}@127.0.0.1:{port}/nas")
+    text = assert_one_line(exc, f"cannot reach database at 127.0.0.1:{port}/nas", "refused")
+    assert "driver" not in text
+
+
+def test_unknown_host_is_unreachable_not_a_driver_problem():
+    with pytest.raises(StorageError) as exc:
+        open_storage(f"postgresql://me:{SECRET}@no-such-host.invalid/nas")
+    assert_one_line(exc, "cannot reach database at no-such-host.invalid:5432/nas")
+
+
+def test_missing_driver_names_the_module():
+    with pytest.raises(StorageError) as exc:
+        open_storage(f"postgresql+asyncpg://me:{SECRET}@127.0.0.1/nas")
+    assert_one_line(exc, "not installed", "asyncpg")
+
+
+def test_missing_folder_for_files(tmp_path):
+    for url in (f"sqlite:///{tmp_path}/nope/x.db", f"journal:{tmp_path}/nope/x.log"):
+        with pytest.raises(StorageError) as exc:
+            open_storage(url)
+        assert_one_line(exc, "does not exist")
+
+
+def test_sqlite_gets_heartbeat_and_retry(tmp_path, monkeypatch):
+    monkeypatch.setenv("BUDGETNAS_HEARTBEAT_INTERVAL", "2")
+    storage = open_storage(f"sqlite:///{tmp_path}/a.db")
+    assert (storage.heartbeat_interval, storage.grace_period) == (2, 180)
+    assert isinstance(storage.get_heartbeat_stale_trial_callback(), optuna.storages.RetryHeartbeatStaleTrialCallback)
+    storage = open_storage(f"sqlite:///{tmp_path}/a.db", heartbeat=Heartbeat(interval=1, grace_period=3))
+    assert (storage.heartbeat_interval, storage.grace_period) == (1, 3)
+    monkeypatch.setenv("BUDGETNAS_HEARTBEAT_INTERVAL", "soon")
+    with pytest.raises(StorageError) as exc:
+        open_storage(f"sqlite:///{tmp_path}/a.db")
+    assert_one_line(exc, "BUDGETNAS_HEARTBEAT_INTERVAL")
+
+
+def test_fail_running_trials_on_journal_retries_with_link(tmp_path):
+    url = f"journal:{tmp_path}/study.log"
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    done = study.ask()
+    done.suggest_int("width", 8, 64)
+    study.tell(done, 0.5)
+    orphan = study.ask()  # a worker that was killed while training this one
+    width = orphan.suggest_int("width", 8, 64)
+    orphan.set_user_attr("spec", {"width": width})
+
+    assert fail_running_trials(url, "s", older_than=3600) == []  # too young: might still be running
+    assert fail_running_trials(url, "s") == [orphan.number]
+    assert fail_running_trials(url, "s") == []  # nothing RUNNING any more
+
+    trials = optuna.load_study(study_name="s", storage=open_storage(url)).get_trials(deepcopy=False)
+    states = [t.state.name for t in trials]
+    assert states == ["COMPLETE", "FAIL", "WAITING"]
+    retry = trials[2]
+    assert retry.system_attrs["failed_trial"] == orphan.number
+    assert retry.system_attrs["retry_history"] == [orphan.number]
+    assert retry.params == {"width": width} and retry.user_attrs["spec"] == {"width": width}
+
+
+def test_fail_running_trials_unknown_study(tmp_path):
+    with pytest.raises(StorageError) as exc:
+        fail_running_trials(f"journal:{tmp_path}/x.log", "missing")
+    assert_one_line(exc, "'missing'")

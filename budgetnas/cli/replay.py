@@ -1,0 +1,73 @@
+"""``budgetnas replay``: retrain a trial of a study and test it (see budgetnas.replay)."""
+
+from __future__ import annotations
+
+import argparse
+
+from budgetnas.cli._common import add_device_options, add_json_option
+
+HELP = "retrain the best (or a chosen) trial of a study and report its test accuracy"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("replay", help=HELP, description=HELP + ". Everything needed is read from "
+                                   "the storage; artifacts (weights, spec.toml, metrics.json, learning curve, "
+                                   "feature maps, torch.export model) go to --out.")
+    parser.add_argument("--storage", metavar="URL", default=None,
+                        help="sqlite:///PATH.db, postgresql://..., or journal:PATH (default: ./budgetnas.db)")
+    parser.add_argument("--study", metavar="NAME", default=None,
+                        help="study to read (default: the only study in the storage)")
+    parser.add_argument("--trial", default="best", metavar="best|N",
+                        help="'best' (highest validation accuracy on the Pareto front, ties to fewer "
+                             "parameters; the default) or a trial number")
+    parser.add_argument("--epochs", type=int, default=None, metavar="E", help="override the trial's epochs")
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help="override the trial's seed")
+    add_device_options(parser)
+    parser.add_argument("--out", metavar="DIR", default=None, help="artifact folder (default: runs/STUDY-trialN)")
+    parser.add_argument("--data-root", metavar="DIR", default=None,
+                        help="folder with datasets in torchvision's layout (default: $BUDGETNAS_DATA, else ./data)")
+    parser.add_argument("--subset", default="study", metavar="N|full|study",
+                        help="training images: 'study' (the search's slice, default), 'full', or a number")
+    parser.add_argument("--images", default=None, metavar="I,J,...",
+                        help="test-image indices for feature maps (default: the first image of each class)")
+    parser.add_argument("--no-record", action="store_true", help="do not store the result in the study")
+    add_json_option(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from budgetnas.cli._common import print_json, progress
+    from budgetnas.errors import UsageError
+    from budgetnas.replay import parse_trial, replay
+
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.seed is not None and args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    subset: int | str | None = {"study": "study", "full": None}.get(args.subset, args.subset)
+    if isinstance(subset, str) and subset != "study":
+        if not subset.isdigit():
+            raise UsageError(f"--subset must be 'study', 'full' or a number of images, got {args.subset!r}")
+        subset = int(subset)
+    images = None
+    if args.images:
+        try:
+            images = [int(part) for part in args.images.split(",") if part.strip()]
+        except ValueError:
+            raise UsageError(f"--images must be comma-separated test-image indices, got {args.images!r}") from None
+    result = replay(args.storage, args.study, parse_trial(args.trial), epochs=args.epochs, seed=args.seed,
+                    device=args.device, precision=args.precision, out=args.out, data_root=args.data_root,
+                    subset=subset, images=images, record=not args.no_record, progress=progress)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    m = result.metrics
+    print(f"study {result.study}, {result.reason}")
+    print(f"  test accuracy   {m['test_accuracy']:.4f}   ({m['test_images']} test images)")
+    print(f"  val accuracy    {m['val_accuracy']:.4f}   (search recorded {m['search_val_accuracy']:.4f})")
+    print(f"  parameters      {m['params']:,}")
+    print(f"  mult-adds       {m['mult_adds']:,} (batch 512)")
+    print(f"  train time      {m['train_seconds']:.1f}s on {m['device']} ({m['precision']}), {m['epochs_run']} epochs")
+    print(f"  lowest loss     {m['lowest_loss']:.4f} in epoch {m['lowest_loss_epoch']}")
+    print(f"  artifacts       {result.out}")
+    return 0

@@ -1,0 +1,58 @@
+"""Ship a trained model as one self-contained ``torch.export`` file (``.pt2``).
+
+``torch.export`` (not TorchScript, which torch 2.14 deprecates) needs no new dependency and
+no budgetnas at load time. The exported program includes the input normalisation, so its
+contract is the plain torchvision one: float images (N, C, H, W) in [0, 1], as
+``transforms.ToTensor()`` gives, in; class logits out. The batch size is dynamic.
+
+    program = torch.export.load("runs/best/model.pt2").module()
+    logits = program(images)      # images: float32 (N, 1, 28, 28) in [0, 1]
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from budgetnas.data import Data
+from budgetnas.trainer import Recipe
+
+
+class Deployable(nn.Module):
+    """``net`` preceded by the normalisation it was trained with (mean 0 / std 1 = none)."""
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def deployable(model: nn.Module, data: Data, recipe: Recipe) -> Deployable:
+    """A CPU, eval-mode copy of ``model`` that takes [0, 1] images (the trained model is untouched)."""
+    channels = data.input_shape[0]
+    mean, std = (data.mean, data.std) if recipe.normalize else ((0.0,) * channels, (1.0,) * channels)
+    net = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).float().eval()
+    return Deployable(net, mean, std).eval()
+
+
+def export_model(model: nn.Module, data: Data, recipe: Recipe, path: str | Path) -> Path:
+    """Export ``model`` (with its normalisation) to ``path`` with ``torch.export``; returns the path."""
+    path = Path(path)
+    module = deployable(model, data, recipe)
+    example = torch.zeros(2, *data.input_shape)
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def load_exported(path: str | Path) -> nn.Module:
+    """The callable module of an exported program (takes [0, 1] images, returns logits)."""
+    return torch.export.load(str(path)).module()

@@ -1,0 +1,280 @@
+"""Replay a trial: rebuild it from the storage alone, retrain it, test it, ship it.
+
+The search selects on validation data; replay is where a chosen architecture meets the
+test split. Everything needed comes from the study (``records``): the spec and recipe of
+the trial, the dataset, subset and split seed of the study. Options override epochs,
+seed, device and precision. A replay writes to ``out``::
+
+    model.pt            state_dict of the trained Net
+    spec.toml           RunConfig (spec + recipe + dataset): ``budgetnas train spec.toml`` retrains it
+    metrics.json        the numbers below, plus the per-epoch curve
+    learning-curve.png  train loss and validation accuracy per epoch
+    featuremaps/*.png   conv-block activations of one test image per class (CNNs)
+    model.pt2           torch.export program taking [0, 1] images (see budgetnas.export)
+
+and records its metrics in the study as user attribute ``replay:<trial number>``.
+
+    result = replay(storage="sqlite:///budgetnas.db", trial="best", epochs=20)
+    result.metrics["test_accuracy"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from budgetnas.errors import StorageError, UsageError
+from budgetnas.records import StudySettings, recipe_of, replay_key, settings_of, spec_of
+
+ProgressFn = Callable[[str], None]
+
+
+@dataclass
+class Choice:
+    """The trial a replay uses and a sentence saying why."""
+
+    trial: Any  # optuna.trial.FrozenTrial
+    reason: str
+
+
+@dataclass
+class ReplayResult:
+    study: str
+    trial: int
+    reason: str
+    out: Path
+    metrics: dict[str, Any]
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    model: Any = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.metrics, "study": self.study, "trial": self.trial, "reason": self.reason,
+                "out": str(self.out), "artifacts": {k: str(v) for k, v in self.artifacts.items()}}
+
+
+def trained_trials(study: Any) -> list[Any]:
+    """COMPLETE trials that were trained (they carry a spec) and not rejected."""
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "spec" in t.user_attrs and "rejected" not in t.user_attrs]
+
+
+def val_accuracy_of(trial: Any, settings: StudySettings | None = None) -> float:
+    """The validation accuracy the search recorded for ``trial`` (its accuracy objective)."""
+    objectives = list(settings.objectives) if settings else []
+    if trial.values and "accuracy" in objectives and len(trial.values) == len(objectives):
+        return float(trial.values[objectives.index("accuracy")])
+    curve = trial.user_attrs.get("val_accuracy_curve") or []
+    if curve:
+        return float(curve[-1])
+    return float(trial.values[0]) if trial.values else float("nan")
+
+
+def choose_trial(study: Any, which: str | int = "best") -> Choice:
+    """The trial ``which`` names: ``"best"`` or a trial number (raises StorageError when unusable).
+
+    "best" is the highest validation accuracy on the Pareto front (``study.best_trials``;
+    for a single objective, among all trained trials), ties going to fewer parameters.
+    """
+    settings = _settings_or_none(study)
+    if which != "best":
+        return Choice(_numbered_trial(study, which), f"trial {which}: asked for by number")
+    trained = trained_trials(study)
+    if not trained:
+        raise StorageError(f"study {study.study_name!r} has no finished trials to replay yet; "
+                           "let the search finish at least one trial")
+    ids = {t.number for t in trained}
+    where = "trained trials"
+    candidates = trained
+    if len(study.directions) > 1:
+        front = [t for t in study.best_trials if t.number in ids]
+        if front:
+            candidates = front
+            names = "/".join(settings.objectives) if settings else f"{len(study.directions)} objectives"
+            where = f"trials on the Pareto front ({names})"
+    def key(t: Any) -> tuple[float, int]:
+        return val_accuracy_of(t, settings), -int(t.user_attrs.get("params", 0))
+    best = max(candidates, key=key)
+    accuracy = val_accuracy_of(best, settings)
+    tied = [t for t in candidates if val_accuracy_of(t, settings) == accuracy]
+    reason = (f"trial {best.number}: highest validation accuracy {accuracy:.4f} among the "
+              f"{len(candidates)} {where}")
+    if len(tied) > 1:
+        reason += f"; {len(tied)} tied, the one with the fewest parameters ({best.user_attrs.get('params')}) wins"
+    return Choice(best, reason)
+
+
+def parse_trial(text: str) -> str | int:
+    """CLI value of ``--trial``: ``best`` or a non-negative trial number."""
+    if text == "best":
+        return "best"
+    if text.isdigit():
+        return int(text)
+    raise UsageError(f"--trial must be 'best' or a trial number, got {text!r}")
+
+
+def replay(storage: str | None = None, study: str | None = None, trial: str | int = "best", *,
+           epochs: int | None = None, seed: int | None = None, device: str = "auto", precision: str = "auto",
+           out: str | Path | None = None, data_root: str | os.PathLike | None = None,
+           subset: int | None | str = "study", images: Sequence[int] | None = None,
+           record: bool = True, progress: ProgressFn | None = None) -> ReplayResult:
+    """Retrain trial ``trial`` of ``study`` from the storage and write its artifacts to ``out``.
+
+    ``subset="study"`` trains on the same data slice as the search; ``None`` uses the full
+    dataset; an integer a stratified sample of that size. ``images`` are the test indices
+    for feature maps (default: the first test image of each class).
+    """
+    from budgetnas.studyio import load_existing_study
+
+    say = progress or (lambda _msg: None)
+    loaded, _url = load_existing_study(storage, study)
+    settings = settings_of(loaded)
+    choice = choose_trial(loaded, trial)
+    spec, recipe = spec_of(choice.trial), recipe_of(choice.trial)
+    recipe = replace(recipe, **{k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None})
+    out = Path(out) if out is not None else Path("runs") / f"{loaded.study_name}-trial{choice.trial.number}"
+    _check_writable(out)
+    say(f"replaying {choice.reason}")
+    say(f"  spec {spec.describe()}; {recipe.epochs} epochs, seed {recipe.seed}")
+    result = retrain(spec, recipe, settings, device=device, precision=precision, data_root=data_root,
+                     subset=settings.subset if subset == "study" else subset, out=out, images=images,
+                     name=f"{loaded.study_name}-trial{choice.trial.number}", progress=say)
+    result.study, result.trial, result.reason = loaded.study_name, choice.trial.number, choice.reason
+    result.metrics.update(study=loaded.study_name, trial=choice.trial.number,
+                          search_val_accuracy=val_accuracy_of(choice.trial, settings))
+    _write_json(out / "metrics.json", result.to_dict())
+    if record:
+        loaded.set_user_attr(replay_key(choice.trial.number), _recorded(result))
+    return result
+
+
+def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, precision: str,
+            data_root: Any, subset: int | None, out: Path, images: Sequence[int] | None, name: str,
+            progress: ProgressFn) -> ReplayResult:
+    """Train ``spec`` with ``recipe`` on the study's dataset (with test split) and write artifacts."""
+    from budgetnas.config import RunConfig, save_config
+    from budgetnas.counting import PAPER_BATCH, count_mult_adds
+    from budgetnas.data import load_dataset
+    from budgetnas.export import export_model
+    from budgetnas.featuremaps import render_feature_maps, save_feature_maps
+    from budgetnas.figures import line_panels
+    from budgetnas.spec import CNNSpec
+    from budgetnas.trainer import train
+
+    import torch
+
+    data = load_dataset(settings.dataset, data_root, with_test=True, subset=subset, seed=settings.split_seed)
+    progress(f"  data {settings.dataset}: {len(data.train)} train / {len(data.val)} val / "
+             f"{len(data.require_test())} test images")
+    bad = [i for i in images or () if not 0 <= i < len(data.require_test())]
+    if bad:  # checked before training, not after
+        raise UsageError(f"image index {bad[0]} is outside the test split (0..{len(data.require_test()) - 1})")
+
+    def on_epoch(e: Any) -> None:
+        progress(f"  epoch {e.epoch}/{recipe.epochs}  loss {e.train_loss:.4f}  val {e.val_accuracy:.4f}  "
+                 f"({e.seconds:.1f}s)")
+
+    trained = train(spec, data, recipe, device=device, precision=precision, on_epoch=on_epoch, evaluate_test=True)
+    summary = trained.summary()
+    metrics = {**{k: summary[k] for k in ("params", "val_accuracy", "test_accuracy", "train_seconds",
+                                          "lowest_loss", "lowest_loss_epoch", "epochs_run", "device", "precision")},
+               # torchinfo's mult-adds grow linearly with the batch: count one sample, quote the paper's batch.
+               "mult_adds": count_mult_adds(spec, data.input_shape, data.num_classes, batch=1) * PAPER_BATCH,
+               "epochs": recipe.epochs, "seed": recipe.seed, "dataset": settings.dataset, "subset": subset,
+               "train_images": len(data.train), "test_images": len(data.require_test()),
+               "spec": spec.to_dict(), "recipe": recipe.to_dict(), "curve": summary["curve"],
+               "replayed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    artifacts: dict[str, Path] = {}
+    artifacts["weights"] = out / "model.pt"
+    torch.save({k: v.cpu() for k, v in trained.model.state_dict().items()}, artifacts["weights"])
+    header = (f"Replayed {name}: test accuracy {metrics['test_accuracy']:.4f}, {metrics['params']} params.\n"
+              "Retrain with: budgetnas train spec.toml")
+    artifacts["config"] = save_config(RunConfig(name=name, spec=spec, recipe=recipe, dataset=settings.dataset,
+                                                result={k: metrics[k] for k in ("params", "val_accuracy",
+                                                        "test_accuracy", "train_seconds", "mult_adds")}),
+                                      out / "spec.toml", header=header)
+    artifacts["learning_curve"] = out / "learning-curve.png"
+    line_panels([("train loss", [("train loss", [e.train_loss for e in trained.epochs])]),
+                 ("validation accuracy", [("val accuracy", [e.val_accuracy for e in trained.epochs])])]
+                ).save(artifacts["learning_curve"])
+    if isinstance(spec, CNNSpec):
+        maps = render_feature_maps(trained.model, data, recipe, images)
+        paths = save_feature_maps(maps, out / "featuremaps")
+        artifacts["featuremaps"] = out / "featuremaps"
+        progress(f"  feature maps of {len(paths)} test images in {artifacts['featuremaps']}")
+    artifacts["export"] = export_model(trained.model, data, recipe, out / "model.pt2")
+    artifacts["metrics"] = out / "metrics.json"
+    _write_json(artifacts["metrics"], {**metrics, "artifacts": {k: str(v) for k, v in artifacts.items()}})
+    progress(f"  test accuracy {metrics['test_accuracy']:.4f}; artifacts in {out}")
+    return ReplayResult(study="", trial=-1, reason="", out=out.resolve(), metrics=metrics,
+                        artifacts=artifacts, model=trained.model)
+
+
+def load_replayed(folder: str | Path) -> tuple[Any, Any]:
+    """(Net with the trained weights, RunConfig) from a replay's ``out`` folder."""
+    import torch
+
+    from budgetnas.config import load_config
+    from budgetnas.data import dataset_info
+    from budgetnas.model import build_model
+
+    folder = Path(folder)
+    config = load_config(folder / "spec.toml")
+    input_shape, num_classes = dataset_info(config.dataset)
+    model = build_model(config.spec, input_shape, num_classes)
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    return model.eval(), config
+
+
+def _numbered_trial(study: Any, number: int) -> Any:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise StorageError(f"study {study.study_name!r} has no trial {number} (trials are 0..{len(trials) - 1})")
+    chosen = next(t for t in trials if t.number == number)
+    if "rejected" in chosen.user_attrs:
+        raise StorageError(f"trial {number} was rejected before training ({chosen.user_attrs['rejected']}); "
+                           "choose another trial or --trial best")
+    if chosen.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+        state = {"FAIL": "failed", "RUNNING": "still running", "WAITING": "waiting to run"}.get(
+            chosen.state.name, chosen.state.name.lower())
+        why = f" ({chosen.user_attrs['failed']})" if "failed" in chosen.user_attrs else ""
+        raise StorageError(f"trial {number} {state}{why}; it has no trained result to replay, "
+                           "choose a finished trial or --trial best")
+    spec_of(chosen)  # raises when it was never trained
+    return chosen
+
+
+def _settings_or_none(study: Any) -> StudySettings | None:
+    try:
+        return settings_of(study)
+    except StorageError:
+        return None
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before training when ``out`` cannot hold the artifacts."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".budgetnas-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"cannot write to output folder {out}: {exc.strerror or exc}; choose another --out") from None
+
+
+def _recorded(result: ReplayResult) -> dict[str, Any]:
+    """The compact dict stored in the study (the dashboard shows it; curves stay in metrics.json)."""
+    keys = ("test_accuracy", "val_accuracy", "params", "mult_adds", "train_seconds", "lowest_loss",
+            "lowest_loss_epoch", "epochs", "seed", "device", "precision", "subset", "replayed_at")
+    return {**{k: result.metrics[k] for k in keys}, "out": str(result.out)}
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")

@@ -1,0 +1,137 @@
+"""``budgetnas search``: options -> :class:`budgetnas.search.SearchConfig` -> printed summary."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any
+
+from budgetnas.cli._common import (add_data_options, add_device_options, add_json_option, format_table,
+                                   parse_duration, print_json, progress)
+
+HELP = "search architectures under an exact parameter budget (multi-objective Optuna study)"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("search", help=HELP, description=HELP + ". Rerunning the same command "
+                                   "resumes the study; --trials is the study's total.")
+    parser.add_argument("--budget", required=True, help="parameter budget, e.g. 100k, 0.1M, 100000")
+    parser.add_argument("--family", default="cnn", choices=("cnn", "fcn"), help="architecture family (default cnn)")
+    add_data_options(parser)
+    parser.add_argument("--trials", type=int, default=None, metavar="N",
+                        help="total trials in the study, finished ones included (default 20 unless --timeout)")
+    parser.add_argument("--timeout", default=None, metavar="DURATION",
+                        help="stop starting new trials after this long: 90s, 30m, 2h")
+    parser.add_argument("--epochs", type=int, default=3, metavar="E", help="training epochs per trial (default 3)")
+    add_device_options(parser)
+    parser.add_argument("--storage", default=None, metavar="URL",
+                        help="sqlite:///PATH.db, postgresql://..., or journal:PATH (default: ./budgetnas.db)")
+    parser.add_argument("--study", default=None, metavar="NAME",
+                        help="study name (default: FAMILY-BUDGET-DATASET, e.g. cnn-100k-fashion-mnist)")
+    parser.add_argument("--sampler", default="tpe", choices=("tpe", "nsga2", "random"), help="default tpe")
+    parser.add_argument("--objectives", default="accuracy,runtime", metavar="LIST",
+                        help="comma-separated from accuracy, runtime, params, mult_adds (default accuracy,runtime); "
+                             "'accuracy' alone = single-objective mode with Optuna's median pruner")
+    parser.add_argument("--parameterisation", default="fit", choices=("fit", "direct"),
+                        help="fit (default): widths scaled so every candidate fits the budget; "
+                             "direct: widths sampled as such, over-budget candidates rejected")
+    parser.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=True,
+                        help="stop trials whose learning curve cannot reach the front (default on)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="sampler and training seed (default 0)")
+    add_json_option(parser)
+    parser.set_defaults(handler=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from budgetnas.budget import parse_budget
+    from budgetnas.search import SearchConfig
+
+    timeout = parse_duration(args.timeout) if args.timeout is not None else None
+    trials = args.trials if args.trials is not None or timeout is not None else 20
+    return SearchConfig(budget=parse_budget(args.budget), family=args.family, dataset=args.dataset,
+                        data_root=args.data_root, subset=args.subset, trials=trials, timeout=timeout,
+                        epochs=args.epochs, device=args.device, precision=args.precision, storage=args.storage,
+                        study=args.study, sampler=args.sampler, objectives=args.objectives,
+                        parameterisation=args.parameterisation, seed=args.seed, early_stop=args.early_stop)
+
+
+def run(args: argparse.Namespace) -> int:
+    from budgetnas.search import SearchInterrupted, run_search
+    from budgetnas.storage import redact
+
+    config = config_from_args(args)
+    progress(f"storage: {redact(config.storage_url)}  study: {config.study_name}")
+    try:
+        summary = run_search(config, progress=progress)
+    except SearchInterrupted as stop:
+        progress(f"interrupted; the study is saved ({stop.summary.trials} finished trials). "
+                 f"Resume with:\n  {resume_command(args, config)}")
+        return 130
+    if args.json:
+        progress(f"storage: {summary.storage_url}")
+        document = summary.to_dict()
+        document["commands"] = commands(summary)
+        print_json(document)
+        return 0
+    print(render(summary))
+    return 0
+
+
+def render(summary) -> str:
+    from budgetnas.counting import human_count
+
+    rows = [{"trial": r["trial"], "params": f"{r['params']:,}", "acc": f"{r['val_accuracy']:.4f}",
+             "secs": f"{r['train_seconds']:.1f}", "madds": human_count(r["mult_adds"]), "spec": r["spec"]}
+            for r in summary.front]
+    lines = [f"study {summary.study}: {summary.trials} finished trials ({summary.complete} complete, "
+             f"{summary.stopped_early} stopped early, {summary.rejected} rejected over budget, {summary.failed} failed)"
+             f" in {summary.wall_seconds:.0f}s this run",
+             f"rejection rate: {summary.rejection_rate:.1%}", ""]
+    if rows:
+        lines.append("Pareto front (" + ", ".join(summary.objectives) + "; validation data only):")
+        lines.append(format_table(rows, [("trial", "trial"), ("params", "params"), ("acc", "val acc"),
+                                         ("secs", "train s"), ("madds", "mult-adds"), ("spec", "architecture")]))
+    else:
+        lines.append("no complete trial yet")
+    lines.append("")
+    lines.append(f"storage: {summary.storage_url}")
+    for label, command in commands(summary).items():
+        lines.append(f"{label}: {command}")
+    return "\n".join(lines)
+
+
+def commands(summary) -> dict[str, str]:
+    """The exact follow-up commands (dashboard always; replay of the most accurate front trial)."""
+    where = ["--storage", summary.storage_url]
+    result = {"dashboard": shlex.join(["budgetnas", "dashboard", *where])}
+    if summary.front:
+        result["replay"] = shlex.join(["budgetnas", "replay", *where, "--study", summary.study,
+                                       "--trial", str(summary.front[0]["trial"])])
+    return result
+
+
+def resume_command(args: argparse.Namespace, config) -> str:
+    """The same search as a command line with every setting spelled out (and the storage made explicit)."""
+    from budgetnas.storage import redact
+
+    parts = ["budgetnas", "search", "--budget", str(config.budget), "--family", config.family,
+             "--dataset", config.dataset]
+    if config.data_root:
+        parts += ["--data-root", config.data_root]
+    if config.subset:
+        parts += ["--subset", str(config.subset)]
+    if config.trials is not None:
+        parts += ["--trials", str(config.trials)]
+    if args.timeout:
+        parts += ["--timeout", args.timeout]
+    parts += ["--epochs", str(config.epochs), "--storage", redact(config.storage_url), "--study", config.study_name,
+              "--sampler", config.sampler, "--objectives", ",".join(config.objectives) if not
+              isinstance(config.objectives, str) else config.objectives,
+              "--parameterisation", config.parameterisation, "--seed", str(config.seed)]
+    if args.device != "auto":
+        parts += ["--device", args.device]
+    if args.precision != "auto":
+        parts += ["--precision", args.precision]
+    if not config.early_stop:
+        parts.append("--no-early-stop")
+    return shlex.join(parts)

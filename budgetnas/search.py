@@ -1,0 +1,313 @@
+"""``run_search``: the multi-objective architecture search, callable from Python.
+
+    from budgetnas.search import SearchConfig, run_search
+    summary = run_search(SearchConfig(budget=100_000, family="cnn", trials=20, epochs=2))
+    print(summary.front)
+
+The command ``budgetnas search`` only parses options into a :class:`SearchConfig` and prints
+the :class:`SearchSummary`. ``trials`` is the total for the study: trials already finished
+(complete, pruned or rejected, or failed by an error) count, so rerunning an interrupted
+search finishes the same study.
+
+Ctrl-C: during training it interrupts at once; the trial is recorded FAIL with an
+``interrupted`` user attribute. Elsewhere (while Optuna writes to the storage) it is only
+noted, and the search stops before the next trial starts, so the storage is never left
+half-written. Either way :class:`SearchInterrupted` is raised and the study can be resumed
+by running the same search again.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from budgetnas import records
+from budgetnas.budget import format_budget
+from budgetnas.counting import human_count
+from budgetnas.data import check_dataset_name, dataset_info, load_dataset
+from budgetnas.errors import RunFailure, UsageError
+from budgetnas.objective import Objective
+from budgetnas.space import SPACE_VERSION, check_choices, minimal_spec, smallest_count
+from budgetnas.storage import normalise_url, open_storage, redact
+from budgetnas.study import create_or_load, default_study_name, parse_objectives
+from budgetnas.trainer import PAPER_RECIPE, Recipe
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything a search needs; the CLI options map one to one onto these fields."""
+
+    budget: int
+    family: str = "cnn"
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    subset: int | None = None  # stratified sample of the training images (quick runs)
+    trials: int | None = 20  # total for the study, finished trials included; None = until timeout
+    timeout: float | None = None  # seconds for this run
+    epochs: int = 3  # per trial; the paper trains 20, a search ranks candidates with fewer
+    device: str = "auto"
+    precision: str = "auto"
+    storage: str | None = None  # Optuna storage URL; None = ./budgetnas.db
+    study: str | None = None  # None = e.g. "cnn-100k-fashion-mnist"
+    sampler: str = "tpe"
+    objectives: tuple[str, ...] = ("accuracy", "runtime")
+    parameterisation: str = "fit"
+    seed: int = 0
+    early_stop: bool = True  # Median pruner (single objective) or the front rule (stopping.py)
+    recipe: Recipe = PAPER_RECIPE  # its epochs and seed are replaced by ``epochs`` and ``seed``
+
+    @property
+    def study_name(self) -> str:
+        return self.study or default_study_name(self.family, self.budget, self.dataset)
+
+    @property
+    def storage_url(self) -> str:
+        return normalise_url(self.storage)
+
+    def training_recipe(self) -> Recipe:
+        return replace(self.recipe, epochs=self.epochs, seed=self.seed)
+
+    def settings(self) -> records.StudySettings:
+        return records.StudySettings(family=self.family, budget=self.budget, dataset=self.dataset,
+                                     epochs=self.epochs, objectives=tuple(self.objectives), sampler=self.sampler,
+                                     parameterisation=self.parameterisation, space_version=SPACE_VERSION,
+                                     subset=self.subset)
+
+
+@dataclass
+class SearchSummary:
+    """What a search found; ``front`` rows are sorted by validation accuracy, best first."""
+
+    study: str
+    storage_url: str  # password redacted
+    objectives: tuple[str, ...]
+    trials: int  # finished trials in the study (all runs)
+    complete: int
+    stopped_early: int
+    rejected: int
+    failed: int
+    wall_seconds: float  # this run
+    front: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def rejection_rate(self) -> float:
+        return self.rejected / self.trials if self.trials else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["objectives"] = list(self.objectives)
+        data["rejection_rate"] = self.rejection_rate
+        return data
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the search; ``summary`` describes the (resumable) study so far."""
+
+    def __init__(self, summary: SearchSummary) -> None:
+        super().__init__("search interrupted")
+        self.summary = summary
+
+
+def run_search(config: SearchConfig, progress: Progress | None = None) -> SearchSummary:
+    """Run (or resume) the search that ``config`` describes and summarise the study."""
+    say = progress or (lambda message: None)
+    config = replace(config, objectives=parse_objectives(config.objectives))
+    check_config(config)
+    input_shape, num_classes = dataset_info(config.dataset, config.data_root)
+    check_budget(config, input_shape, num_classes)
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's (with tracebacks)
+    try:
+        return _optimize(config, input_shape, say)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Progress) -> SearchSummary:
+    storage = open_storage(config.storage_url)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+              if config.early_stop else optuna.pruners.NopPruner())
+    study = create_or_load(storage, config.study_name, config.settings(), config.sampler, config.seed, pruner=pruner)
+    done_before = count_finished(study)
+    if config.trials is not None and done_before >= config.trials:
+        say(f"study {config.study_name} already has {done_before} finished trials (--trials {config.trials}); "
+            "raise --trials to continue it")
+        return summarise(study, config, 0.0)
+
+    data = load_dataset(config.dataset, config.data_root, subset=config.subset)
+    guard = _CtrlC()
+    objective = Objective(config, data, config.training_recipe(), progress=say, interruptible=guard.training)
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_Reporter(config, say)]
+    if config.trials is not None:
+        callbacks.insert(0, _StopAtTotal(config.trials))
+    start = time.perf_counter()
+    try:
+        with guard.installed(study):
+            study.optimize(objective, timeout=config.timeout, catch=(RunFailure,), callbacks=callbacks)
+    except KeyboardInterrupt:
+        guard.requested = True
+    summary = summarise(study, config, time.perf_counter() - start)
+    if guard.requested:
+        summary.interrupted = True
+        raise SearchInterrupted(summary)
+    return summary
+
+
+def check_config(config: SearchConfig) -> None:
+    """Fail fast on options that are wrong whatever the data (before anything is loaded)."""
+    check_choices(config.family, config.parameterisation)
+    check_dataset_name(config.dataset)
+    if isinstance(config.budget, bool) or not isinstance(config.budget, int) or config.budget <= 0:
+        raise UsageError(f"budget must be a positive number of parameters, got {config.budget!r}")
+    if config.trials is not None and config.trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {config.trials}")
+    if config.trials is None and config.timeout is None:
+        raise UsageError("give --trials or --timeout (or both) so the search knows when to stop")
+    if config.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {config.epochs}")
+
+
+def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> None:
+    smallest = smallest_count(config.family, config.parameterisation, input_shape, num_classes)
+    if config.budget < smallest:
+        spec = minimal_spec(config.family, config.parameterisation, input_shape)
+        raise UsageError(f"budget {config.budget:,} is smaller than the smallest {config.family} the search space "
+                         f"can build for {config.dataset} ({smallest:,} parameters: {spec.describe()}); "
+                         f"use --budget {format_budget(smallest)} or more")
+
+
+def count_finished(study: optuna.Study) -> int:
+    """Trials that count towards ``--trials``: every finished trial except ones cut by Ctrl-C."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if _counts(t))
+
+
+def _counts(trial: FrozenTrial) -> bool:
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and "interrupted" not in trial.user_attrs
+
+
+def summarise(study: optuna.Study, config: SearchConfig, wall_seconds: float) -> SearchSummary:
+    trials = [t for t in study.get_trials(deepcopy=False) if _counts(t)]
+    rejected = sum(1 for t in trials if "rejected" in t.user_attrs)
+    stopped = sum(1 for t in trials if t.state == TrialState.PRUNED and "rejected" not in t.user_attrs)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    front = study.best_trials if complete else []
+    rows = sorted((front_row(t) for t in front), key=lambda r: -r["val_accuracy"])
+    return SearchSummary(study=study.study_name, storage_url=redact(config.storage_url),
+                         objectives=tuple(config.objectives), trials=len(trials), complete=len(complete),
+                         stopped_early=stopped, rejected=rejected,
+                         failed=sum(1 for t in trials if t.state == TrialState.FAIL),
+                         wall_seconds=wall_seconds, front=rows)
+
+
+def front_row(trial: FrozenTrial) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    curve = attrs.get("val_accuracy_curve") or [math.nan]
+    spec = records.spec_of(trial)
+    return {"trial": trial.number, "params": attrs.get("params"), "val_accuracy": curve[-1],
+            "train_seconds": attrs.get("train_seconds"), "mult_adds": attrs.get("mult_adds"),
+            "spec": spec.describe()}
+
+
+class _StopAtTotal:
+    """Stop when the study (all runs and workers) has ``total`` counted trials."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if count_finished(study) >= self.total:
+            study.stop()
+
+
+class _Reporter:
+    """One progress line per finished trial: i of N, outcome, best so far, elapsed and ETA."""
+
+    def __init__(self, config: SearchConfig, say: Progress) -> None:
+        self.config = config
+        self.say = say
+        self.start = time.perf_counter()
+        self.run_trials = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if not _counts(trial):
+            return
+        self.run_trials += 1
+        elapsed = time.perf_counter() - self.start
+        done = count_finished(study)
+        total = self.config.trials
+        eta = math.inf
+        if total is not None:
+            eta = elapsed / self.run_trials * max(total - done, 0)
+        if self.config.timeout is not None:
+            eta = min(eta, max(self.config.timeout - elapsed, 0.0))
+        attrs = trial.user_attrs
+        if trial.state == TrialState.COMPLETE:
+            outcome = f"val acc {attrs['val_accuracy_curve'][-1]:.4f}, {attrs['train_seconds']:.1f}s"
+        elif "rejected" in attrs:
+            outcome = "rejected (over budget)"
+        elif trial.state == TrialState.PRUNED:
+            outcome = "stopped early"
+        else:
+            outcome = f"failed: {attrs.get('failed', 'error')}"
+        best = max((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
+                   key=lambda t: t.user_attrs["val_accuracy_curve"][-1], default=None)
+        best_text = (f"best val acc {best.user_attrs['val_accuracy_curve'][-1]:.4f} (trial {best.number}, "
+                     f"{human_count(best.user_attrs['params'])} params)" if best else "no complete trial yet")
+        of = f"/{total}" if total is not None else ""
+        self.say(f"[{done}{of}] trial {trial.number} {outcome} | {best_text} | elapsed {_clock(elapsed)}"
+                 + (f", ETA {_clock(eta)}" if math.isfinite(eta) else ""))
+
+
+class _CtrlC:
+    """SIGINT handling that never interrupts a storage write (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.in_training = False
+        self.study: optuna.Study | None = None
+
+    def training(self, flag: bool) -> None:
+        self.in_training = flag
+        if flag and self.requested:
+            raise KeyboardInterrupt
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        already = self.requested
+        self.requested = True
+        if self.in_training or already:  # a second Ctrl-C always interrupts at once
+            raise KeyboardInterrupt
+        if self.study is not None:
+            self.study.stop()
+
+    def installed(self, study: optuna.Study) -> "_CtrlC":
+        self.study = study
+        return self
+
+    def __enter__(self) -> "_CtrlC":
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

@@ -1,0 +1,184 @@
+"""The search space: Optuna trial parameters -> an architecture spec.
+
+:func:`sample_spec` is the only place where architecture parameters are suggested. It is
+typed against :class:`optuna.trial.BaseTrial`, so ``sample_spec(FixedTrial(params), ...)``
+rebuilds the spec of any stored trial (replay cross-check) and tests can pin exact picks.
+
+Rules every sampler relies on:
+
+* Each parameter name always has the same distribution, in every trial of every study of
+  this :data:`SPACE_VERSION` (ranges never depend on the budget or on earlier answers).
+  Depth-dependent parameters are conditional in the optuna-examples way: ``conv3_kernel``
+  is only asked when there are at least 3 blocks, but always with the same choices.
+* The space adapts to the input size without failing: a pool that would shrink a feature
+  map below 1x1 is dropped (the spec records ``pool=None``), so 1x8x8 and 3x32x32 inputs
+  work as well as 1x28x28.
+
+Two parameterisations of the widths (everything else is shared):
+
+``direct``
+    channels and unit counts are sampled as such (log-uniform integers). Every paper
+    architecture is reachable exactly; a candidate over the budget is rejected by the
+    objective before training.
+``fit`` (default)
+    relative widths and a target fill fraction of the budget are sampled; all widths are
+    then scaled by the largest factor whose exact :func:`count_params` stays within
+    ``fill * budget`` (bisection over the factor; counting is analytic and cheap). So every
+    candidate fits by construction, unless even width 1 everywhere is over the budget.
+    The exact count remains the final check in the objective.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from budgetnas.counting import count_params
+from budgetnas.errors import UsageError
+from budgetnas.spec import ACTIVATIONS, INITS, CNNSpec, ConvBlock, FCNSpec, Spec
+
+if TYPE_CHECKING:
+    from optuna.trial import BaseTrial
+
+SPACE_VERSION = 1  # bump whenever a name, range or rule below changes: old studies then refuse to resume
+PARAMETERISATIONS = ("fit", "direct")
+FAMILIES = ("cnn", "fcn")
+
+MAX_CONV_BLOCKS = 4
+MAX_FC_LAYERS = 3  # hidden FC layers of a CNN head
+MAX_FCN_LAYERS = 4
+KERNELS = (3, 5, 7)
+POOL = 2  # max-pool kernel and stride when a block pools (the paper's choice)
+
+# direct: ranges wide enough for 10k..1M budgets and containing every paper pick
+CHANNELS = (2, 256)  # paper: 10, 18, 20, 25, 30, 40, 60
+FC_UNITS = (2, 512)  # paper: 8, 9, 20, 25, 30, 50
+FCN_UNITS = (2, 1024)  # paper: 50, 100, 120, 180, 200
+# fit: widths relative to each other; the common scale is solved from the budget
+RELATIVE_WIDTH = (0.25, 4.0)
+FILL = (0.5, 1.0)  # fraction of the budget to aim for (lower = cheaper, faster candidates)
+DROPOUT = (0.0, 0.5)
+_MAX_WIDTH = 1 << 16  # bisection ceiling for any single layer width
+
+
+def sample_spec(trial: "BaseTrial", family: str, budget: int, input_shape: tuple[int, int, int],
+                num_classes: int, parameterisation: str = "fit") -> Spec:
+    """Sample one architecture of ``family`` from ``trial``.
+
+    With ``parameterisation="fit"`` the widths are scaled to use ``fill * budget`` parameters
+    at most; with ``"direct"`` the spec may exceed the budget (the caller rejects it).
+    """
+    check_choices(family, parameterisation)
+    if family == "cnn":
+        shape = _CNNShape(trial, input_shape)
+        if parameterisation == "direct":
+            conv = [trial.suggest_int(f"conv{i}_channels", *CHANNELS, log=True) for i in range(1, shape.n_conv + 1)]
+            fc = [trial.suggest_int(f"fc{i}_units", *FC_UNITS, log=True) for i in range(1, shape.n_fc + 1)]
+            return shape.build(conv, fc)
+        conv_rel = [trial.suggest_float(f"conv{i}_width", *RELATIVE_WIDTH, log=True)
+                    for i in range(1, shape.n_conv + 1)]
+        fc_rel = [trial.suggest_float(f"fc{i}_width", *RELATIVE_WIDTH, log=True) for i in range(1, shape.n_fc + 1)]
+        fill = trial.suggest_float("fill", *FILL)
+        return fit_widths(lambda widths: shape.build(widths[:len(conv_rel)], widths[len(conv_rel):]),
+                          conv_rel + fc_rel, int(fill * budget), input_shape, num_classes)
+
+    n_hidden = trial.suggest_int("n_hidden", 1, MAX_FCN_LAYERS)
+    batch_norm = trial.suggest_categorical("batch_norm", [False, True])
+    dropout, activation, init = _regularisation(trial)
+
+    def build(widths: list[int]) -> FCNSpec:
+        return FCNSpec(hidden=tuple(widths), batch_norm=batch_norm, dropout=dropout, activation=activation, init=init)
+
+    if parameterisation == "direct":
+        return build([trial.suggest_int(f"hidden{i}_units", *FCN_UNITS, log=True) for i in range(1, n_hidden + 1)])
+    rel = [trial.suggest_float(f"hidden{i}_width", *RELATIVE_WIDTH, log=True) for i in range(1, n_hidden + 1)]
+    fill = trial.suggest_float("fill", *FILL)
+    return fit_widths(build, rel, int(fill * budget), input_shape, num_classes)
+
+
+def fit_widths(build: Callable[[list[int]], Spec], relative: list[float], target: int,
+               input_shape: tuple[int, int, int], num_classes: int) -> Spec:
+    """The spec ``build(widths)`` with ``widths = max(1, round(s * relative))`` for the largest
+    scale ``s`` whose exact parameter count is at most ``target``.
+
+    The count never decreases as ``s`` grows (every width is non-decreasing in ``s`` and every
+    parameter term is increasing in each width), so bisection finds that scale. When even
+    ``s = 0`` (all widths 1) exceeds ``target``, the all-ones spec is returned; the objective's
+    exact check then decides whether it is within the budget.
+    """
+    def spec_at(scale: float) -> Spec:
+        return build([max(1, round(scale * r)) for r in relative])
+
+    def fits(scale: float) -> bool:
+        return count_params(spec_at(scale), input_shape, num_classes) <= target
+
+    low, high = 0.0, 1.0
+    while fits(high):
+        low, high = high, high * 2
+        if high * max(relative) > _MAX_WIDTH:
+            return spec_at(low)
+    for _ in range(60):  # widths are integers: 60 halvings of the interval pin the last step exactly
+        middle = (low + high) / 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+        if high - low < 1e-9 * high:
+            break
+    return spec_at(low)
+
+
+def minimal_spec(family: str, parameterisation: str, input_shape: tuple[int, int, int]) -> Spec:
+    """The smallest architecture the space can produce (for the "budget too small" check)."""
+    check_choices(family, parameterisation)
+    if family == "cnn":
+        width = CHANNELS[0] if parameterisation == "direct" else 1
+        pool = POOL if min(input_shape[1:]) >= POOL else None
+        return CNNSpec(conv=(ConvBlock(width, kernel_size=KERNELS[0], pool=pool),), fc=(), head="gap")
+    width = FCN_UNITS[0] if parameterisation == "direct" else 1
+    return FCNSpec(hidden=(width,))
+
+
+def smallest_count(family: str, parameterisation: str, input_shape: tuple[int, int, int], num_classes: int) -> int:
+    return count_params(minimal_spec(family, parameterisation, input_shape), input_shape, num_classes)
+
+
+def check_choices(family: str, parameterisation: str) -> None:
+    if family not in FAMILIES:
+        raise UsageError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    if parameterisation not in PARAMETERISATIONS:
+        raise UsageError(f"unknown parameterisation {parameterisation!r}; choose one of {', '.join(PARAMETERISATIONS)}")
+
+
+class _CNNShape:
+    """Everything of a CNN except its widths (shared by both parameterisations)."""
+
+    def __init__(self, trial: "BaseTrial", input_shape: tuple[int, int, int]) -> None:
+        self.n_conv = trial.suggest_int("n_conv", 1, MAX_CONV_BLOCKS)
+        self.kernels = [trial.suggest_categorical(f"conv{i}_kernel", list(KERNELS)) for i in range(1, self.n_conv + 1)]
+        wants_pool = [trial.suggest_categorical(f"conv{i}_pool", [True, False]) for i in range(1, self.n_conv + 1)]
+        self.conv_batch_norm = trial.suggest_categorical("conv_batch_norm", [False, True])
+        self.head = trial.suggest_categorical("head", ["flatten", "gap"])
+        self.n_fc = trial.suggest_int("n_fc", 0, MAX_FC_LAYERS)
+        self.fc_batch_norm = trial.suggest_categorical("fc_batch_norm", [False, True])
+        self.dropout, self.activation, self.init = _regularisation(trial)
+        # "same" padding keeps the map size through each conv; only pools shrink it. Drop a pool
+        # that would take the map below 1x1 rather than fail (small inputs such as 8x8).
+        size = min(input_shape[1:])
+        self.pools: list[int | None] = []
+        for wanted in wants_pool:
+            pool = POOL if wanted and size >= POOL else None
+            size = size // pool if pool else size
+            self.pools.append(pool)
+
+    def build(self, channels: list[int], fc: list[int]) -> CNNSpec:
+        conv = tuple(ConvBlock(c, kernel_size=k, pool=p, batch_norm=self.conv_batch_norm)
+                     for c, k, p in zip(channels, self.kernels, self.pools))
+        return CNNSpec(conv=conv, fc=tuple(fc), head=self.head, fc_batch_norm=self.fc_batch_norm,
+                       dropout=self.dropout, activation=self.activation, init=self.init)
+
+
+def _regularisation(trial: "BaseTrial") -> tuple[float, str, str]:
+    dropout = trial.suggest_float("dropout", *DROPOUT)
+    activation = trial.suggest_categorical("activation", list(ACTIVATIONS))
+    init = trial.suggest_categorical("init", list(INITS))
+    return dropout, activation, init

@@ -1,0 +1,121 @@
+"""The search space: paper picks reachable, fixed distributions, fit-by-construction, small inputs."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import FixedTrial
+
+from budgetnas.counting import count_params
+from budgetnas.space import MAX_CONV_BLOCKS, minimal_spec, sample_spec, smallest_count
+from budgetnas.spec import CNNSpec, ConvBlock, FCNSpec, feature_shapes
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+FMNIST = (1, 28, 28)
+
+
+def plain_cnn(conv: tuple[int, ...], fc: tuple[int, ...]) -> dict[str, object]:
+    """Direct-space parameters of the paper's CNNs: k3, pool 2 per block, flatten, ReLU, nothing else."""
+    params: dict[str, object] = {"n_conv": len(conv), "n_fc": len(fc), "conv_batch_norm": False, "head": "flatten",
+                                 "fc_batch_norm": False, "dropout": 0.0, "activation": "relu", "init": "default"}
+    for i, channels in enumerate(conv, start=1):
+        params.update({f"conv{i}_kernel": 3, f"conv{i}_pool": True, f"conv{i}_channels": channels})
+    params.update({f"fc{i}_units": units for i, units in enumerate(fc, start=1)})
+    return params
+
+
+@pytest.mark.parametrize("conv, fc, expected", [
+    ((10, 18), (8, 20), 9_192), ((20, 30), (9, 20), 19_279),
+    ((25, 40), (20, 30), 49_450), ((40, 60), (25, 50), 97_395),
+])
+def test_paper_cnns_are_reachable_exactly_in_direct(conv, fc, expected):
+    spec = sample_spec(FixedTrial(plain_cnn(conv, fc)), "cnn", 100_000, FMNIST, 10, "direct")
+    assert spec == CNNSpec(conv=tuple(ConvBlock(c, kernel_size=3, padding=1, pool=2) for c in conv), fc=fc)
+    assert count_params(spec, FMNIST, 10) == expected
+
+
+def test_paper_cnn_with_batch_norm_is_reachable():
+    params = plain_cnn((40, 60), (25, 50)) | {"conv_batch_norm": True, "fc_batch_norm": True}
+    spec = sample_spec(FixedTrial(params), "cnn", 100_000, FMNIST, 10, "direct")
+    assert all(b.batch_norm for b in spec.conv) and spec.fc_batch_norm
+
+
+@pytest.mark.parametrize("hidden, expected", [((50, 120), 46_580), ((100, 180), 98_490), ((200, 200), 199_210)])
+def test_paper_fcns_are_reachable_exactly_in_direct(hidden, expected):
+    params = {"n_hidden": len(hidden), "batch_norm": False, "dropout": 0.0, "activation": "relu",
+              "init": "xavier_normal", **{f"hidden{i}_units": w for i, w in enumerate(hidden, start=1)}}
+    spec = sample_spec(FixedTrial(params), "fcn", 200_000, FMNIST, 10, "direct")
+    assert spec == FCNSpec(hidden=hidden, init="xavier_normal")
+    assert count_params(spec, FMNIST, 10) == expected
+
+
+@pytest.mark.parametrize("family", ["cnn", "fcn"])
+@pytest.mark.parametrize("parameterisation", ["fit", "direct"])
+def test_every_parameter_keeps_one_distribution(family, parameterisation):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for budget in (5_000, 100_000):  # not even the budget may change a distribution
+        for _ in range(60):
+            trial = study.ask()
+            sample_spec(trial, family, budget, FMNIST, 10, parameterisation)
+            study.tell(trial, 0.0)
+    seen: dict[str, object] = {}
+    for trial in study.trials:
+        for name, distribution in trial.distributions.items():
+            assert seen.setdefault(name, distribution) == distribution, name
+    if family == "cnn":
+        assert f"conv{MAX_CONV_BLOCKS}_kernel" in seen  # deep nets were sampled too
+
+
+@pytest.mark.parametrize("family", ["cnn", "fcn"])
+@pytest.mark.parametrize("budget", [2_000, 20_000, 100_000])
+def test_fit_parameterisation_always_within_budget(family, budget):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=budget))
+    fills = []
+    for _ in range(150):
+        trial = study.ask()
+        spec = sample_spec(trial, family, budget, FMNIST, 10, "fit")
+        study.tell(trial, 0.0)
+        params = count_params(spec, FMNIST, 10)
+        if all(w == 1 for w in _widths(spec)):
+            continue  # the narrowest net of its shape: may exceed the fill (and even the budget: rejected)
+        assert params <= budget
+        fills.append(params / (trial.params["fill"] * budget))
+        # replay: the stored parameters rebuild the same spec
+        assert sample_spec(FixedTrial(trial.params), family, budget, FMNIST, 10, "fit") == spec
+    assert len(fills) > 50
+    assert max(fills) <= 1.0
+    if budget >= 20_000:  # the scale is the largest that fits: most candidates land near their target
+        assert sorted(fills)[len(fills) // 2] > 0.9
+
+
+@pytest.mark.parametrize("input_shape", [(1, 8, 8), (3, 32, 32), (1, 28, 28)])
+@pytest.mark.parametrize("parameterisation", ["fit", "direct"])
+def test_small_inputs_never_pool_below_one_pixel(input_shape, parameterisation):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    deepest = 0
+    for _ in range(120):
+        trial = study.ask()
+        spec = sample_spec(trial, "cnn", 50_000, input_shape, 10, parameterisation)
+        shapes = feature_shapes(spec, input_shape)  # raises if any map goes below 1x1
+        assert min(min(s[1:]) for s in shapes) >= 1
+        pools_asked = sum(trial.params[f"conv{i}_pool"] for i in range(1, len(spec.conv) + 1))
+        pools_kept = sum(1 for b in spec.conv if b.pool)
+        if input_shape[1] == 8 and pools_asked == 4:
+            assert pools_kept == 3  # 8 -> 4 -> 2 -> 1; the fourth pool is dropped
+        deepest = max(deepest, pools_kept)
+        study.tell(trial, 0.0)
+    assert deepest >= 3
+
+
+@pytest.mark.parametrize("family, parameterisation, expected", [
+    ("cnn", "fit", 30), ("cnn", "direct", 50), ("fcn", "fit", 805), ("fcn", "direct", 1_600),
+])
+def test_smallest_architecture_of_the_space(family, parameterisation, expected):
+    assert smallest_count(family, parameterisation, FMNIST, 10) == expected
+    assert count_params(minimal_spec(family, parameterisation, FMNIST), FMNIST, 10) == expected
+
+
+def _widths(spec) -> list[int]:
+    if isinstance(spec, FCNSpec):
+        return list(spec.hidden)
+    return [b.out_channels for b in spec.conv] + list(spec.fc)

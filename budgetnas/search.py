@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import AbstractSet, Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -38,6 +38,7 @@ from budgetnas.space import SPACE_VERSION, check_choices, minimal_spec, smallest
 from budgetnas.storage import normalise_url, open_storage, redact
 from budgetnas.study import create_or_load, default_study_name, parse_objectives
 from budgetnas.trainer import PAPER_RECIPE, Recipe
+from budgetnas.workers import StopAtTotal, retried_numbers
 
 Progress = Callable[[str], None]
 
@@ -64,6 +65,7 @@ class SearchConfig:
     seed: int = 0
     early_stop: bool = True  # Median pruner (single objective) or the front rule (stopping.py)
     recipe: Recipe = PAPER_RECIPE  # its epochs and seed are replaced by ``epochs`` and ``seed``
+    worker: int = 0  # index among --workers N processes; offsets the sampler seed so workers differ (workers.py)
 
     @property
     def study_name(self) -> str:
@@ -138,7 +140,8 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Prog
     storage = open_storage(config.storage_url)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
               if config.early_stop else optuna.pruners.NopPruner())
-    study = create_or_load(storage, config.study_name, config.settings(), config.sampler, config.seed, pruner=pruner)
+    study = create_or_load(storage, config.study_name, config.settings(), config.sampler,
+                           config.seed + 10_007 * config.worker, pruner=pruner)
     done_before = count_finished(study)
     if config.trials is not None and done_before >= config.trials:
         say(f"study {config.study_name} already has {done_before} finished trials (--trials {config.trials}); "
@@ -150,7 +153,7 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Prog
     objective = Objective(config, data, config.training_recipe(), progress=say, interruptible=guard.training)
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_Reporter(config, say)]
     if config.trials is not None:
-        callbacks.insert(0, _StopAtTotal(config.trials))
+        callbacks.insert(0, StopAtTotal(config.trials, _counts))
     start = time.perf_counter()
     try:
         with guard.installed(study):
@@ -188,18 +191,23 @@ def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_cl
 
 
 def count_finished(study: optuna.Study) -> int:
-    """Trials that count towards ``--trials``: every finished trial except ones cut by Ctrl-C."""
-    return sum(1 for t in study.get_trials(deepcopy=False) if _counts(t))
+    """Trials that count towards ``--trials``: every finished trial except ones cut by Ctrl-C
+    and ones of a killed worker that were queued again (their retry counts instead)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    return sum(1 for t in trials if _counts(t, retried))
 
 
-def _counts(trial: FrozenTrial) -> bool:
+def _counts(trial: FrozenTrial, retried: AbstractSet[int] = frozenset()) -> bool:
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and "interrupted" not in trial.user_attrs
+    return trial.state == TrialState.FAIL and "interrupted" not in trial.user_attrs and trial.number not in retried
 
 
 def summarise(study: optuna.Study, config: SearchConfig, wall_seconds: float) -> SearchSummary:
-    trials = [t for t in study.get_trials(deepcopy=False) if _counts(t)]
+    everything = study.get_trials(deepcopy=False)
+    retried = retried_numbers(everything)
+    trials = [t for t in everything if _counts(t, retried)]
     rejected = sum(1 for t in trials if "rejected" in t.user_attrs)
     stopped = sum(1 for t in trials if t.state == TrialState.PRUNED and "rejected" not in t.user_attrs)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -219,17 +227,6 @@ def front_row(trial: FrozenTrial) -> dict[str, Any]:
     return {"trial": trial.number, "params": attrs.get("params"), "val_accuracy": curve[-1],
             "train_seconds": attrs.get("train_seconds"), "mult_adds": attrs.get("mult_adds"),
             "spec": spec.describe()}
-
-
-class _StopAtTotal:
-    """Stop when the study (all runs and workers) has ``total`` counted trials."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if count_finished(study) >= self.total:
-            study.stop()
 
 
 class _Reporter:

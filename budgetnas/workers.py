@@ -1,0 +1,232 @@
+"""Several search processes on one study: ``budgetnas search --workers N``, and the total budget.
+
+    from budgetnas.search import SearchConfig
+    from budgetnas.workers import run_workers
+    summary = run_workers(SearchConfig(budget=5_000, trials=12, storage="journal:runs/s.log"), workers=2)
+
+Each worker is a separate Python process (``python -m budgetnas.workers``, so nothing of
+the caller's state is shared and no ``__main__`` guard is needed) running :func:`budgetnas.search.run_search` with the same config on the same
+storage, with ``cores // N`` torch threads, so N workers do not fight over the cores. The
+study is created (and its settings checked) once, in the parent, before the workers start.
+Machines cooperate the same way: start ``budgetnas search`` with the same options and a
+``postgresql://`` storage on each (``examples/multi-machine.md``).
+
+Storage. SQLite has no row locks, so concurrent writers get "database is locked" (Optuna's
+FAQ): several workers on SQLite are refused; use ``journal:PATH`` (one machine) or
+PostgreSQL (many). The storage is never switched behind the user's back.
+
+The budget. ``--trials`` is the study's total, not per worker. :class:`StopAtTotal` (the
+stop rule of every worker) ends a worker when the study has enough finished trials, and
+also does not start a new trial when the finished ones plus those other workers are
+running already reach the total: it waits for them instead. If one of those dies (its
+heartbeat goes stale, see :mod:`budgetnas.storage`), Optuna fails it and queues a retry,
+and the waiting worker runs the retry, so the study still completes. The only overshoot is
+a race: two workers that finish at the same moment may both start a trial, so a study can
+end with up to N-1 trials more than asked (rare; usually none). Without a heartbeat
+(journal storage) a worker cannot tell a dead peer from a slow one, so it stops instead of
+waiting; a killed worker's trial then stays RUNNING and the study ends one short, until
+:func:`budgetnas.storage.fail_running_trials` fails it and the search is run again.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import fields, replace
+from typing import TYPE_CHECKING, Any, Callable
+
+from budgetnas.errors import RunFailure, UsageError
+from budgetnas.storage import storage_kind
+
+if TYPE_CHECKING:
+    import optuna
+
+    from budgetnas.search import SearchConfig, SearchSummary
+
+Progress = Callable[[str], None]
+EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def check_workers(workers: int, storage_url: str | None) -> None:
+    """Refuse worker counts below one, and several workers on SQLite (see the module docstring)."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"--workers must be a whole number of at least 1, got {workers!r}")
+    if workers > 1 and storage_kind(storage_url) == "sqlite":
+        raise UsageError(f"--workers {workers} cannot share an SQLite file (concurrent writers get 'database is "
+                         "locked'); use --storage journal:budgetnas.log on one machine, or a postgresql:// URL")
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Each worker's share of the CPU cores this process may use (at least one)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // workers)
+
+
+class StopAtTotal:
+    """Optuna callback: stop a worker when the study holds ``total`` counted trials.
+
+    ``counts(trial, retried)`` says whether a finished trial counts towards the total
+    (``retried`` holds the numbers of trials that a heartbeat retry replaced). With a
+    heartbeat storage, a worker whose next trial would overshoot (finished + running >= total)
+    waits, polling every ``poll`` seconds, until the running trials finish (stop) or one of them
+    is failed as stale and queued again (go on and run the retry).
+    """
+
+    def __init__(self, total: int, counts: Callable[[Any, set[int]], bool], poll: float = 1.0) -> None:
+        self.total = total
+        self.counts = counts
+        self.poll = poll
+
+    def __call__(self, study: "optuna.Study", trial: Any) -> None:
+        import optuna
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+        from optuna.trial import TrialState
+
+        while not study._stop_flag:  # set by Ctrl-C (search.py) or a timeout: stop waiting
+            trials = study.get_trials(deepcopy=False)
+            retried = retried_numbers(trials)
+            finished = sum(1 for t in trials if t.state.is_finished() and self.counts(t, retried))
+            running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+            if finished >= self.total:
+                study.stop()
+                return
+            if finished + running < self.total:
+                return  # room for one more trial (or for a queued retry)
+            if not is_heartbeat_enabled(study._storage):
+                study.stop()  # cannot tell a dead worker from a slow one: leave the rest to the others
+                return
+            time.sleep(self.poll)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # fails dead workers' trials and queues their retries
+
+
+def retried_numbers(trials: list[Any]) -> set[int]:
+    """Numbers of trials that failed by a stale heartbeat and were queued again.
+
+    Such a trial is not a result: its retry (system attribute ``retry_history``) replaces it,
+    so it must not count towards ``--trials``.
+    """
+    numbers: set[int] = set()
+    for trial in trials:
+        numbers.update(trial.system_attrs.get("retry_history", ()))
+    return numbers
+
+
+def run_workers(config: "SearchConfig", workers: int, progress: Progress | None = None) -> "SearchSummary":
+    """Run the search of ``config`` in ``workers`` processes on its storage; summarise the study.
+
+    Raises UsageError before starting anything for a bad
+    config or storage (checked once, here); SearchInterrupted after Ctrl-C (every worker
+    saves its state first); RunFailure if every worker failed.
+    """
+    from budgetnas import search
+    from budgetnas.storage import open_storage
+    from budgetnas.study import create_or_load, parse_objectives
+
+    check_workers(workers, config.storage)
+    if workers == 1:
+        return search.run_search(config, progress)
+    say = progress or (lambda message: None)
+    config = replace(config, objectives=parse_objectives(config.objectives))
+    search.check_config(config)
+    from budgetnas.data import dataset_info
+
+    input_shape, num_classes = dataset_info(config.dataset, config.data_root)
+    search.check_budget(config, input_shape, num_classes)
+    # Create the study here, once: N processes creating it at the same moment would race.
+    study = create_or_load(open_storage(config.storage_url), config.study_name, config.settings(), config.sampler,
+                           config.seed)
+    if config.trials is not None and search.count_finished(study) >= config.trials:
+        return search.run_search(config, progress)  # says that the study is already complete
+
+    threads = threads_per_worker(workers)
+    say(f"{workers} workers, {threads} CPU thread(s) each, on {storage_kind(config.storage_url)} storage")
+    start = time.perf_counter()
+    processes = [_spawn(config, index, threads, verbose=progress is not None) for index in range(workers)]
+    interrupted = False
+    while any(p.poll() is None for p in processes):
+        try:
+            for process in processes:
+                process.wait()
+        except KeyboardInterrupt:  # the terminal sent SIGINT to every worker too; let them save and exit
+            interrupted = True
+    codes = [p.returncode for p in processes]
+    messages = [m for m in (_last_line(p) for p in processes) if m]
+    for index, code in enumerate(codes):
+        if code < 0:
+            say(f"worker {index} was killed by signal {-code}; the trial it was running is failed and retried by "
+                "the other workers once its heartbeat is stale")
+    summary = search.summarise(study, config, time.perf_counter() - start)
+    if interrupted or EXIT_INTERRUPTED in codes:
+        summary.interrupted = True
+        raise search.SearchInterrupted(summary)
+    if all(code == EXIT_USAGE for code in codes) and messages:
+        raise UsageError(messages[0])
+    if all(code != 0 for code in codes):
+        raise RunFailure(messages[0] if messages else f"every worker failed (exit codes {codes})")
+    return summary
+
+
+def _spawn(config: "SearchConfig", index: int, threads: int, verbose: bool) -> subprocess.Popen:
+    """Start ``python -m budgetnas.workers`` with the pickled job on its stdin.
+
+    A fresh interpreter rather than multiprocessing: it does not re-import the caller's main
+    module (a script without a ``__main__`` guard, a notebook or stdin would break spawn).
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    process = subprocess.Popen([sys.executable, "-m", "budgetnas.workers"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=None if verbose else subprocess.DEVNULL, env=env)
+    assert process.stdin is not None
+    process.stdin.write(pickle.dumps((config, index, threads, verbose)))
+    process.stdin.close()
+    return process
+
+
+def _last_line(process: subprocess.Popen) -> str:
+    assert process.stdout is not None
+    lines = process.stdout.read().decode(errors="replace").strip().splitlines()
+    process.stdout.close()
+    return lines[-1] if lines else ""
+
+
+def _worker_main() -> int:
+    """One worker process: its share of threads, then the ordinary search on the shared study.
+
+    Progress goes to stderr with a ``[worker i]`` prefix; a final one-line error to stdout,
+    where the parent reads it.
+    """
+    config, index, threads, verbose = pickle.loads(sys.stdin.buffer.read())
+    import torch
+
+    from budgetnas import search
+
+    torch.set_num_threads(threads)
+    if "worker" in {f.name for f in fields(config)}:  # offsets the sampler seed per worker (search.py)
+        config = replace(config, worker=index)
+    try:
+        search.run_search(config, (lambda message: _say(index, message)) if verbose else None)
+    except KeyboardInterrupt:  # SearchInterrupted is one
+        return EXIT_INTERRUPTED
+    except UsageError as exc:
+        print(" ".join(str(exc).split()))
+        return EXIT_USAGE
+    except Exception as exc:  # RunFailure or a bug: one line to the parent, not a traceback per worker
+        text = str(exc) if isinstance(exc, RunFailure) else f"internal error: {type(exc).__name__}: {exc}"
+        print(f"worker {index}: " + " ".join(text.split()))
+        return EXIT_FAILURE
+    return 0
+
+
+def _say(index: int, message: str) -> None:
+    sys.stderr.write(f"[worker {index}] {message}\n")
+    sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())

@@ -38,6 +38,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=True,
                         help="stop trials whose learning curve cannot reach the front (default on)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="sampler and training seed (default 0)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="local worker processes on the same study, each with cores/N CPU threads (default 1); "
+                             "needs --storage journal:PATH or postgresql://..., not SQLite")
     add_json_option(parser)
     parser.set_defaults(handler=run)
 
@@ -56,13 +59,14 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from budgetnas.search import SearchInterrupted, run_search
+    from budgetnas.search import SearchInterrupted
     from budgetnas.storage import redact
+    from budgetnas.workers import run_workers
 
     config = config_from_args(args)
     progress(f"storage: {redact(config.storage_url)}  study: {config.study_name}")
     try:
-        summary = run_search(config, progress=progress)
+        summary = run_workers(config, args.workers, progress=progress)  # 1 worker: run_search here
     except SearchInterrupted as stop:
         progress(f"interrupted; the study is saved ({stop.summary.trials} finished trials). "
                  f"Resume with:\n  {resume_command(args, config)}")
@@ -134,4 +138,6 @@ def resume_command(args: argparse.Namespace, config) -> str:
         parts += ["--precision", args.precision]
     if not config.early_stop:
         parts.append("--no-early-stop")
+    if getattr(args, "workers", 1) != 1:
+        parts += ["--workers", str(args.workers)]
     return shlex.join(parts)

@@ -11,6 +11,7 @@ optionally one FAIL trial. No search code is used, so these tests do not depend 
 from __future__ import annotations
 
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,13 @@ def make_study(folder: Path, npz: Path, *, family: str = "cnn", name: str = "tin
                with_failed: bool = True) -> MadeStudy:
     """Create ``folder/study.db`` holding study ``name`` with really trained trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        # set_metric_names is "experimental"; ask/tell on an RDB storage warns about heartbeats.
+        warnings.simplefilter("ignore")
+        return _make(folder, npz, family, name, epochs, with_failed)
+
+
+def _make(folder: Path, npz: Path, family: str, name: str, epochs: int, with_failed: bool) -> MadeStudy:
     db = folder / "study.db"
     url = f"sqlite:///{db}"
     dataset = f"npz:{npz}"

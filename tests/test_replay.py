@@ -1,0 +1,184 @@
+"""Replay: choosing the trial, retraining from the storage alone, artifacts, errors."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import torch
+from PIL import Image
+
+from budgetnas import records
+from budgetnas.config import load_config
+from budgetnas.counting import count_params
+from budgetnas.data import load_dataset
+from budgetnas.errors import StorageError, UsageError
+from budgetnas.export import load_exported
+from budgetnas.featuremaps import prepare
+from budgetnas.replay import choose_trial, load_replayed, replay, val_accuracy_of
+from budgetnas.storage import open_storage
+from conftest import assert_one_line_error
+from studyfactory import TINY_CNNS, make_study
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, tiny_npz):
+    return make_study(tmp_path_factory.mktemp("study"), tiny_npz)
+
+
+@pytest.fixture(scope="module")
+def replayed(made, tmp_path_factory):
+    study = made.copy_to(tmp_path_factory.mktemp("replayed"))
+    out = study.db.parent / "out"
+    result = replay(study.url, trial="best", device="cpu", precision="fp32", out=out)
+    return study, result
+
+
+def _study(made):
+    return optuna.load_study(study_name=made.name, storage=open_storage(made.url))
+
+
+def test_best_is_highest_validation_accuracy_on_the_pareto_front(made):
+    study = _study(made)
+    settings = records.settings_of(study)
+    front = study.best_trials
+    choice = choose_trial(study, "best")
+    assert choice.trial.number in {t.number for t in front}
+    assert val_accuracy_of(choice.trial, settings) == max(t.values[0] for t in front)
+    assert f"trial {choice.trial.number}" in choice.reason and "Pareto front" in choice.reason
+
+
+def test_best_breaks_ties_by_fewer_parameters(tmp_path):
+    # Two trials with identical objective values are both on the front; the smaller one must win.
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 't.db'}"),
+                                directions=["maximize", "minimize"])
+    spec = TINY_CNNS[0].to_dict()
+    for params in (900, 300, 600):
+        study.add_trial(optuna.trial.create_trial(values=[0.8, 1.0], user_attrs={"spec": spec, "params": params}))
+    choice = choose_trial(study, "best")
+    assert choice.trial.user_attrs["params"] == 300
+    assert "3 tied" in choice.reason
+
+
+def test_choose_by_number_refuses_unusable_trials(made):
+    study = _study(made)
+    assert choose_trial(study, made.trained[0]).trial.number == made.trained[0]
+    with pytest.raises(StorageError, match="rejected"):
+        choose_trial(study, made.rejected)
+    with pytest.raises(StorageError, match="failed"):
+        choose_trial(study, made.failed)
+    with pytest.raises(StorageError, match="no trial 99"):
+        choose_trial(study, 99)
+
+
+def test_replay_reports_test_accuracy_exact_counts_and_artifacts(replayed):
+    study, result = replayed
+    stored = _study(study).trials[result.trial]
+    spec = records.spec_of(stored)
+    m = result.metrics
+    assert m["params"] == count_params(spec, (1, 28, 28), 10) == stored.user_attrs["params"]
+    assert m["mult_adds"] == stored.user_attrs["mult_adds"]
+    assert 0.0 <= m["test_accuracy"] <= 1.0 and m["test_images"] == 300
+    assert m["lowest_loss"] == min(e["train_loss"] for e in m["curve"])
+    assert m["curve"][m["lowest_loss_epoch"] - 1]["train_loss"] == m["lowest_loss"]
+    # Same recipe, seed, device and precision as the stored trial: the validation curve repeats exactly.
+    assert [e["val_accuracy"] for e in m["curve"]] == stored.user_attrs["val_accuracy_curve"]
+    for name in ("model.pt", "spec.toml", "metrics.json", "learning-curve.png", "model.pt2"):
+        assert (result.out / name).is_file(), name
+    assert len(list((result.out / "featuremaps").glob("*.png"))) == 10  # one test image per class
+    saved = json.loads((result.out / "metrics.json").read_text())
+    assert saved["test_accuracy"] == m["test_accuracy"] and saved["trial"] == result.trial
+    curve_png = Image.open(result.out / "learning-curve.png").convert("RGB")
+    assert len(curve_png.getcolors(1 << 20)) > 10  # drawn, not blank
+
+
+def test_replay_is_recorded_in_the_study(replayed):
+    study, result = replayed
+    recorded = records.replays_of(_study(study))
+    assert recorded[result.trial]["test_accuracy"] == result.metrics["test_accuracy"]
+    assert recorded[result.trial]["out"] == str(result.out)
+
+
+def test_weights_and_spec_toml_rebuild_the_same_model(replayed):
+    study, result = replayed
+    config = load_config(result.out / "spec.toml")
+    assert config.spec == records.spec_of(_study(study).trials[result.trial])
+    assert config.result["test_accuracy"] == result.metrics["test_accuracy"]
+    model, _ = load_replayed(result.out)
+    data = load_dataset(study.dataset, with_test=True)
+    x = prepare(data.test.x[:64], data, config.recipe)
+    trained = result.model.to("cpu").eval()
+    with torch.inference_mode():
+        assert torch.allclose(model(x), trained(x), atol=1e-5)
+
+
+def test_exported_program_matches_the_trained_model(replayed):
+    study, result = replayed
+    data = load_dataset(study.dataset, with_test=True)
+    program = load_exported(result.out / "model.pt2")
+    config = load_config(result.out / "spec.toml")
+    images = data.test.x[:37]  # an odd batch: the batch dimension is dynamic
+    with torch.inference_mode():
+        expected = result.model.to("cpu").eval()(prepare(images, data, config.recipe))
+        got = program(images.float() / 255)  # the exported contract: [0, 1] images
+    assert got.shape == (37, 10)
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert program(images[:1].float() / 255).shape == (1, 10)
+
+
+def test_same_seed_same_device_fp32_gives_the_same_test_accuracy(replayed, tmp_path):
+    study, first = replayed
+    again = replay(study.url, trial=first.trial, device="cpu", precision="fp32", out=tmp_path / "again", record=False)
+    assert again.metrics["test_accuracy"] == first.metrics["test_accuracy"]
+    assert again.metrics["curve"][-1]["val_accuracy"] == first.metrics["curve"][-1]["val_accuracy"]
+
+
+def test_overrides_and_bad_image_indices(made, tmp_path):
+    with pytest.raises(UsageError, match="outside the test split"):
+        replay(made.url, device="cpu", out=tmp_path / "x", images=[5000], record=False)
+
+
+def test_cli_replay_json(made, cli, tmp_path):
+    study = made.copy_to(tmp_path / "db")
+    proc = cli("replay", "--storage", study.url, "--trial", str(made.trained[0]), "--epochs", "1", "--seed", "3",
+               "--device", "cpu", "--precision", "fp32", "--images", "0,7", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)  # exactly one JSON document on stdout
+    for key in ("params", "val_accuracy", "test_accuracy", "train_seconds", "mult_adds", "lowest_loss"):
+        assert key in doc
+    assert doc["epochs_run"] == 1 and doc["seed"] == 3 and doc["trial"] == made.trained[0]
+    out = tmp_path / "runs" / f"{made.name}-trial{made.trained[0]}"  # the default --out, under the cwd
+    test_y = load_dataset(made.dataset, with_test=True).test.y
+    assert sorted(p.name for p in (out / "featuremaps").iterdir()) == [f"image00000-{int(test_y[0])}.png",
+                                                                       f"image00007-{int(test_y[7])}.png"]
+    assert "epoch 1/1" in proc.stderr
+    recorded = records.replays_of(_study(study))[made.trained[0]]
+    assert recorded["epochs"] == 1 and recorded["seed"] == 3
+
+
+@pytest.mark.parametrize("args, contains", [
+    (["--trial", "99"], "no trial 99"),
+    (["--trial", "REJECTED"], "rejected"),
+    (["--trial", "FAILED"], "failed"),
+    (["--trial", "first"], "--trial must be"),
+    (["--epochs", "0"], "--epochs"),
+    (["--out", "STUDYFILE/sub"], "cannot write to output folder"),
+])
+def test_cli_replay_bad_input(made, cli, args, contains):
+    subst = {"REJECTED": str(made.rejected), "FAILED": str(made.failed), "STUDYFILE/sub": f"{made.db}/sub"}
+    proc = cli("replay", "--storage", made.url, *[subst.get(a, a) for a in args])
+    assert_one_line_error(proc, 2, contains)
+
+
+def test_cli_replay_storage_and_study_errors(made, cli, tmp_path):
+    assert_one_line_error(cli("replay", "--storage", f"sqlite:///{tmp_path}/missing.db"), 2, "does not exist")
+    assert_one_line_error(cli("replay", "--storage", made.url, "--study", "nope"), 2, "studies there: tiny-cnn")
+    url = f"sqlite:///{tmp_path}/two.db"
+    for name in ("a", "b"):
+        optuna.create_study(storage=open_storage(url), study_name=name)
+    assert_one_line_error(cli("replay", "--storage", url), 2, "choose one with --study: a, b")
+    assert_one_line_error(cli("replay", "--storage", url, "--study", "a"), 2, "not made by budgetnas")
+    empty = optuna.create_study(storage=open_storage(url), study_name="empty", directions=["maximize", "minimize"])
+    empty.set_user_attr(records.SETTINGS_ATTR, _study(made).user_attrs[records.SETTINGS_ATTR])
+    assert_one_line_error(cli("replay", "--storage", url, "--study", "empty"), 2, "no finished trials")

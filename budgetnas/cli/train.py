@@ -1,0 +1,69 @@
+"""``budgetnas train``: train one config (paper or user-written) and print a row in the paper's columns."""
+
+from __future__ import annotations
+
+import argparse
+
+from budgetnas.cli._common import add_device_options, add_json_option
+
+HELP = "train a config and print weights, test accuracy, time, mult-adds and lowest loss"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help=HELP, description=HELP + ". CONFIG is a TOML path or a paper "
+                                   "config name such as cnn-100k (add +bn for its batch-norm variant).")
+    parser.add_argument("config", metavar="CONFIG", help="CONFIG.toml, or a paper name (cnn-100k, fcn-100k+bn, ...)")
+    add_epoch_options(parser)
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help="override the recipe's seed")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="write model.pt, metrics.json and config.toml (with the results) here")
+    add_device_options(parser)
+    add_json_option(parser)
+    parser.set_defaults(handler=run)
+
+
+def add_epoch_options(parser: argparse.ArgumentParser) -> None:
+    """--epochs and the data overrides shared by train and reproduce."""
+    parser.add_argument("--epochs", type=int, default=None, metavar="E", help="override the recipe's epochs")
+    parser.add_argument("--dataset", default=None, metavar="NAME",
+                        help="override the config's dataset (fashion-mnist, mnist, kmnist, cifar10, npz:PATH)")
+    parser.add_argument("--data-root", metavar="DIR", default=None,
+                        help="folder with datasets in torchvision's layout (default: $BUDGETNAS_DATA, else ./data)")
+    parser.add_argument("--subset", type=int, default=None, metavar="N",
+                        help="train on a stratified N-image slice (quick runs; not comparable to the paper)")
+
+
+def check_epoch_options(args: argparse.Namespace) -> None:
+    from budgetnas.errors import UsageError
+
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
+    if getattr(args, "seed", None) is not None and args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if args.subset is not None and args.subset < 20:
+        raise UsageError(f"--subset must be at least 20 images, got {args.subset}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from budgetnas.cli._common import format_table, print_json, progress
+    from budgetnas.reproduce import PAPER_COLUMNS, override, paper_row, resolve_config, save_run, train_config
+
+    check_epoch_options(args)
+    config = override(resolve_config(args.config), epochs=args.epochs, seed=args.seed, dataset=args.dataset)
+    progress(f"training {config.name}: {config.spec.describe()} on {config.dataset}, {config.recipe.epochs} epochs")
+
+    def on_epoch(e) -> None:
+        progress(f"  epoch {e.epoch}/{config.recipe.epochs}  loss {e.train_loss:.4f}  val {e.val_accuracy:.4f}  "
+                 f"({e.seconds:.1f}s)")
+
+    report = train_config(config, device=args.device, precision=args.precision, subset=args.subset,
+                          data_root=args.data_root, on_epoch=on_epoch)
+    if args.out:
+        paths = save_run(report, args.out)
+        report.metrics["artifacts"] = {k: str(v) for k, v in paths.items()}
+        progress(f"wrote {', '.join(str(p) for p in paths.values())}")
+    if args.json:
+        print_json({k: v for k, v in report.metrics.items() if k != "curve"} | {"curve": report.metrics["curve"]})
+        return 0
+    print(format_table([paper_row(report.metrics)], PAPER_COLUMNS))
+    return 0

@@ -1,0 +1,407 @@
+"""Run configs and the paper's picks: resolve, count, train, and compare with the paper.
+
+``studies/paper/*.toml`` holds one :class:`~budgetnas.config.RunConfig` per model of the
+paper, with the figures it reported in a ``[paper]`` table. Each file is the *as-counted*
+model: the paper says it used batch normalisation, but its weight counts and mult-adds are
+exactly those of the models without it. ``NAME+bn`` (e.g. ``cnn-100k+bn``) is the same
+model with batch norm switched on everywhere, derived here rather than kept as a second
+file, so the two can never drift apart.
+
+The commands ``count``, ``train`` and ``reproduce`` are thin wrappers around
+:func:`count_config`, :func:`train_config` and :func:`reproduce`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from budgetnas.config import RunConfig, load_config, save_config
+from budgetnas.errors import UsageError
+from budgetnas.spec import CNNSpec, FCNSpec
+
+PAPER_DIR_ENV = "BUDGETNAS_PAPER_DIR"
+BN_SUFFIX = "+bn"
+# The paper's tables in their order (Tables 1-2 FCNs, then Table 5 CNNs).
+PAPER_NAMES = ("fcn-50k", "fcn-100k", "fcn-100k-default", "fcn-200k", "cnn-10k", "cnn-20k", "cnn-50k", "cnn-100k")
+AS_COUNTED_NOTE = ("As counted: the paper says it used batch normalisation, but its weight counts and "
+                   "mult-adds are exactly those of its models without batch norm, so each NAME is that "
+                   "as-counted model and NAME+bn the same model with batch norm (2 more parameters per "
+                   "normalised channel); the paper's figures are shown next to both.")
+
+ProgressFn = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    return None
+
+
+# --------------------------------------------------------------------------- configs
+
+def paper_dir() -> Path:
+    """The folder of the paper configs: ``$BUDGETNAS_PAPER_DIR``, else ``studies/paper`` of the checkout.
+
+    The TOMLs live in the repository (not inside the package) because they are documents
+    users read and copy; an installed package finds them through the environment variable.
+    """
+    env = os.environ.get(PAPER_DIR_ENV)
+    folder = Path(env).expanduser() if env else Path(__file__).resolve().parents[1] / "studies" / "paper"
+    if not folder.is_dir():
+        raise UsageError(f"paper configs not found at {folder}; set ${PAPER_DIR_ENV} to the studies/paper "
+                         "folder of a budgetnas checkout, or pass a CONFIG.toml path")
+    return folder
+
+
+def paper_names() -> list[str]:
+    """Names of the paper configs (as-counted), in the paper's table order, then any extra files."""
+    found = sorted(p.stem for p in paper_dir().glob("*.toml"))
+    return [n for n in PAPER_NAMES if n in found] + [n for n in found if n not in PAPER_NAMES]
+
+
+def with_batch_norm(config: RunConfig) -> RunConfig:
+    """``config`` with batch norm on every conv block and hidden layer, named ``NAME+bn``."""
+    spec = config.spec
+    if isinstance(spec, CNNSpec):
+        spec = replace(spec, conv=tuple(replace(b, batch_norm=True) for b in spec.conv), fc_batch_norm=True)
+    elif isinstance(spec, FCNSpec):
+        spec = replace(spec, batch_norm=True)
+    description = (config.description + " With batch norm (+bn).").strip()
+    return replace(config, name=config.name + BN_SUFFIX, spec=spec, description=description)
+
+
+def resolve_config(ref: str) -> RunConfig:
+    """A config from a TOML path or a paper name (``cnn-100k``); a ``+bn`` suffix adds batch norm."""
+    base, bn = (ref[: -len(BN_SUFFIX)], True) if ref.endswith(BN_SUFFIX) else (ref, False)
+    path = Path(base).expanduser()
+    if path.suffix == ".toml" or os.sep in base or path.is_file():
+        config = load_config(path)
+    else:
+        folder = paper_dir()
+        candidate = folder / f"{base}.toml"
+        if not candidate.is_file():
+            raise UsageError(f"no config file or paper config named {base!r}; paper configs: "
+                             f"{', '.join(paper_names())} (add {BN_SUFFIX} for batch norm), or give a path "
+                             "to a CONFIG.toml")
+        config = load_config(candidate)
+    return with_batch_norm(config) if bn else config
+
+
+def override(config: RunConfig, *, epochs: int | None = None, seed: int | None = None,
+             dataset: str | None = None) -> RunConfig:
+    """A copy of ``config`` with command-line overrides applied (None keeps the config's value)."""
+    from budgetnas.data import check_dataset_name
+
+    recipe = config.recipe
+    if epochs is not None:
+        recipe = replace(recipe, epochs=epochs)
+    if seed is not None:
+        recipe = replace(recipe, seed=seed)
+    return replace(config, recipe=type(recipe).from_dict(recipe.to_dict()),  # re-validates the values
+                   dataset=check_dataset_name(dataset) if dataset else config.dataset)
+
+
+# --------------------------------------------------------------------------- count
+
+def count_config(config: RunConfig, batch: int = 512, data_root: str | None = None) -> dict[str, Any]:
+    """Exact trainable parameters and torchinfo mult-adds at ``batch``, without training."""
+    from budgetnas.counting import count_mult_adds, count_params
+    from budgetnas.data import dataset_info
+
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise UsageError(f"--batch must be a positive integer, got {batch!r}")
+    input_shape, num_classes = dataset_info(config.dataset, data_root)
+    return {
+        "name": config.name, "dataset": config.dataset, "input_shape": list(input_shape),
+        "num_classes": num_classes, "batch": batch, "spec": config.spec.describe(),
+        "params": count_params(config.spec, input_shape, num_classes),
+        "mult_adds": count_mult_adds(config.spec, input_shape, num_classes, batch=batch),
+        "paper": dict(config.paper),
+    }
+
+
+# --------------------------------------------------------------------------- train
+
+@dataclass
+class RunReport:
+    """One trained config: its metrics (JSON-ready) and the trained model."""
+
+    config: RunConfig
+    metrics: dict[str, Any]
+    model: Any = field(default=None, repr=False)
+
+
+def train_config(config: RunConfig, *, device: str = "auto", precision: str = "auto", subset: int | None = None,
+                 data_root: str | None = None, data: Any = None, on_epoch: Callable[[Any], None] | None = None,
+                 ) -> RunReport:
+    """Train ``config`` on its dataset (90/10 split) and test it; ``data`` reuses an already loaded one."""
+    from budgetnas.counting import PAPER_BATCH, count_mult_adds
+    from budgetnas.data import load_dataset
+    from budgetnas.trainer import train
+
+    if data is None:
+        data = load_dataset(config.dataset, data_root, with_test=True, subset=subset)
+    result = train(config.spec, data, config.recipe, device=device, precision=precision, on_epoch=on_epoch,
+                   evaluate_test=True)
+    summary = result.summary()
+    metrics = {
+        **{k: summary[k] for k in ("params", "val_accuracy", "test_accuracy", "train_seconds", "lowest_loss",
+                                   "lowest_loss_epoch", "epochs_run", "device", "precision", "curve")},
+        # torchinfo's mult-adds are linear in the batch: count one image, quote the paper's batch.
+        "mult_adds": count_mult_adds(config.spec, data.input_shape, data.num_classes, batch=1) * PAPER_BATCH,
+        "name": config.name, "dataset": config.dataset, "subset": subset, "epochs": config.recipe.epochs,
+        "seed": config.recipe.seed, "train_images": len(data.train), "test_images": len(data.require_test()),
+        "spec": config.spec.to_dict(), "recipe": config.recipe.to_dict(),
+        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return RunReport(config=config, metrics=metrics, model=result.model)
+
+
+def save_run(report: RunReport, out: str | Path) -> dict[str, Path]:
+    """Write ``model.pt`` (state dict), ``metrics.json`` and ``config.toml`` (with ``[result]``) to ``out``."""
+    import torch
+
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output folder {out}: {exc.strerror or exc}; choose another --out") from None
+    paths = {"weights": out / "model.pt", "metrics": out / "metrics.json", "config": out / "config.toml"}
+    torch.save({k: v.detach().cpu() for k, v in report.model.state_dict().items()}, paths["weights"])
+    paths["metrics"].write_text(json.dumps(report.metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    keys = ("params", "val_accuracy", "test_accuracy", "train_seconds", "mult_adds", "lowest_loss",
+            "lowest_loss_epoch", "device", "precision")
+    result = {k: report.metrics[k] for k in keys if report.metrics.get(k) is not None}
+    save_config(replace(report.config, result=result), paths["config"],
+                header=f"{report.config.name} as trained on {report.metrics['trained_at']}; [result] holds what "
+                       "we measured.\nRetrain with: budgetnas train config.toml")
+    return paths
+
+
+# --------------------------------------------------------------------------- formatting
+
+def format_duration(seconds: float | None) -> str:
+    """Seconds in the paper's style: ``2m 32.93s`` (or ``41.20s`` under a minute)."""
+    if seconds is None:
+        return "-"
+    minutes, rest = divmod(float(seconds), 60)
+    return f"{int(minutes)}m {rest:05.2f}s" if minutes else f"{rest:.2f}s"
+
+
+def format_count(n: int | None) -> str:
+    return "-" if n is None else f"{int(n):,}"
+
+
+def format_mult_adds(n: float | None) -> str:
+    from budgetnas.counting import human_count
+
+    return "-" if n is None else human_count(n)
+
+
+def format_loss(loss: float | None, epoch: int | None) -> str:
+    return "-" if loss is None else f"{loss:.2f} (epoch {epoch})"
+
+
+def paper_row(metrics: dict[str, Any]) -> dict[str, str]:
+    """One run's metrics as strings in the paper's columns (what ``budgetnas train`` prints)."""
+    acc = metrics.get("test_accuracy")
+    return {
+        "model": metrics.get("name", ""),
+        "weights": format_count(metrics.get("params")),
+        "test_acc": "-" if acc is None else f"{acc * 100:.4f}%",
+        "time": format_duration(metrics.get("train_seconds")),
+        "device": metrics.get("device", ""),
+        "mult_adds": format_mult_adds(metrics.get("mult_adds")),
+        "lowest_loss": format_loss(metrics.get("lowest_loss"), metrics.get("lowest_loss_epoch")),
+    }
+
+
+PAPER_COLUMNS = [("model", "Model"), ("weights", "Weights"), ("test_acc", "Test acc."), ("time", "Train time"),
+                 ("device", "Device"), ("mult_adds", "Mult-adds (b=512)"), ("lowest_loss", "Lowest loss")]
+
+
+def comparison_row(metrics: dict[str, Any], paper: dict[str, Any]) -> dict[str, str]:
+    """Ours next to the paper's for one model, with the differences."""
+    ours = paper_row(metrics)
+    acc, paper_acc = metrics.get("test_accuracy"), paper.get("test_accuracy")
+    diff = "-" if acc is None or paper_acc is None else f"{acc * 100 - paper_acc:+.2f}"
+    weights, paper_weights = metrics.get("params"), paper.get("weights")
+    weight_diff = "-" if weights is None or paper_weights is None else f"{weights - paper_weights:+,}"
+    seconds, paper_cpu = metrics.get("train_seconds"), paper.get("cpu_seconds")
+    speed = "-" if not seconds or not paper_cpu else f"{paper_cpu / seconds:.2f}x"
+    paper_loss = paper.get("lowest_loss")
+    return {
+        "model": ours["model"],
+        "weights": ours["weights"], "paper_weights": format_count(paper_weights), "weights_diff": weight_diff,
+        "test_acc": ours["test_acc"],
+        "paper_test_acc": "-" if paper_acc is None else f"{paper_acc:.4f}%", "test_acc_diff": diff,
+        "time": f"{ours['time']} ({ours['device']})",
+        "paper_cpu": format_duration(paper_cpu), "paper_gpu": format_duration(paper.get("gpu_seconds")),
+        "speedup": speed,
+        "mult_adds": ours["mult_adds"], "paper_mult_adds": paper.get("mult_adds") or "-",
+        "lowest_loss": ours["lowest_loss"],
+        "paper_lowest_loss": format_loss(paper_loss, paper.get("lowest_loss_epoch")),
+    }
+
+
+COMPARISON_COLUMNS = [
+    ("model", "Model"), ("weights", "Weights"), ("paper_weights", "Paper weights"), ("weights_diff", "Δ weights"),
+    ("test_acc", "Test acc."), ("paper_test_acc", "Paper test acc."), ("test_acc_diff", "Δ acc. (points)"),
+    ("time", "Train time"), ("paper_cpu", "Paper CPU-only"), ("paper_gpu", "Paper with GPU"),
+    ("speedup", "Paper CPU / ours"), ("mult_adds", "Mult-adds"), ("paper_mult_adds", "Paper mult-adds"),
+    ("lowest_loss", "Lowest loss"), ("paper_lowest_loss", "Paper lowest loss"),
+]
+
+
+def markdown_table(rows: Sequence[dict[str, str]], columns: Sequence[tuple[str, str]]) -> str:
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(k, "")).replace("|", "\\|") for k, _ in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def html_table(rows: Sequence[dict[str, str]], columns: Sequence[tuple[str, str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for k, _ in columns) + "</tr>\n"
+                   for r in rows)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
+
+
+# --------------------------------------------------------------------------- reproduce
+
+@dataclass
+class Reproduction:
+    """What ``reproduce`` trained and wrote."""
+
+    rows: list[dict[str, str]]
+    runs: list[dict[str, Any]]
+    markdown: str
+    html: str
+    files: dict[str, Path]
+
+
+def machine_description() -> str:
+    """CPU model, core count and torch version (and the GPU when CUDA is visible)."""
+    import torch
+
+    cpu = _cpu_model() or platform.processor() or platform.machine()
+    text = f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def reproduce(names: Sequence[str] | None = None, *, epochs: int | None = None, device: str = "auto",
+              precision: str = "auto", out: str | Path = "runs/reproduce", subset: int | None = None,
+              data_root: str | None = None, dataset: str | None = None, seed: int | None = None,
+              command: str = "", progress: ProgressFn = _quiet) -> Reproduction:
+    """Train the named configs (default: every as-counted paper config) and compare with the paper.
+
+    Writes ``RESULTS.md``, ``results.html`` and ``results.json`` to ``out`` and each model's
+    weights, metrics and config to ``out/models/NAME``. Data is loaded once per dataset.
+    """
+    from budgetnas.data import load_dataset
+
+    configs = [override(resolve_config(n), epochs=epochs, seed=seed, dataset=dataset)
+               for n in (names or paper_names())]
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output folder {out}: {exc.strerror or exc}; choose another --out") from None
+    datasets: dict[str, Any] = {}
+    cost = [_cost(c) for c in configs]
+    done_cost, started = 0.0, time.perf_counter()
+    runs, rows = [], []
+    for i, config in enumerate(configs, start=1):
+        if config.dataset not in datasets:
+            datasets[config.dataset] = load_dataset(config.dataset, data_root, with_test=True, subset=subset)
+        data = datasets[config.dataset]
+        per_epoch = cost[i - 1] / config.recipe.epochs
+        progress(f"[{i}/{len(configs)}] {config.name}: {config.spec.describe()} ({config.recipe.epochs} epochs, "
+                 f"{len(data.train)} train images)")
+
+        def on_epoch(e: Any, i: int = i, per_epoch: float = per_epoch, config: RunConfig = config) -> None:
+            spent = done_cost + per_epoch * e.epoch
+            remaining = sum(cost[i:]) + per_epoch * (config.recipe.epochs - e.epoch)
+            eta = (time.perf_counter() - started) / spent * remaining
+            progress(f"[{i}/{len(configs)}] {config.name} epoch {e.epoch}/{config.recipe.epochs}  loss "
+                     f"{e.train_loss:.4f}  val {e.val_accuracy:.4f}  ({e.seconds:.1f}s)  ETA ~{format_duration(eta)}")
+
+        report = train_config(config, device=device, precision=precision, data=data, on_epoch=on_epoch)
+        report.metrics["subset"] = subset
+        done_cost += cost[i - 1]
+        save_run(report, out / "models" / config.name)
+        runs.append({**report.metrics, "paper": dict(config.paper)})
+        rows.append(comparison_row(report.metrics, config.paper))
+        progress(f"[{i}/{len(configs)}] {config.name}: test accuracy {report.metrics['test_accuracy']:.4f} "
+                 f"in {format_duration(report.metrics['train_seconds'])}")
+    return _write_reproduction(rows, runs, out, command=command, subset=subset)
+
+
+def _cost(config: RunConfig) -> float:
+    """Relative cost of training ``config``, for the ETA: epochs x (mult-adds per image + a fixed overhead).
+
+    The overhead term stands for the per-image work that does not scale with the model (data
+    slicing, loss, optimizer), which dominates for the tiny FCNs.
+    """
+    from budgetnas.counting import count_mult_adds
+    from budgetnas.data import dataset_info
+
+    shape, classes = ((1, 28, 28), 10)
+    if not config.dataset.startswith("npz:"):
+        shape, classes = dataset_info(config.dataset)
+    try:
+        per_image = count_mult_adds(config.spec, shape, classes, batch=1)
+    except UsageError:  # an npz dataset whose images are not 28x28: any positive cost will do
+        per_image = 0
+    return config.recipe.epochs * (per_image + 100_000)
+
+
+def _write_reproduction(rows: list[dict[str, str]], runs: list[dict[str, Any]], out: Path, *, command: str,
+                        subset: int | None) -> Reproduction:
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = machine_description()
+    devices = sorted({f"{r['device']} ({r['precision']})" for r in runs})
+    notes = [AS_COUNTED_NOTE,
+             "Paper times are 20-epoch wall times on the paper's CPU-only and GPU machines; ours are the "
+             "training wall time (steps and the per-epoch validation pass) on this machine. Test accuracy "
+             "is measured once, after the last epoch; Δ acc. = ours − paper in percentage points."]
+    if subset:
+        notes.append(f"Trained on a {subset}-image slice of the data: a smoke run, NOT comparable to the paper.")
+    facts = [f"Date: {when}", f"Machine: {machine}", f"Device: {', '.join(devices)}"]
+    if command:
+        facts.append(f"Command: `{command}`")
+    markdown = "\n".join(["# Reproducing the paper's models", "", *[f"- {f}" for f in facts], "",
+                          markdown_table(rows, COMPARISON_COLUMNS), "", *[f"> {n}\n" for n in notes]])
+    page = "\n".join([
+        "<!doctype html>", "<html><head><meta charset='utf-8'><title>budgetnas reproduce</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}"
+        "td:first-child{text-align:left}</style></head><body>",
+        "<h1>Reproducing the paper's models</h1>",
+        "<ul>" + "".join(f"<li>{html.escape(f.replace('`', ''))}</li>" for f in facts) + "</ul>",
+        html_table(rows, COMPARISON_COLUMNS),
+        *[f"<p>{html.escape(n)}</p>" for n in notes], "</body></html>"])
+    files = {"markdown": out / "RESULTS.md", "html": out / "results.html", "json": out / "results.json"}
+    files["markdown"].write_text(markdown + "\n", encoding="utf-8")
+    files["html"].write_text(page + "\n", encoding="utf-8")
+    files["json"].write_text(json.dumps({"date": when, "machine": machine, "command": command, "subset": subset,
+                                         "note": AS_COUNTED_NOTE, "runs": runs}, indent=2, sort_keys=True,
+                                        default=str) + "\n", encoding="utf-8")
+    return Reproduction(rows=rows, runs=runs, markdown=markdown, html=page, files=files)

@@ -5,20 +5,51 @@ The public API mirrors the command line::
     from budgetnas import CNNSpec, ConvBlock, count_params, load_dataset, train
     spec = CNNSpec(conv=(ConvBlock(40), ConvBlock(60)), fc=(25, 50))
     count_params(spec, (1, 28, 28), 10)   # 97395, the paper's CNN-100K
+
+The names below are imported on first use (PEP 562), so that ``budgetnas --help`` and the
+CLI's bad-input errors do not pay for importing torch (seconds on a small CPU).
 """
 
-from budgetnas.budget import format_budget, parse_budget
-from budgetnas.counting import count_mult_adds, count_params
-from budgetnas.data import Data, load_dataset
-from budgetnas.errors import BudgetNASError, DataError, RunFailure, StorageError, UsageError
-from budgetnas.model import build_model
-from budgetnas.spec import CNNSpec, ConvBlock, FCNSpec, Spec, spec_from_dict
-from budgetnas.trainer import PAPER_RECIPE, Recipe, TrainResult, train
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BudgetNASError", "CNNSpec", "ConvBlock", "Data", "DataError", "FCNSpec", "PAPER_RECIPE", "Recipe",
-    "RunFailure", "Spec", "StorageError", "TrainResult", "UsageError", "build_model", "count_mult_adds",
-    "count_params", "format_budget", "load_dataset", "parse_budget", "spec_from_dict", "train",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "format_budget": "budget", "parse_budget": "budget",
+    "count_mult_adds": "counting", "count_params": "counting",
+    "Data": "data", "load_dataset": "data",
+    "BudgetNASError": "errors", "DataError": "errors", "RunFailure": "errors", "StorageError": "errors",
+    "UsageError": "errors",
+    "build_model": "model",
+    "CNNSpec": "spec", "ConvBlock": "spec", "FCNSpec": "spec", "Spec": "spec", "spec_from_dict": "spec",
+    "PAPER_RECIPE": "trainer", "Recipe": "trainer", "TrainResult": "trainer", "train": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'budgetnas' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"budgetnas.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # static checkers and IDEs see ordinary imports
+    from budgetnas.budget import format_budget, parse_budget
+    from budgetnas.counting import count_mult_adds, count_params
+    from budgetnas.data import Data, load_dataset
+    from budgetnas.errors import BudgetNASError, DataError, RunFailure, StorageError, UsageError
+    from budgetnas.model import build_model
+    from budgetnas.spec import CNNSpec, ConvBlock, FCNSpec, Spec, spec_from_dict
+    from budgetnas.trainer import PAPER_RECIPE, Recipe, TrainResult, train

@@ -1,0 +1,65 @@
+"""``budgetnas train`` on a tiny real slice: the row, --json, --out artifacts, overrides and errors."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from budgetnas.config import load_config
+from budgetnas.reproduce import format_duration, paper_dir
+from conftest import assert_one_line_error
+
+
+def test_train_json_and_out(cli, tiny_npz, tmp_path):
+    out = tmp_path / "run"
+    proc = cli("train", "cnn-10k", "--dataset", f"npz:{tiny_npz}", "--epochs", "2", "--seed", "3",
+               "--device", "cpu", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)  # exactly one JSON document
+    assert doc["params"] == 9_192 and doc["epochs_run"] == 2 and doc["seed"] == 3
+    assert 0.0 <= doc["val_accuracy"] <= 1.0 and 0.0 <= doc["test_accuracy"] <= 1.0
+    assert doc["train_seconds"] > 0 and doc["test_images"] == 300 and doc["train_images"] == 900
+    assert doc["lowest_loss_epoch"] in (1, 2) and doc["mult_adds"] == 208_333_824
+    assert "epoch 2/2" in proc.stderr
+    # Artifacts: weights that load into the config's model, metrics, and the config with its results.
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == doc["test_accuracy"]
+    saved = load_config(out / "config.toml")
+    assert saved.recipe.epochs == 2 and saved.result["test_accuracy"] == doc["test_accuracy"]
+    from budgetnas.model import build_model
+
+    model = build_model(saved.spec, (1, 28, 28), 10)
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+
+
+def test_train_prints_a_row_in_the_papers_columns(cli, tiny_npz, tmp_path):
+    config = tmp_path / "mine.toml"
+    config.write_text((paper_dir() / "fcn-50k.toml").read_text().replace("epochs = 20", "epochs = 1"))
+    proc = cli("train", str(config), "--dataset", f"npz:{tiny_npz}", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    header, _, row = proc.stdout.splitlines()[:3]
+    for column in ("Weights", "Test acc.", "Train time", "Mult-adds", "Lowest loss"):
+        assert column in header
+    assert "fcn-50k" in row and "46,580" in row and "(epoch 1)" in row and "%" in row
+
+
+def test_train_bn_variant_on_a_subset(cli):
+    proc = cli("train", "fcn-100k+bn", "--subset", "300", "--epochs", "1", "--device", "cpu", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["params"] == 98_490 + 2 * (100 + 180) and doc["subset"] == 300 and doc["name"] == "fcn-100k+bn"
+
+
+def test_train_bad_input_is_one_line(cli, tmp_path):
+    assert_one_line_error(cli("train", "cnn-10k", "--epochs", "0"), 2, "--epochs")
+    assert_one_line_error(cli("train", "cnn-10k", "--subset", "5"), 2, "--subset")
+    assert_one_line_error(cli("train", str(tmp_path / "none.toml")), 2, "does not exist")
+    assert_one_line_error(cli("train", "cnn-10k", "--dataset", "imagenet"), 2, "unknown dataset")
+    assert_one_line_error(cli("train", "cnn-10k", "--dataset", f"npz:{tmp_path / 'x.npz'}"), 2, "npz")
+
+
+def test_format_duration_uses_the_papers_style():
+    assert format_duration(152.93) == "2m 32.93s"
+    assert format_duration(1431.1) == "23m 51.10s"
+    assert format_duration(41.2) == "41.20s"

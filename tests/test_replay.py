@@ -157,28 +157,45 @@ def test_cli_replay_json(made, cli, tmp_path):
     assert recorded["epochs"] == 1 and recorded["seed"] == 3
 
 
+def _main_error(capsys, *args: str) -> str:
+    """Run the CLI in-process (real parser and dispatcher) and return its one error line."""
+    from budgetnas.cli import main
+
+    code = main(list(args))
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
 @pytest.mark.parametrize("args, contains", [
     (["--trial", "99"], "no trial 99"),
     (["--trial", "REJECTED"], "rejected"),
     (["--trial", "FAILED"], "failed"),
     (["--trial", "first"], "--trial must be"),
     (["--epochs", "0"], "--epochs"),
+    (["--subset", "many"], "--subset"),
+    (["--images", "1,x"], "--images"),
     (["--out", "STUDYFILE/sub"], "cannot write to output folder"),
 ])
-def test_cli_replay_bad_input(made, cli, args, contains):
+def test_cli_replay_bad_input(made, capsys, args, contains):
     subst = {"REJECTED": str(made.rejected), "FAILED": str(made.failed), "STUDYFILE/sub": f"{made.db}/sub"}
-    proc = cli("replay", "--storage", made.url, *[subst.get(a, a) for a in args])
-    assert_one_line_error(proc, 2, contains)
+    assert contains in _main_error(capsys, "replay", "--storage", made.url, *[subst.get(a, a) for a in args])
 
 
-def test_cli_replay_storage_and_study_errors(made, cli, tmp_path):
-    assert_one_line_error(cli("replay", "--storage", f"sqlite:///{tmp_path}/missing.db"), 2, "does not exist")
-    assert_one_line_error(cli("replay", "--storage", made.url, "--study", "nope"), 2, "studies there: tiny-cnn")
+def test_cli_replay_storage_and_study_errors(made, capsys, tmp_path):
+    assert "does not exist" in _main_error(capsys, "replay", "--storage", f"sqlite:///{tmp_path}/missing.db")
+    assert "studies there: tiny-cnn" in _main_error(capsys, "replay", "--storage", made.url, "--study", "nope")
     url = f"sqlite:///{tmp_path}/two.db"
     for name in ("a", "b"):
         optuna.create_study(storage=open_storage(url), study_name=name)
-    assert_one_line_error(cli("replay", "--storage", url), 2, "choose one with --study: a, b")
-    assert_one_line_error(cli("replay", "--storage", url, "--study", "a"), 2, "not made by budgetnas")
+    assert "choose one with --study: a, b" in _main_error(capsys, "replay", "--storage", url)
+    assert "not made by budgetnas" in _main_error(capsys, "replay", "--storage", url, "--study", "a")
     empty = optuna.create_study(storage=open_storage(url), study_name="empty", directions=["maximize", "minimize"])
     empty.set_user_attr(records.SETTINGS_ATTR, _study(made).user_attrs[records.SETTINGS_ATTR])
-    assert_one_line_error(cli("replay", "--storage", url, "--study", "empty"), 2, "no finished trials")
+    assert "no finished trials" in _main_error(capsys, "replay", "--storage", url, "--study", "empty")
+
+
+def test_cli_replay_error_in_a_real_subprocess(made, cli):
+    # The exit code and single error line as a user sees them (no traceback from the real process).
+    assert_one_line_error(cli("replay", "--storage", made.url, "--trial", str(made.rejected)), 2, "rejected")

@@ -10,6 +10,7 @@ import socket
 
 import optuna
 import pytest
+from conftest import assert_one_line_error
 
 from budgetnas.errors import StorageError
 from budgetnas.storage import (Heartbeat, fail_running_trials, normalise_url, open_storage, redact, storage_kind,
@@ -131,3 +132,35 @@ def test_fail_running_trials_unknown_study(tmp_path):
     with pytest.raises(StorageError) as exc:
         fail_running_trials(f"journal:{tmp_path}/x.log", "missing")
     assert_one_line(exc, "'missing'")
+
+
+# The same errors through the real command line: exit 2, one 'error:' line, no traceback, no password.
+def test_cli_search_unreachable_postgres(cli, tiny_npz):
+    port = closed_port()
+    proc = cli("search", "--budget", "5k", "--dataset", f"npz:{tiny_npz}", "--trials", "1",
+               "--storage", f"postgresql://me:{SECRET}@127.0.0.1:{port}/nas")
+    last = assert_one_line_error(proc, 2, f"cannot reach database at 127.0.0.1:{port}")
+    assert SECRET not in proc.stderr + proc.stdout and last
+
+
+def test_cli_search_malformed_url(cli, tiny_npz):
+    proc = cli("search", "--budget", "5k", "--dataset", f"npz:{tiny_npz}", "--trials", "1",
+               "--storage", f"postgresql://me:{SECRET}@127.0.0.1:port/nas")
+    assert_one_line_error(proc, 2, "malformed")
+    assert SECRET not in proc.stderr + proc.stdout
+
+
+def test_cli_several_workers_refuse_sqlite(cli, tiny_npz, tmp_path):
+    for storage in ([], ["--storage", f"sqlite:///{tmp_path}/s.db"]):
+        proc = cli("search", "--budget", "5k", "--dataset", f"npz:{tiny_npz}", "--trials", "2", "--workers", "2",
+                   *storage)
+        assert_one_line_error(proc, 2, "journal:")
+    assert not list(tmp_path.glob("*.db"))  # refused before anything was created
+    assert_one_line_error(cli("search", "--budget", "5k", "--trials", "2", "--workers", "0"), 2, "--workers")
+
+
+def test_cli_dashboard_unreachable_postgres(cli):
+    port = closed_port()
+    proc = cli("dashboard", "--storage", f"postgresql://me:{SECRET}@127.0.0.1:{port}/nas", "--port", str(closed_port()))
+    assert_one_line_error(proc, 2, "cannot reach database")
+    assert SECRET not in proc.stderr + proc.stdout

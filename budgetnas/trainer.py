@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable
 
 import torch
@@ -134,20 +134,8 @@ def train(spec: Spec, data: Data, recipe: Recipe = Recipe(), *, device: str = "a
     ``optuna.TrialPruned``), which propagates. Test accuracy is computed only when
     ``evaluate_test`` is true. A NaN or infinite loss raises :class:`TrainingDiverged`.
     """
-    placement = resolve_placement(device, precision)
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(recipe.seed)
-    dev = placement.device
-    model = build_model(spec, data.input_shape, data.num_classes).to(dev)
-    channels_last = isinstance(spec, CNNSpec) and dev.type != "mps"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    inputs = _Inputs(data, recipe, dev, channels_last)
-    optimizer = _optimizer(model, recipe)
-    steps_per_epoch = math.ceil(len(data.train) / recipe.batch_size)
-    scheduler = _scheduler(optimizer, recipe, steps_per_epoch)
-    scaler = torch.amp.GradScaler(dev.type) if placement.precision == "fp16" else None
+    run = _Session(spec, data, recipe, device, precision, threads)
+    model, dev, placement = run.model, run.device, run.placement
     generator = torch.Generator().manual_seed(recipe.seed)
 
     result = TrainResult(params=trainable_params(model), epochs=[], train_seconds=0.0,
@@ -159,26 +147,12 @@ def train(spec: Spec, data: Data, recipe: Recipe = Recipe(), *, device: str = "a
         order = torch.randperm(len(data.train), generator=generator).to(dev)
         loss_sum = torch.zeros((), device=dev)
         for first in range(0, len(order), recipe.batch_size):
-            idx = order[first:first + recipe.batch_size]
-            x, y = inputs.train_batch(idx)
-            with _autocast(placement):
-                loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            loss_sum += loss.detach().float() * len(idx)
+            loss_sum += run.step(order[first:first + recipe.batch_size])
         train_loss = loss_sum.item() / len(order)
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch}; "
                                    "lower the learning rate or use --precision fp32")
-        val_accuracy = evaluate(model, inputs.val_x, data.val.y, placement)
+        val_accuracy = evaluate(model, run.inputs.val_x, data.val.y, placement)
         stats = EpochStats(epoch, train_loss, val_accuracy, time.perf_counter() - epoch_start)
         result.epochs.append(stats)
         result.train_seconds = time.perf_counter() - start
@@ -190,9 +164,86 @@ def train(spec: Spec, data: Data, recipe: Recipe = Recipe(), *, device: str = "a
                 break
     if evaluate_test:
         test = data.require_test()
-        result.test_accuracy = evaluate(model, inputs.prepare(test.x), test.y, placement)
+        result.test_accuracy = evaluate(model, run.inputs.prepare(test.x), test.y, placement)
     result.model = model
     return result
+
+
+class _Session:
+    """Everything one training run holds (model, prepared inputs, optimizer, ...) and its step.
+
+    :func:`train` loops over epochs with it; :func:`time_training_steps` times the very same
+    step, so ``budgetnas bench`` measures what training actually runs.
+    """
+
+    def __init__(self, spec: Spec, data: Data, recipe: Recipe, device: str, precision: str,
+                 threads: int | None = None) -> None:
+        self.placement = resolve_placement(device, precision)
+        if threads:
+            torch.set_num_threads(threads)
+        torch.manual_seed(recipe.seed)
+        self.device = dev = self.placement.device
+        self.recipe = recipe
+        model = build_model(spec, data.input_shape, data.num_classes).to(dev)
+        channels_last = isinstance(spec, CNNSpec) and dev.type != "mps"
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.inputs = _Inputs(data, recipe, dev, channels_last)
+        self.optimizer = _optimizer(model, recipe)
+        steps_per_epoch = math.ceil(len(data.train) / recipe.batch_size)
+        self.scheduler = _scheduler(self.optimizer, recipe, steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(dev.type) if self.placement.precision == "fp16" else None
+
+    def step(self, idx: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on the training images ``idx``; returns the batch's summed loss (a tensor,
+        so that the loop never waits for the device)."""
+        x, y = self.inputs.train_batch(idx)
+        with _autocast(self.placement):
+            loss = F.cross_entropy(self.model(x), y, label_smoothing=self.recipe.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss.detach().float() * len(idx)
+
+
+def time_training_steps(spec: Spec, data: Data, recipe: Recipe = Recipe(), *, device: str = "auto",
+                        precision: str = "auto", steps: int = 20, warmup: int = 3) -> tuple[list[float], str]:
+    """Wall seconds of each of ``steps`` training steps (after ``warmup`` untimed ones), and the precision.
+
+    The steps are exactly :func:`train`'s, over seeded random batches of ``data.train``. The
+    device is synchronised after each step so that a GPU's queued work is counted where it ran.
+    """
+    if steps < 1 or warmup < 0:
+        raise UsageError(f"steps must be >= 1 and warmup >= 0, got {steps} and {warmup}")
+    # Enough epochs that a schedule (OneCycleLR) never runs past its last step.
+    run = _Session(spec, data, replace(recipe, epochs=max(recipe.epochs, warmup + steps)), device, precision)
+    run.model.train()
+    generator = torch.Generator().manual_seed(recipe.seed)
+    n, batch = len(data.train), min(recipe.batch_size, len(data.train))
+    seconds = []
+    for i in range(warmup + steps):
+        idx = torch.randperm(n, generator=generator)[:batch].to(run.device)
+        _synchronize(run.device)
+        start = time.perf_counter()
+        run.step(idx).item()  # .item() waits for the step, as the end of an epoch does
+        if i >= warmup:
+            seconds.append(time.perf_counter() - start)
+    return seconds, run.placement.precision
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 @torch.inference_mode()

@@ -215,8 +215,11 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
                         artifacts=artifacts, model=trained.model)
 
 
-def load_replayed(folder: str | Path) -> tuple[Any, Any]:
-    """(Net with the trained weights, RunConfig) from a replay's ``out`` folder."""
+def load_trained(folder: str | Path) -> tuple[Any, Any]:
+    """(Net with its trained weights, RunConfig) from a folder holding ``model.pt`` and its config.
+
+    Reads a replay's ``out`` (``spec.toml``) as well as ``budgetnas train --out`` (``config.toml``).
+    """
     import torch
 
     from budgetnas.config import load_config
@@ -224,7 +227,11 @@ def load_replayed(folder: str | Path) -> tuple[Any, Any]:
     from budgetnas.model import build_model
 
     folder = Path(folder)
-    config = load_config(folder / "spec.toml")
+    config_path = next((folder / n for n in ("spec.toml", "config.toml") if (folder / n).is_file()), None)
+    if config_path is None or not (folder / "model.pt").is_file():
+        raise UsageError(f"{folder} holds no trained model: expected model.pt with spec.toml or config.toml "
+                         "(written by budgetnas replay or budgetnas train --out)")
+    config = load_config(config_path)
     input_shape, num_classes = dataset_info(config.dataset)
     model = build_model(config.spec, input_shape, num_classes)
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))

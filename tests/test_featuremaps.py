@@ -64,3 +64,20 @@ def test_chosen_indices_and_errors(trained):
     fcn = train(FCNSpec(hidden=(8,)), data, Recipe(epochs=1), device="cpu", precision="fp32").model
     with pytest.raises(UsageError, match="conv blocks"):
         render_feature_maps(fcn, data, recipe)
+
+
+def test_feature_maps_of_a_model_from_budgetnas_train(tiny_npz, cli, tmp_path):
+    # Any trained CNN: here one written by the real `budgetnas train --out`, reloaded from its folder.
+    from budgetnas.config import RunConfig, save_config
+    from budgetnas.replay import load_trained
+
+    config = save_config(RunConfig("tiny", SPEC, Recipe(epochs=1, batch_size=128), dataset=f"npz:{tiny_npz}"),
+                         tmp_path / "tiny.toml")
+    proc = cli("train", config, "--device", "cpu", "--precision", "fp32", "--out", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    model, loaded = load_trained(tmp_path / "run")
+    data = load_dataset(loaded.dataset, with_test=True)
+    maps = render_feature_maps(model, data, loaded.recipe, [3])
+    assert [b.shape for b in maps[0].blocks] == [(4, 28, 28), (6, 14, 14), (5, 14, 14)]
+    with pytest.raises(UsageError, match="no trained model"):
+        load_trained(tmp_path)

@@ -16,7 +16,7 @@ from budgetnas.data import load_dataset
 from budgetnas.errors import StorageError, UsageError
 from budgetnas.export import load_exported
 from budgetnas.featuremaps import prepare
-from budgetnas.replay import choose_trial, load_replayed, replay, val_accuracy_of
+from budgetnas.replay import choose_trial, load_trained, replay, val_accuracy_of
 from budgetnas.storage import open_storage
 from conftest import assert_one_line_error
 from studyfactory import TINY_CNNS, make_study
@@ -105,7 +105,7 @@ def test_weights_and_spec_toml_rebuild_the_same_model(replayed):
     config = load_config(result.out / "spec.toml")
     assert config.spec == records.spec_of(_study(study).trials[result.trial])
     assert config.result["test_accuracy"] == result.metrics["test_accuracy"]
-    model, _ = load_replayed(result.out)
+    model, _ = load_trained(result.out)
     data = load_dataset(study.dataset, with_test=True)
     x = prepare(data.test.x[:64], data, config.recipe)
     trained = result.model.to("cpu").eval()

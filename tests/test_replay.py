@@ -199,3 +199,27 @@ def test_cli_replay_storage_and_study_errors(made, capsys, tmp_path):
 def test_cli_replay_error_in_a_real_subprocess(made, cli):
     # The exit code and single error line as a user sees them (no traceback from the real process).
     assert_one_line_error(cli("replay", "--storage", made.url, "--trial", str(made.rejected)), 2, "rejected")
+
+
+@pytest.mark.slow
+def test_end_to_end_search_then_replay_then_report(tiny_npz, cli, tmp_path):
+    """The real `budgetnas search` CLI writes a study; replay and report read it back from the storage alone."""
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    search = cli("search", "--budget", "5k", "--family", "cnn", "--dataset", f"npz:{tiny_npz}", "--trials", "3",
+                 "--epochs", "1", "--storage", url, "--device", "cpu", "--precision", "fp32", "--json", timeout=600)
+    assert search.returncode == 0, search.stderr
+    found = json.loads(search.stdout)
+    proc = cli("replay", "--storage", url, "--device", "cpu", "--precision", "fp32", "--json", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    front = {row["trial"]: row for row in found["front"]}
+    assert doc["trial"] in front  # the best is a trial of the search's Pareto front
+    assert doc["val_accuracy"] == max(row["val_accuracy"] for row in front.values())
+    # Same spec, recipe, seed, data split, device and fp32 as in the search: the same validation accuracy.
+    assert doc["val_accuracy"] == front[doc["trial"]]["val_accuracy"]
+    assert doc["params"] == front[doc["trial"]]["params"] <= 5000
+    assert 0.0 <= doc["test_accuracy"] <= 1.0
+    report = cli("report", "--storage", url, "--out", "r.html")
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert f"{doc['test_accuracy']:.4f}" in page and "data:image/png;base64," in page

@@ -223,7 +223,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
 th { background: #f3f3f3; }
 .figure { margin: 1em 0 2em; }
-.maps img { margin: 4px; border: 1px solid #ddd; vertical-align: top; }
+.maps img { margin: 4px; border: 1px solid #ddd; vertical-align: top; max-width: 560px; height: auto; }
 .note { color: #666; }
 """
 

@@ -161,3 +161,25 @@ def test_report_screenshot_is_not_blank(replayed_report, tmp_path):
     assert len(colours) > 200  # plots, colour bars and feature maps, not a white page
     white = max(count for count, rgb in colours if rgb == (255, 255, 255))
     assert white < 0.9 * img.width * img.height
+
+
+def test_single_objective_study_and_journal_storage(made, tmp_path):
+    # The same trained trials in a single-objective study kept in a journal file.
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    source = _study(made)
+    journal = tmp_path / "study.log"
+    single = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(journal))), study_name="single",
+                                 direction="maximize")
+    settings = dict(source.user_attrs[records.SETTINGS_ATTR], objectives=["accuracy"])
+    single.set_user_attr(records.SETTINGS_ATTR, settings)
+    for t in source.trials:
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            single.add_trial(optuna.trial.create_trial(value=t.values[0], user_attrs=t.user_attrs))
+    best = max(single.trials, key=lambda t: (t.value, -t.user_attrs["params"]))
+    assert choose_trial(single).trial.number == best.number
+    path = write_report(f"journal:{journal}", out=tmp_path / "single.html")
+    info = report_info(single)
+    assert [p.number for p in info.points if p.on_front] == [best.number]
+    assert path.read_text(encoding="utf-8").count("class=\"plotly-graph-div\"") == PLOTS

@@ -1,0 +1,72 @@
+"""``budgetnas bench``: a few real steps per device, and the baseline comparison (numbers are measured, not asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from budgetnas.bench import available_devices, paper_style_model
+from budgetnas.errors import UsageError
+from budgetnas.model import build_model, trainable_params
+from budgetnas.reproduce import PAPER_NAMES, resolve_config
+from conftest import assert_one_line_error
+
+
+def test_bench_json_times_each_config_on_the_cpu(cli):
+    proc = cli("bench", "fcn-50k", "cnn-10k", "--steps", "2", "--warmup", "1", "--devices", "cpu,cuda",
+               "--subset", "2000", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert set(rows) == {"fcn-50k", "cnn-10k"}
+    for row in rows.values():
+        assert row["device"] == "cpu" and row["steps"] == 2 and row["batch"] == 512
+        assert row["step_seconds"] > 0
+        assert row["images_per_second"] == pytest.approx(512 / row["step_seconds"])
+        assert row["epoch_seconds"] == pytest.approx(106 * row["step_seconds"])  # ceil(54,000 / 512) steps
+        assert row["run_seconds"] == pytest.approx(20 * row["epoch_seconds"])
+    assert rows["cnn-10k"]["paper_cpu_seconds"] == 375.81
+    if not torch.cuda.is_available():
+        assert any("no CUDA" in n for n in doc["notes"]) and "no CUDA" in proc.stderr
+
+
+def test_bench_table_and_bad_devices(cli):
+    proc = cli("bench", "fcn-50k", "--steps", "1", "--warmup", "0", "--devices", "cpu", "--subset", "600")
+    assert proc.returncode == 0, proc.stderr
+    assert "Images/s" in proc.stdout and "Paper CPU-only" in proc.stdout and "fcn-50k" in proc.stdout
+    assert_one_line_error(cli("bench", "fcn-50k", "--devices", "tpu"), 2, "unknown device")
+    assert_one_line_error(cli("bench", "fcn-50k", "--steps", "0"), 2, "--steps")
+
+
+def test_baseline_comparison_runs_both_loops(cli):
+    proc = cli("bench", "--baseline", "cnn-10k", "--steps", "2", "--repeats", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["name"] == "cnn-10k" and doc["repeats"] == 2
+    assert len(doc["baseline"]) == len(doc["budgetnas"]) == 2
+    for timing in doc["baseline"] + doc["budgetnas"]:
+        assert timing["images"] == 2 * 512 and timing["wall_seconds"] > 0
+    assert doc["ratio"] == pytest.approx(doc["budgetnas_images_per_second"] / doc["baseline_images_per_second"])
+    assert "(a) paper-style loop" in proc.stderr and "(b) budgetnas trainer" in proc.stderr
+
+
+@pytest.mark.parametrize("name", PAPER_NAMES)
+def test_paper_style_baseline_model_is_the_same_network(name):
+    config = resolve_config(name)
+    baseline = paper_style_model(config, (1, 28, 28), 10)
+    ours = build_model(config.spec, (1, 28, 28), 10)
+    assert trainable_params(baseline) == trainable_params(ours)
+    # Same parameters in the same order give the same function (the builder may order ops differently).
+    with torch.no_grad():
+        for a, b in zip(baseline.parameters(), ours.parameters()):
+            a.copy_(b)
+        x = torch.rand(4, 1, 28, 28)
+        torch.testing.assert_close(baseline.eval()(x), ours.eval()(x))
+
+
+def test_available_devices():
+    assert available_devices(["cpu"]) == (["cpu"], [])
+    with pytest.raises(UsageError):
+        available_devices(["tpu"])

@@ -126,7 +126,8 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
     """Retrain trial ``trial`` of ``study`` from the storage and write its artifacts to ``out``.
 
     ``subset="study"`` trains on the same data slice as the search; ``None`` uses the full
-    dataset; an integer a stratified sample of that size. ``images`` are the test indices
+    dataset; an integer a stratified sample of that size. Test accuracy is always measured on
+    the whole test split. ``images`` are the test indices
     for feature maps (default: the first test image of each class).
     """
     from budgetnas.studyio import load_existing_study
@@ -169,6 +170,10 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
     import torch
 
     data = load_dataset(settings.dataset, data_root, with_test=True, subset=subset, seed=settings.split_seed)
+    if subset is not None:
+        # Train on the slice, but test on the whole test split: comparable with the paper and other replays.
+        whole = load_dataset(settings.dataset, data_root, with_test=True, seed=settings.split_seed)
+        data = replace(data, test=whole.test)
     progress(f"  data {settings.dataset}: {len(data.train)} train / {len(data.val)} val / "
              f"{len(data.require_test())} test images")
     bad = [i for i in images or () if not 0 <= i < len(data.require_test())]

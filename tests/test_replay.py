@@ -223,3 +223,15 @@ def test_end_to_end_search_then_replay_then_report(tiny_npz, cli, tmp_path):
     assert report.returncode == 0, report.stderr
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert f"{doc['test_accuracy']:.4f}" in page and "data:image/png;base64," in page
+
+
+def test_a_subset_study_trains_on_its_slice_but_tests_on_the_whole_test_split(made, tmp_path):
+    study = made.copy_to(tmp_path / "db")
+    loaded = _study(study)
+    loaded.set_user_attr(records.SETTINGS_ATTR, dict(loaded.user_attrs[records.SETTINGS_ATTR], subset=200))
+    result = replay(study.url, epochs=1, device="cpu", precision="fp32", out=tmp_path / "out", record=False)
+    assert result.metrics["train_images"] == 180 and result.metrics["subset"] == 200
+    assert result.metrics["test_images"] == 300  # all of tiny_npz's test images, not 200
+    full = replay(study.url, epochs=1, subset=None, device="cpu", precision="fp32", out=tmp_path / "full",
+                  record=False)
+    assert full.metrics["train_images"] == 900 and full.metrics["subset"] is None

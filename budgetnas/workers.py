@@ -40,7 +40,7 @@ from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from budgetnas.errors import RunFailure, UsageError
-from budgetnas.storage import storage_kind
+from budgetnas.storage import redact, storage_kind
 
 if TYPE_CHECKING:
     import optuna
@@ -158,10 +158,16 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
             interrupted = True
     codes = [p.returncode for p in processes]
     messages = [m for m in (_last_line(p) for p in processes) if m]
+    heartbeat = storage_kind(config.storage_url) != "journal"
     for index, code in enumerate(codes):
-        if code < 0:
+        if code < 0 and heartbeat:
             say(f"worker {index} was killed by signal {-code}; the trial it was running is failed and retried by "
                 "the other workers once its heartbeat is stale")
+        elif code < 0:
+            say(f"worker {index} was killed by signal {-code}; journal storage has no heartbeat, so its trial stays "
+                "RUNNING. When no worker of this study runs any more, fail it and queue it again with: "
+                f"python -m budgetnas.storage fail-running --storage {redact(config.storage_url)} "
+                f"--study {config.study_name}; then rerun this search to finish the study")
     summary = search.summarise(study, config, time.perf_counter() - start)
     if interrupted or EXIT_INTERRUPTED in codes:
         summary.interrupted = True

@@ -7,17 +7,24 @@ skips with the reason when they are not. ``pg_study_url`` gives each test a URL 
 unique study name prefix, so tests share one database without seeing each other's studies.
 
 Use it from a test module with ``from pg import postgres_url, pg_storage_url  # noqa: F401``.
+The second half holds helpers for tests that run several real search processes on one study.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
+from conftest import REPO
+from optuna.trial import TrialState
 
 SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "postgres.sh"
 
@@ -56,3 +63,69 @@ def postgres_url() -> str:
 def pg_storage_url(postgres_url: str):
     """(url, study) for one test: the shared database and a study name no other test uses."""
     return postgres_url, f"t-{uuid.uuid4().hex[:10]}"
+
+
+# Helpers for tests that run several real search processes on one study (PostgreSQL or journal).
+FAST_HEARTBEAT = {"BUDGETNAS_HEARTBEAT_INTERVAL": "1", "BUDGETNAS_HEARTBEAT_GRACE": "3"}
+
+
+def search_args(npz: Path, url: str, study: str, trials: int, epochs: int = 1) -> list[str]:
+    return ["search", "--budget", "5k", "--family", "cnn", "--dataset", f"npz:{npz}", "--trials", str(trials),
+            "--epochs", str(epochs), "--storage", url, "--study", study]
+
+
+def start_cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "budgetnas", *args], cwd=cwd, env=full_env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def retried(trials) -> set[int]:
+    return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+
+
+def counted(trials) -> list:
+    """Finished trials that count towards --trials (the rule of budgetnas.search.count_finished)."""
+    again = retried(trials)
+    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            or (t.state == TrialState.FAIL and "interrupted" not in t.user_attrs and t.number not in again)]
+
+
+def assert_well_formed(trials) -> None:
+    """Unique consecutive numbers, nothing left running, every trial with its attributes."""
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            for key in ("spec", "recipe", "params", "mult_adds", "val_accuracy_curve", "train_seconds", "versions"):
+                assert key in t.user_attrs, (t.number, key)
+            assert t.user_attrs["params"] <= 5000 and len(t.values) == 2
+        elif t.state == TrialState.PRUNED:
+            assert "params" in t.user_attrs and ("rejected" in t.user_attrs or "stopped_early" in t.user_attrs)
+
+
+def worker_pids(parent: int) -> list[int]:
+    path = Path(f"/proc/{parent}/task/{parent}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def kill_a_training_worker(parent: subprocess.Popen, load_study: Callable[[], Any]) -> int:
+    """SIGKILL one worker of ``budgetnas search --workers 2`` while both are inside a trial.
+
+    Waits until two trials have been RUNNING for over half a second (so each worker is
+    training and has recorded a heartbeat) and both worker processes exist; returns the pid.
+    ``load_study()`` loads the study (KeyError while it does not exist yet).
+    """
+    deadline = time.time() + 300
+    while parent.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            running = [t for t in load_study().get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+        except KeyError:
+            continue
+        now = time.time()
+        pids = worker_pids(parent.pid)
+        if len([t for t in running if now - t.datetime_start.timestamp() > 0.5]) == 2 and len(pids) == 2:
+            os.kill(pids[0], signal.SIGKILL)
+            return pids[0]
+    pytest.fail("never saw both workers training at once")

@@ -65,6 +65,11 @@ class SearchConfig:
     seed: int = 0
     early_stop: bool = True  # Median pruner (single objective) or the front rule (stopping.py)
     recipe: Recipe = PAPER_RECIPE  # its epochs and seed are replaced by ``epochs`` and ``seed``
+
+    def __post_init__(self) -> None:
+        # Checked here so that a bad option fails before anything is opened or loaded.
+        object.__setattr__(self, "objectives", parse_objectives(self.objectives))
+        check_config(self)
     worker: int = 0  # index among --workers N processes; offsets the sampler seed so workers differ (workers.py)
 
     @property
@@ -123,8 +128,6 @@ class SearchInterrupted(KeyboardInterrupt):
 def run_search(config: SearchConfig, progress: Progress | None = None) -> SearchSummary:
     """Run (or resume) the search that ``config`` describes and summarise the study."""
     say = progress or (lambda message: None)
-    config = replace(config, objectives=parse_objectives(config.objectives))
-    check_config(config)
     input_shape, num_classes = dataset_info(config.dataset, config.data_root)
     check_budget(config, input_shape, num_classes)
 

@@ -1,0 +1,38 @@
+"""``budgetnas dashboard``: serve optuna-dashboard on a study storage."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from budgetnas.cli._common import progress
+
+HELP = "browse studies in optuna-dashboard (trials, Pareto front, curves, user attributes)"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("dashboard", help=HELP, description=HELP + ". Stop it with Ctrl-C.")
+    parser.add_argument("storage_arg", nargs="?", default=None, metavar="STORAGE",
+                        help="storage URL (same as --storage)")
+    parser.add_argument("--storage", default=None, metavar="URL",
+                        help="sqlite:///PATH.db, postgresql://..., or journal:PATH (default: ./budgetnas.db)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from budgetnas.dashboard import dashboard_url, serve
+    from budgetnas.errors import UsageError
+    from budgetnas.storage import normalise_url, redact
+
+    if args.storage_arg and args.storage and args.storage_arg != args.storage:
+        raise UsageError("give the storage once: either as an argument or with --storage")
+    storage = args.storage or args.storage_arg
+    progress(f"storage: {redact(normalise_url(storage))}")
+    progress(f"dashboard: {dashboard_url(args.host, args.port)}  (Ctrl-C to stop)")
+    try:
+        serve(storage, host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        progress("dashboard stopped")
+    return 0

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -154,8 +155,13 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
         try:
             for process in processes:
                 process.wait()
-        except KeyboardInterrupt:  # the terminal sent SIGINT to every worker too; let them save and exit
+        except KeyboardInterrupt:
+            # Workers run in their own session, so Ctrl-C reaches only this process; pass each one
+            # SIGINT once per Ctrl-C: the first lets them stop cleanly, a second interrupts at once.
             interrupted = True
+            for process in processes:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGINT)
     codes = [p.returncode for p in processes]
     messages = [m for m in (_last_line(p) for p in processes) if m]
     heartbeat = storage_kind(config.storage_url) != "journal"
@@ -187,7 +193,8 @@ def _spawn(config: "SearchConfig", index: int, threads: int, verbose: bool) -> s
     """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     process = subprocess.Popen([sys.executable, "-m", "budgetnas.workers"], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=None if verbose else subprocess.DEVNULL, env=env)
+                               stdout=subprocess.PIPE, stderr=None if verbose else subprocess.DEVNULL, env=env,
+                               start_new_session=True)
     assert process.stdin is not None
     process.stdin.write(pickle.dumps((config, index, threads, verbose)))
     process.stdin.close()

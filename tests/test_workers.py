@@ -7,8 +7,10 @@ and ``python -m budgetnas.storage fail-running`` + rerunning the search finishes
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -72,3 +74,33 @@ def test_killed_worker_on_journal(tiny_npz, tmp_path):
     retry = [t for t in finished if t.system_attrs.get("failed_trial") == orphans[0].number]
     assert len(retry) == 1 and orphans[0].params.items() <= retry[0].params.items()
     assert retry[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_worker_and_the_study_resumes(tiny_npz, tmp_path):
+    url, study, total = f"journal:{tmp_path}/study.log", "journal-ctrl-c", 4
+    parent = start_cli([*search_args(tiny_npz, url, study, trials=total, epochs=2), "--workers", "2"], tmp_path)
+
+    def trials():
+        try:
+            return optuna.load_study(study_name=study, storage=open_storage(url)).get_trials(deepcopy=False)
+        except KeyError:
+            return []
+
+    try:
+        deadline = time.time() + 300
+        while parent.poll() is None and time.time() < deadline and not any(t.state.is_finished() for t in trials()):
+            time.sleep(0.2)
+        parent.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal does (the workers have their own session)
+        _, err = parent.communicate(timeout=300)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "--workers 2" in err.split("Resume with:")[-1]
+    assert not [t for t in trials() if t.state == TrialState.RUNNING]  # every worker saved its trial
+
+    again = run_cli(*search_args(tiny_npz, url, study, trials=total, epochs=2), "--workers", "2", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_well_formed(trials())
+    assert total <= len(counted(trials())) <= total + 1

@@ -122,27 +122,32 @@ def retried_numbers(trials: list[Any]) -> set[int]:
 def run_workers(config: "SearchConfig", workers: int, progress: Progress | None = None) -> "SearchSummary":
     """Run the search of ``config`` in ``workers`` processes on its storage; summarise the study.
 
-    Raises UsageError before starting anything for a bad
-    config or storage (checked once, here); SearchInterrupted after Ctrl-C (every worker
-    saves its state first); RunFailure if every worker failed.
+    Raises UsageError before starting anything for a bad config or storage (checked once,
+    here); SearchInterrupted after Ctrl-C (every worker saves its state first); RunFailure if
+    every worker failed. A worker killed by a signal is reported through ``progress``.
     """
+    import optuna
+
     from budgetnas import search
+    from budgetnas.data import dataset_info
     from budgetnas.storage import open_storage
-    from budgetnas.study import create_or_load, parse_objectives
+    from budgetnas.study import create_or_load
 
     check_workers(workers, config.storage)
     if workers == 1:
         return search.run_search(config, progress)
     say = progress or (lambda message: None)
-    config = replace(config, objectives=parse_objectives(config.objectives))
     search.check_config(config)
-    from budgetnas.data import dataset_info
-
     input_shape, num_classes = dataset_info(config.dataset, config.data_root)
     search.check_budget(config, input_shape, num_classes)
     # Create the study here, once: N processes creating it at the same moment would race.
-    study = create_or_load(open_storage(config.storage_url), config.study_name, config.settings(), config.sampler,
-                           config.seed)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line among our progress
+    try:
+        study = create_or_load(open_storage(config.storage_url), config.study_name, config.settings(),
+                               config.sampler, config.seed)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     if config.trials is not None and search.count_finished(study) >= config.trials:
         return search.run_search(config, progress)  # says that the study is already complete
 

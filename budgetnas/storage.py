@@ -20,7 +20,8 @@ to the original by the system attributes ``failed_trial`` (first failed trial's 
 
 Journal storage has no heartbeat: the trial of a killed worker stays RUNNING for ever. When
 no worker of the study is alive any more (or with ``older_than`` for trials that cannot
-still be running), :func:`fail_running_trials` marks them FAIL and queues the same retries.
+still be running), :func:`fail_running_trials` marks them FAIL and queues the same retries
+(command line: ``python -m budgetnas.storage fail-running --storage URL --study NAME``).
 
 Malformed or unreachable storages raise :class:`StorageError` with a one-line message that
 never echoes a password.
@@ -73,7 +74,7 @@ class Heartbeat:
     @classmethod
     def from_env(cls) -> "Heartbeat":
         interval = _env_seconds("BUDGETNAS_HEARTBEAT_INTERVAL", cls.interval)
-        grace = _env_seconds("BUDGETNAS_HEARTBEAT_GRACE", max(cls.grace_period, 3 * interval))
+        grace = _env_seconds("BUDGETNAS_HEARTBEAT_GRACE", 3 * interval)  # 60 s -> 180 s by default
         return cls(interval=interval, grace_period=grace)
 
 

@@ -10,7 +10,7 @@ import socket
 
 import optuna
 import pytest
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, run_cli
 
 from budgetnas.errors import StorageError
 from budgetnas.storage import (Heartbeat, fail_running_trials, normalise_url, open_storage, redact, storage_kind,
@@ -95,7 +95,12 @@ def test_missing_folder_for_files(tmp_path):
 def test_sqlite_gets_heartbeat_and_retry(tmp_path, monkeypatch):
     monkeypatch.setenv("BUDGETNAS_HEARTBEAT_INTERVAL", "2")
     storage = open_storage(f"sqlite:///{tmp_path}/a.db")
-    assert (storage.heartbeat_interval, storage.grace_period) == (2, 180)
+    assert (storage.heartbeat_interval, storage.grace_period) == (2, 6)  # grace: 3 intervals unless set
+    monkeypatch.setenv("BUDGETNAS_HEARTBEAT_GRACE", "10")
+    assert open_storage(f"sqlite:///{tmp_path}/a.db").grace_period == 10
+    monkeypatch.delenv("BUDGETNAS_HEARTBEAT_INTERVAL")
+    monkeypatch.delenv("BUDGETNAS_HEARTBEAT_GRACE")
+    assert open_storage(f"sqlite:///{tmp_path}/a.db").heartbeat_interval == 60
     assert isinstance(storage.get_heartbeat_stale_trial_callback(), optuna.storages.RetryHeartbeatStaleTrialCallback)
     storage = open_storage(f"sqlite:///{tmp_path}/a.db", heartbeat=Heartbeat(interval=1, grace_period=3))
     assert (storage.heartbeat_interval, storage.grace_period) == (1, 3)
@@ -164,3 +169,41 @@ def test_cli_dashboard_unreachable_postgres(cli):
     proc = cli("dashboard", "--storage", f"postgresql://me:{SECRET}@127.0.0.1:{port}/nas", "--port", str(closed_port()))
     assert_one_line_error(proc, 2, "cannot reach database")
     assert SECRET not in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_sqlite_search_killed_then_rerun_retries_the_dead_trial(tiny_npz, tmp_path):
+    """The heartbeat helps one user too: a search SIGKILLed mid-trial, rerun, retries that trial."""
+    import os
+    import signal
+    import time
+
+    from optuna.trial import TrialState
+    from pg import FAST_HEARTBEAT, assert_well_formed, counted, search_args, start_cli
+
+    url, study = f"sqlite:///{tmp_path}/s.db", "killed"
+    proc = start_cli(search_args(tiny_npz, url, study, trials=3, epochs=2), tmp_path, env=FAST_HEARTBEAT)
+    dead = None
+    try:
+        deadline = time.time() + 300
+        while dead is None and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+            try:
+                running = optuna.load_study(study_name=study, storage=url).get_trials(states=(TrialState.RUNNING,))
+            except Exception:  # no database or study yet
+                continue
+            if running and time.time() - running[0].datetime_start.timestamp() > 0.5:
+                os.kill(proc.pid, signal.SIGKILL)
+                dead = running[0].number
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert dead is not None, "the search never trained"
+    time.sleep(4)  # past the 3 s grace period
+
+    again = run_cli(*search_args(tiny_npz, url, study, trials=3, epochs=2), cwd=tmp_path, env=FAST_HEARTBEAT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = optuna.load_study(study_name=study, storage=url).get_trials()
+    assert_well_formed(trials)
+    assert trials[dead].state == TrialState.FAIL and len(counted(trials)) == 3
+    assert [t.number for t in trials if t.system_attrs.get("failed_trial") == dead]

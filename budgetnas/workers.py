@@ -5,9 +5,13 @@
     summary = run_workers(SearchConfig(budget=5_000, trials=12, storage="journal:runs/s.log"), workers=2)
 
 Each worker is a separate Python process (``python -m budgetnas.workers``, so nothing of
-the caller's state is shared and no ``__main__`` guard is needed) running :func:`budgetnas.search.run_search` with the same config on the same
-storage, with ``cores // N`` torch threads, so N workers do not fight over the cores. The
-study is created (and its settings checked) once, in the parent, before the workers start.
+the caller's state is shared and no ``__main__`` guard is needed) running
+:func:`budgetnas.search.run_search` with the same config on the same storage, with
+``cores // N`` torch threads, so N workers do not fight over the cores. Each worker's sampler
+seed is offset by its index (the training seed is not), so workers propose different
+architectures. The study is created (and its settings checked) once, in the parent, before
+the workers start. Workers run in their own session: Ctrl-C reaches the parent, which passes
+it on once per press, so a first Ctrl-C stops them cleanly and the study stays resumable.
 Machines cooperate the same way: start ``budgetnas search`` with the same options and a
 ``postgresql://`` storage on each (``examples/multi-machine.md``).
 
@@ -30,15 +34,17 @@ waiting; a killed worker's trial then stays RUNNING and the study ends one short
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from dataclasses import fields, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from budgetnas.errors import RunFailure, UsageError
 from budgetnas.storage import redact, storage_kind
@@ -88,7 +94,7 @@ class StopAtTotal:
         from optuna.storages._heartbeat import is_heartbeat_enabled
         from optuna.trial import TrialState
 
-        while not study._stop_flag:  # set by Ctrl-C (search.py) or a timeout: stop waiting
+        while not study._stop_flag:  # set by Ctrl-C (search.py): stop waiting
             trials = study.get_trials(deepcopy=False)
             retried = retried_numbers(trials)
             finished = sum(1 for t in trials if t.state.is_finished() and self.counts(t, retried))
@@ -156,17 +162,18 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
     start = time.perf_counter()
     processes = [_spawn(config, index, threads, verbose=progress is not None) for index in range(workers)]
     interrupted = False
-    while any(p.poll() is None for p in processes):
-        try:
-            for process in processes:
-                process.wait()
-        except KeyboardInterrupt:
-            # Workers run in their own session, so Ctrl-C reaches only this process; pass each one
-            # SIGINT once per Ctrl-C: the first lets them stop cleanly, a second interrupts at once.
-            interrupted = True
-            for process in processes:
-                if process.poll() is None:
-                    process.send_signal(signal.SIGINT)
+    with _sigterm_as_ctrl_c():
+        while any(p.poll() is None for p in processes):
+            try:
+                for process in processes:
+                    process.wait()
+            except KeyboardInterrupt:
+                # Workers run in their own session, so Ctrl-C reaches only this process; pass each one
+                # SIGINT once per Ctrl-C: the first lets them stop cleanly, a second interrupts at once.
+                interrupted = True
+                for process in processes:
+                    if process.poll() is None:
+                        process.send_signal(signal.SIGINT)
     codes = [p.returncode for p in processes]
     messages = [m for m in (_last_line(p) for p in processes) if m]
     heartbeat = storage_kind(config.storage_url) != "journal"
@@ -188,6 +195,23 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
     if all(code != 0 for code in codes):
         raise RunFailure(messages[0] if messages else f"every worker failed (exit codes {codes})")
     return summary
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (``kill``, a batch system, ``timeout``) stops the workers as cleanly as Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _spawn(config: "SearchConfig", index: int, threads: int, verbose: bool) -> subprocess.Popen:

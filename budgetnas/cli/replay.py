@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-root", metavar="DIR", default=None,
                         help="folder with datasets in torchvision's layout (default: $BUDGETNAS_DATA, else ./data)")
     parser.add_argument("--subset", default="study", metavar="N|full|study",
-                        help="training images: 'study' (the search's slice, default), 'full', or a number")
+                        help="training images: 'study' (the search's slice, default), 'full', or a number; "
+                             "test accuracy is always on the whole test split")
     parser.add_argument("--images", default=None, metavar="I,J,...",
                         help="test-image indices for feature maps (default: the first image of each class)")
     parser.add_argument("--no-record", action="store_true", help="do not store the result in the study")

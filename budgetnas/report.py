@@ -151,11 +151,11 @@ def _params_figure(info: ReportInfo) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[p.params for p in info.points], y=[p.accuracy for p in info.points],
-                             mode="markers", name="trials: validation accuracy",
-                             hovertext=[_hover(p) for p in info.points], hoverinfo="text",
-                             marker=dict(size=9, color=["#c81e1e" if p.on_front else "#1f77b4" for p in info.points],
-                                         opacity=0.75)))
+    for on_front, name, colour in ((False, "other trials", "#1f77b4"), (True, "trials on the front", "#c81e1e")):
+        points = [p for p in info.points if p.on_front == on_front]
+        fig.add_trace(go.Scatter(x=[p.params for p in points], y=[p.accuracy for p in points], mode="markers",
+                                 name=f"{name}: validation accuracy", hovertext=[_hover(p) for p in points],
+                                 hoverinfo="text", marker=dict(size=9, color=colour, opacity=0.75)))
     replays = [(n, r) for n, r in sorted(info.replays.items()) if r.get("test_accuracy") is not None]
     if replays:
         fig.add_trace(go.Scatter(x=[r["params"] for _, r in replays], y=[r["test_accuracy"] for _, r in replays],
@@ -171,7 +171,7 @@ def _params_figure(info: ReportInfo) -> Any:
                                  hovertext=[f"paper {m.name}<br>{m.params:,} params<br>test acc {m.test_accuracy:.4f}"
                                             for m in info.paper], hoverinfo="text"))
     fig.add_vline(x=info.settings.budget, line=dict(color="black", dash="dash"),
-                  annotation_text=f"budget {info.settings.budget:,}", annotation_position="top left")
+                  annotation_text=f"budget {info.settings.budget:,}", annotation_position="bottom left")
     fig.update_layout(title="Accuracy vs parameters", xaxis_title="trainable parameters",
                       yaxis_title="accuracy", legend=dict(orientation="h", y=-0.18), height=480)
     return fig

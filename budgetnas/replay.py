@@ -82,6 +82,8 @@ def choose_trial(study: Any, which: str | int = "best") -> Choice:
     for a single objective, among all trained trials), ties going to fewer parameters.
     """
     settings = _settings_or_none(study)
+    if isinstance(which, str):
+        which = parse_trial(which)
     if which != "best":
         return Choice(_numbered_trial(study, which), f"trial {which}: asked for by number")
     trained = trained_trials(study)
@@ -97,9 +99,9 @@ def choose_trial(study: Any, which: str | int = "best") -> Choice:
             candidates = front
             names = "/".join(settings.objectives) if settings else f"{len(study.directions)} objectives"
             where = f"trials on the Pareto front ({names})"
-    def key(t: Any) -> tuple[float, int]:
-        return val_accuracy_of(t, settings), -int(t.user_attrs.get("params", 0))
-    best = max(candidates, key=key)
+        else:  # every front trial infeasible or untrained: fall back to all trained trials
+            where = "trained trials (none of them on a feasible Pareto front)"
+    best = max(candidates, key=lambda t: (val_accuracy_of(t, settings), -int(t.user_attrs.get("params", 0))))
     accuracy = val_accuracy_of(best, settings)
     tied = [t for t in candidates if val_accuracy_of(t, settings) == accuracy]
     reason = (f"trial {best.number}: highest validation accuracy {accuracy:.4f} among the "
@@ -127,8 +129,8 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
 
     ``subset="study"`` trains on the same data slice as the search; ``None`` uses the full
     dataset; an integer a stratified sample of that size. Test accuracy is always measured on
-    the whole test split. ``images`` are the test indices
-    for feature maps (default: the first test image of each class).
+    the whole test split. ``images`` are the test indices for feature maps (default: the first
+    test image of each class). ``record`` stores the metrics in the study (``replay:<N>``).
     """
     from budgetnas.studyio import load_existing_study
 

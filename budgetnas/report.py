@@ -260,7 +260,8 @@ def render_html(info: ReportInfo) -> str:
                              "train s", "artifacts"],
                             [(n, _fmt(r.get("test_accuracy")), _fmt(r.get("val_accuracy")), f"{r.get('params', 0):,}",
                               r.get("epochs"), r.get("seed"), f"{r.get('device')} {r.get('precision')}",
-                              _fmt(r.get("train_seconds"), ".1f"), r.get("out")) for n, r in sorted(info.replays.items())]))
+                              _fmt(r.get("train_seconds"), ".1f"), r.get("out"))
+                             for n, r in sorted(info.replays.items())]))
     else:
         parts.append("<p class='note'>No replays yet.</p>")
     parts.append(f"<h2>Feature maps of trial {info.best}</h2>")

@@ -290,7 +290,10 @@ class _CtrlC:
         if self.in_training or already:  # a second Ctrl-C always interrupts at once
             raise KeyboardInterrupt
         if self.study is not None:
-            self.study.stop()
+            try:
+                self.study.stop()
+            except RuntimeError:  # optimize() already returned; the flag above is enough
+                pass
 
     def installed(self, study: optuna.Study) -> "_CtrlC":
         self.study = study

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from budgetnas.cli._common import (add_data_options, add_device_options, add_json_option, format_table,
                                    parse_duration, print_json, progress)
+
+if TYPE_CHECKING:
+    from budgetnas.search import SearchConfig, SearchSummary
 
 HELP = "search architectures under an exact parameter budget (multi-objective Optuna study)"
 
@@ -45,7 +48,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> "SearchConfig":
     from budgetnas.budget import parse_budget
     from budgetnas.search import SearchConfig
 
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def render(summary) -> str:
+def render(summary: "SearchSummary") -> str:
     from budgetnas.counting import human_count
 
     rows = [{"trial": r["trial"], "params": f"{r['params']:,}", "acc": f"{r['val_accuracy']:.4f}",
@@ -104,7 +107,7 @@ def render(summary) -> str:
     return "\n".join(lines)
 
 
-def commands(summary) -> dict[str, str]:
+def commands(summary: "SearchSummary") -> dict[str, str]:
     """The exact follow-up commands (dashboard always; replay of the most accurate front trial)."""
     where = ["--storage", summary.storage_url]
     result = {"dashboard": shlex.join(["budgetnas", "dashboard", *where])}
@@ -114,7 +117,7 @@ def commands(summary) -> dict[str, str]:
     return result
 
 
-def resume_command(args: argparse.Namespace, config) -> str:
+def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
     """The same search as a command line with every setting spelled out (and the storage made explicit)."""
     from budgetnas.storage import redact
 
@@ -129,8 +132,7 @@ def resume_command(args: argparse.Namespace, config) -> str:
     if args.timeout:
         parts += ["--timeout", args.timeout]
     parts += ["--epochs", str(config.epochs), "--storage", redact(config.storage_url), "--study", config.study_name,
-              "--sampler", config.sampler, "--objectives", ",".join(config.objectives) if not
-              isinstance(config.objectives, str) else config.objectives,
+              "--sampler", config.sampler, "--objectives", ",".join(config.objectives),
               "--parameterisation", config.parameterisation, "--seed", str(config.seed)]
     if args.device != "auto":
         parts += ["--device", args.device]

@@ -132,7 +132,7 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
     the whole test split. ``images`` are the test indices for feature maps (default: the first
     test image of each class). ``record`` stores the metrics in the study (``replay:<N>``).
     """
-    from budgetnas.studyio import load_existing_study
+    from budgetnas.studyio import load_existing_study, safe_name
 
     say = progress or (lambda _msg: None)
     loaded, _url = load_existing_study(storage, study)
@@ -140,7 +140,9 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
     choice = choose_trial(loaded, trial)
     spec, recipe = spec_of(choice.trial), recipe_of(choice.trial)
     recipe = replace(recipe, **{k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None})
-    out = Path(out) if out is not None else Path("runs") / f"{loaded.study_name}-trial{choice.trial.number}"
+    if out is None:
+        out = Path("runs") / f"{safe_name(loaded.study_name)}-trial{choice.trial.number}"
+    out = Path(out)
     _check_writable(out)
     say(f"replaying {choice.reason}")
     say(f"  spec {spec.describe()}; {recipe.epochs} epochs, seed {recipe.seed}")

@@ -280,11 +280,11 @@ def render_html(info: ReportInfo) -> str:
 
 def write_report(storage: str | None = None, study: str | None = None, out: str | Path | None = None) -> Path:
     """Write the report of ``study`` in ``storage`` to ``out`` (default ``<study>-report.html``)."""
-    from budgetnas.studyio import load_existing_study
+    from budgetnas.studyio import load_existing_study, safe_name
 
     loaded, url = load_existing_study(storage, study)
     info = report_info(loaded, url)
-    path = Path(out) if out is not None else Path(f"{loaded.study_name}-report.html")
+    path = Path(out) if out is not None else Path(f"{safe_name(loaded.study_name)}-report.html")
     page = render_html(info)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

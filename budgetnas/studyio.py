@@ -7,6 +7,7 @@ storage, or fails with a one-line list of the studies to choose from.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +52,8 @@ def load_existing_study(storage_url: str | None = None, study_name: str | None =
     elif study_name not in names:
         raise StorageError(f"no study {study_name!r} in {redact(url)}; studies there: {', '.join(names)}")
     return optuna.load_study(study_name=study_name, storage=storage), url
+
+
+def safe_name(study_name: str) -> str:
+    """``study_name`` usable as one file name (default output paths are built from it)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", study_name).strip("-.") or "study"

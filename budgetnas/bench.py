@@ -84,7 +84,7 @@ def available_devices(requested: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def bench(refs: Sequence[str] | None = None, *, devices: Sequence[str] = ("cpu", "cuda"), steps: int = 20,
           warmup: int = 3, precision: str = "auto", data_root: str | None = None, subset: int | None = None,
-          progress: ProgressFn = _quiet) -> BenchReport:
+          threads: int | None = None, progress: ProgressFn = _quiet) -> BenchReport:
     """Time ``steps`` training steps of each config (default: the paper's) on each available device.
 
     ``subset`` samples the batches from fewer images (faster loading; the step is the same).
@@ -97,6 +97,7 @@ def bench(refs: Sequence[str] | None = None, *, devices: Sequence[str] = ("cpu",
         raise UsageError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
     configs = [resolve_config(r) for r in (refs or paper_names())]
     found, notes = available_devices(devices)
+    _set_threads(threads)
     datasets: dict[str, Any] = {}
     rows = []
     for config in configs:
@@ -250,13 +251,24 @@ def _budgetnas_run(config: RunConfig, data: Any, precision: str) -> tuple[Timing
     return Timing(len(data.train), time.perf_counter() - start, _cpu_seconds() - cpu), result.precision
 
 
+def _set_threads(threads: int | None) -> None:
+    """Intra-op CPU threads for everything timed here (None keeps torch's default, one per core)."""
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
 def baseline_comparison(ref: str = "cnn-100k", *, steps: int = 20, repeats: int = 3, precision: str = "auto",
-                        data_root: str | None = None, progress: ProgressFn = _quiet) -> BaselineReport:
+                        data_root: str | None = None, threads: int | None = None,
+                        progress: ProgressFn = _quiet) -> BaselineReport:
     """Images/second of a paper-style loop (a) and of the budgetnas trainer (b), same model and steps, on the CPU.
 
     a and b alternate (a, b, a, b, ...) after one untimed warm-up of each, so that a busy
@@ -272,6 +284,7 @@ def baseline_comparison(ref: str = "cnn-100k", *, steps: int = 20, repeats: int 
     if steps < 1 or repeats < 1:
         raise UsageError(f"--steps and --repeats must be >= 1, got {steps} and {repeats}")
     config = resolve_config(ref)
+    _set_threads(threads)
     if config.dataset != "fashion-mnist":
         raise UsageError(f"the baseline benchmark trains on Fashion-MNIST; {config.name} uses {config.dataset}")
     batch = config.recipe.batch_size

@@ -70,3 +70,40 @@ def test_available_devices():
     assert available_devices(["cpu"]) == (["cpu"], [])
     with pytest.raises(UsageError):
         available_devices(["tpu"])
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "elu", "tanh", "gelu"])
+def test_pool_before_activation_is_the_same_function_and_is_undone(activation):
+    from budgetnas.spec import CNNSpec, ConvBlock
+    from budgetnas.trainer import _pool_before_activation
+
+    spec = CNNSpec(conv=(ConvBlock(6, batch_norm=True), ConvBlock(8, pool=None), ConvBlock(5)), fc=(12,),
+                   activation=activation)
+    model = build_model(spec, (1, 28, 28), 10)
+    before = [list(block) for block in model.blocks]
+    x = torch.randn(16, 1, 28, 28)
+    expected = model(x)
+    expected.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    restore = _pool_before_activation(model)
+    swapped = [list(block) for block in model.blocks] != before
+    assert swapped == (activation != "gelu")  # gelu is not monotone: left alone
+    got = model(x)
+    got.square().sum().backward()
+    torch.testing.assert_close(got, expected)
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g)
+    restore()
+    assert [list(block) for block in model.blocks] == before
+    assert list(model.state_dict()) == list(build_model(spec, (1, 28, 28), 10).state_dict())
+
+
+def test_train_returns_the_model_in_the_builders_order(tiny_npz):
+    from budgetnas.data import load_dataset
+    from budgetnas.trainer import Recipe, train
+
+    data = load_dataset(f"npz:{tiny_npz}", subset=200)
+    config = resolve_config("cnn-10k")
+    result = train(config.spec, data, Recipe(epochs=1, batch_size=64), device="cpu", precision="fp32")
+    assert [type(m).__name__ for m in result.model.blocks[0]] == ["Conv2d", "ReLU", "MaxPool2d"]

@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=int, default=3, metavar="R", help="--baseline repeats (default 3)")
     parser.add_argument("--data-root", metavar="DIR", default=None,
                         help="folder with datasets in torchvision's layout (default: $BUDGETNAS_DATA, else ./data)")
+    parser.add_argument("--threads", type=int, default=None, metavar="T",
+                        help="CPU threads for both loops (default: torch's, one per core)")
     parser.add_argument("--subset", type=int, default=None, metavar="N",
                         help="sample the timed batches from N images (quicker to load; same step)")
     add_json_option(parser)
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     report = bench(args.configs, devices=devices, steps=args.steps, warmup=args.warmup, precision=args.precision,
-                   data_root=args.data_root, subset=args.subset, progress=progress)
+                   data_root=args.data_root, subset=args.subset, threads=args.threads,
+                   progress=progress)
     for note in report.notes:
         progress(f"note: {note}")
     if args.json:
@@ -70,7 +73,7 @@ def _baseline(args: argparse.Namespace) -> int:
         raise UsageError("--baseline takes at most one config (default cnn-100k)")
     report = baseline_comparison(args.configs[0] if args.configs else "cnn-100k", steps=args.steps,
                                  repeats=args.repeats, precision=args.precision, data_root=args.data_root,
-                                 progress=progress)
+                                 threads=args.threads, progress=progress)
     if args.json:
         print_json(report.to_dict())
         return 0

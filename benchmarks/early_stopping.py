@@ -92,7 +92,7 @@ def analyse(args: argparse.Namespace, names: list[str]) -> dict:
         r["front"] = front(r.pop("points"))
         r["best_accuracy"] = max((p[0] for p in r["front"]), default=None)
         r["hypervolume"] = hypervolume(r["front"], args.ref_accuracy, ref_seconds)
-    return {"settings": {k: v for k, v in vars(args).items() if k not in ("variant", "workdir")},
+    return {"settings": {k: v for k, v in vars(args).items() if k not in ("variant", "out")},
             "reference": {"accuracy": args.ref_accuracy, "seconds": ref_seconds}, "variants": results}
 
 
@@ -111,22 +111,23 @@ def main() -> None:
     parser.add_argument("--ref-accuracy", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON result here")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
-    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", default=None, help="folder for the two studies (default: a new temporary one)")
     args = parser.parse_args()
     if args.variant:
         return run_variant(args)
 
     names = list(VARIANTS[args.vary])
-    with tempfile.TemporaryDirectory(prefix="budgetnas-bench-") as workdir:
-        args.workdir = workdir
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        children = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--variant", name,
-                                      "--workdir", workdir], env=env) for name in names]
-        codes = [child.wait() for child in children]
-        if any(codes):
-            sys.exit(f"a search failed (exit codes {codes})")
-        result = analyse(args, names)
-    text = json.dumps(result, indent=2)
+    args.workdir = args.workdir or tempfile.mkdtemp(prefix="budgetnas-bench-")  # kept: the studies stay inspectable
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    print(f"studies in {args.workdir}", file=sys.stderr)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    children = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--variant", name,
+                                  "--workdir", args.workdir], env=env) for name in names]
+    codes = [child.wait() for child in children]
+    if any(codes):
+        sys.exit(f"a search failed (exit codes {codes})")
+    result = analyse(args, names)
+    text = json.dumps(result, indent=2, default=str)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -143,7 +143,7 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
     if out is None:
         out = Path("runs") / f"{safe_name(loaded.study_name)}-trial{choice.trial.number}"
     out = Path(out)
-    _check_writable(out)
+    check_writable(out)
     say(f"replaying {choice.reason}")
     say(f"  spec {spec.describe()}; {recipe.epochs} epochs, seed {recipe.seed}")
     result = retrain(spec, recipe, settings, device=device, precision=precision, data_root=data_root,
@@ -274,7 +274,7 @@ def _settings_or_none(study: Any) -> StudySettings | None:
         return None
 
 
-def _check_writable(out: Path) -> None:
+def check_writable(out: Path) -> None:
     """Fail before training when ``out`` cannot hold the artifacts."""
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -12,13 +12,26 @@ from budgetnas.cli._common import (add_data_options, add_device_options, add_jso
 if TYPE_CHECKING:
     from budgetnas.search import SearchConfig, SearchSummary
 
+EXAMPLES = """examples:
+  budgetnas search --budget 100k --family cnn --trials 30 --epochs 3
+  budgetnas search --budget 200k --family fcn --timeout 30m --sampler nsga2
+  budgetnas search --budget 50k --storage postgresql://user:pw@db/nas --study shared --workers 2  # see examples/
+  budgetnas search --budget 20k --objectives accuracy          # single objective, median pruner"""
+
 HELP = "search architectures under an exact parameter budget (multi-objective Optuna study)"
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("search", help=HELP, description=HELP + ". Rerunning the same command "
-                                   "resumes the study; --trials is the study's total.")
+                                   "resumes the study; --trials is the study's total.", epilog=EXAMPLES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", required=True, help="parameter budget, e.g. 100k, 0.1M, 100000")
+    add_search_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def add_search_options(parser: argparse.ArgumentParser) -> None:
+    """Every search option except --budget (``budgetnas sweep`` reuses them with --budgets)."""
     parser.add_argument("--family", default="cnn", choices=("cnn", "fcn"), help="architecture family (default cnn)")
     add_data_options(parser)
     parser.add_argument("--trials", type=int, default=None, metavar="N",
@@ -45,16 +58,15 @@ def register(subparsers: Any) -> None:
                         help="local worker processes on the same study, each with cores/N CPU threads (default 1); "
                              "needs --storage journal:PATH or postgresql://..., not SQLite")
     add_json_option(parser)
-    parser.set_defaults(handler=run)
 
 
-def config_from_args(args: argparse.Namespace) -> "SearchConfig":
+def config_from_args(args: argparse.Namespace, budget: int | None = None) -> "SearchConfig":
     from budgetnas.budget import parse_budget
     from budgetnas.search import SearchConfig
 
     timeout = parse_duration(args.timeout) if args.timeout is not None else None
     trials = args.trials if args.trials is not None or timeout is not None else 20
-    return SearchConfig(budget=parse_budget(args.budget), family=args.family, dataset=args.dataset,
+    return SearchConfig(budget=budget if budget is not None else parse_budget(args.budget), family=args.family, dataset=args.dataset,
                         data_root=args.data_root, subset=args.subset, trials=trials, timeout=timeout,
                         epochs=args.epochs, device=args.device, precision=args.precision, storage=args.storage,
                         study=args.study, sampler=args.sampler, objectives=args.objectives,

@@ -1,0 +1,54 @@
+"""``budgetnas sweep``: one search per budget, each best trial replayed, one report."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from budgetnas.cli._common import parse_duration, print_json, progress
+
+HELP = "search several budgets (one study each), replay each best trial, and report accuracy vs budget"
+EXAMPLES = """examples:
+  budgetnas sweep --family cnn --budgets 10k,20k,50k,100k --trials 30 --epochs 3 --budget-timeout 45m
+  budgetnas sweep --family fcn --budgets 50k,100k,200k --replay-epochs 20 --out runs/sweep-fcn"""
+
+
+def register(subparsers: Any) -> None:
+    from budgetnas.cli.search import add_search_options
+
+    parser = subparsers.add_parser("sweep", help=HELP, description=HELP + ". Rerunning resumes every study.",
+                                   epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budgets", required=True, metavar="LIST", help="comma-separated budgets, e.g. 10k,20k,50k")
+    parser.add_argument("--budget-timeout", default=None, metavar="DURATION",
+                        help="wall-clock search time per budget: 90s, 30m, 2h")
+    parser.add_argument("--replay-epochs", type=int, default=20, metavar="E",
+                        help="epochs of each best trial's replay (default 20, the paper's)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="where SWEEP.md, sweep.html and the replays go (default runs/sweep-FAMILY)")
+    add_search_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from budgetnas.cli.search import config_from_args
+    from budgetnas.errors import UsageError
+    from budgetnas.sweep import SweepConfig, parse_budgets, run_sweep
+
+    if args.workers != 1:
+        raise UsageError("sweep runs one worker; start extra `budgetnas search --budget B --study NAME` "
+                         "workers on the same storage to parallelise a budget")
+    budgets = parse_budgets(args.budgets)
+    template = config_from_args(args, budget=budgets[0])
+    config = SweepConfig(budgets=budgets, search=template,
+                         budget_timeout=parse_duration(args.budget_timeout) if args.budget_timeout else None,
+                         replay_epochs=args.replay_epochs,
+                         out=Path(args.out) if args.out else Path("runs") / f"sweep-{template.family}")
+    result = run_sweep(config, progress=progress)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    print(result.markdown.read_text(encoding="utf-8"))
+    print(f"report: {result.html}")
+    return 0

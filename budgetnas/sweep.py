@@ -1,0 +1,162 @@
+"""A budget sweep: one study per budget, the best trial of each replayed, one report.
+
+``run_sweep`` searches each budget (resuming its study when it exists: the studies live in
+one storage, named as ``budgetnas search`` names them), replays the best trial of each
+study with the test split (the search itself never sees it), and writes ``SWEEP.md`` and
+``sweep.html``: replayed test accuracy against the budget, the training time and the
+mult-adds, with the paper's hand-picked models of the same family as reference points.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from budgetnas.budget import format_budget
+from budgetnas.errors import UsageError
+from budgetnas.paper import paper_models
+from budgetnas.search import SearchConfig, run_search
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """``search`` is the template of every budget's search; its ``budget`` and ``study`` are replaced."""
+
+    budgets: tuple[int, ...]
+    search: SearchConfig
+    budget_timeout: float | None = None  # wall-clock seconds of search per budget
+    replay_epochs: int | None = 20  # None = the epochs the search trained with
+    out: Path = Path("runs/sweep")
+
+    def __post_init__(self) -> None:
+        if not self.budgets:
+            raise UsageError("a sweep needs at least one budget, e.g. --budgets 10k,20k,50k,100k")
+        if len(set(self.budgets)) != len(self.budgets):
+            raise UsageError("each budget may appear once in --budgets")
+
+
+@dataclass
+class SweepRow:
+    budget: int
+    study: str
+    trial: int
+    search_trials: int
+    search_seconds: float
+    replay: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SweepResult:
+    family: str
+    dataset: str
+    rows: list[SweepRow]
+    markdown: Path
+    html: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "dataset": self.dataset, "markdown": str(self.markdown),
+                "html": str(self.html), "rows": [row.__dict__ for row in self.rows]}
+
+
+def parse_budgets(text: str) -> tuple[int, ...]:
+    from budgetnas.budget import parse_budget
+
+    parts = [p for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise UsageError("--budgets needs a comma-separated list such as 10k,20k,50k,100k")
+    return tuple(parse_budget(p.strip()) for p in parts)
+
+
+def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
+    """Search, replay and report every budget of ``config`` in turn (each step resumable)."""
+    from budgetnas.replay import check_writable, replay
+
+    say = progress or (lambda _m: None)
+    check_writable(config.out)
+    rows: list[SweepRow] = []
+    for i, budget in enumerate(sorted(config.budgets), start=1):
+        search = replace(config.search, budget=budget, study=None,
+                         timeout=config.budget_timeout if config.budget_timeout else config.search.timeout)
+        say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: searching study {search.study_name}")
+        summary = run_search(search, progress=say)
+        say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: replaying the best trial")
+        result = replay(search.storage, summary.study, "best", epochs=config.replay_epochs, seed=search.seed,
+                        device=search.device, precision=search.precision, data_root=search.data_root,
+                        out=config.out / f"{summary.study}-best", progress=say)
+        rows.append(SweepRow(budget=budget, study=summary.study, trial=result.trial, search_trials=summary.trials,
+                             search_seconds=summary.wall_seconds, replay=_compact(result.metrics)))
+    family, dataset = config.search.family, config.search.dataset
+    markdown = config.out / "SWEEP.md"
+    markdown.write_text(render_markdown(family, dataset, rows), encoding="utf-8")
+    html = config.out / "sweep.html"
+    html.write_text(render_html(family, dataset, rows), encoding="utf-8")
+    (config.out / "sweep.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2, default=str) + "\n",
+                                           encoding="utf-8")
+    return SweepResult(family, dataset, rows, markdown, html)
+
+
+def render_markdown(family: str, dataset: str, rows: list[SweepRow]) -> str:
+    """The sweep table, with the paper's model of the same family and budget beside ours."""
+    paper = {m.budget: m for m in paper_models(family)} if dataset == "fashion-mnist" else {}
+    lines = [f"# Budget sweep: {family.upper()} on {dataset}", "",
+             "Test accuracy is from replaying each study's best trial (chosen on validation accuracy only).", "",
+             "| budget | study / trial | params | val acc | test acc | paper test acc | diff | train s | mult-adds "
+             "| search trials | search s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    from budgetnas.counting import human_count
+
+    for row in rows:
+        r = row.replay
+        ref = paper.get(row.budget)
+        diff = f"{(r['test_accuracy'] - ref.test_accuracy) * 100:+.2f} pt" if ref else "-"
+        lines.append(f"| {format_budget(row.budget)} | {row.study} #{row.trial} | {r['params']:,} | "
+                     f"{r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | "
+                     f"{f'{ref.test_accuracy:.4f}' if ref else '-'} | {diff} | {r['train_seconds']:.1f} | "
+                     f"{human_count(r['mult_adds'])} | {row.search_trials} | {row.search_seconds:.0f} |")
+    lines += ["", f"Replays: {rows[0].replay.get('epochs')} epochs each, device {rows[0].replay.get('device')}, "
+              f"precision {rows[0].replay.get('precision')}." if rows else ""]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(family: str, dataset: str, rows: list[SweepRow]) -> str:
+    """A self-contained plotly page: test accuracy vs budget, train time and mult-adds."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("test accuracy vs budget", "vs train seconds",
+                                                        "vs mult-adds (batch 512)"))
+    ours = [(row.budget, row.replay) for row in rows]
+    text = [f"{format_budget(b)}: {r['params']:,} params" for b, r in ours]
+    for col, x in enumerate(([b for b, _ in ours], [r["train_seconds"] for _, r in ours],
+                             [r["mult_adds"] for _, r in ours]), start=1):
+        fig.add_trace(go.Scatter(x=x, y=[r["test_accuracy"] for _, r in ours], mode="lines+markers", text=text,
+                                 name="budgetnas (replayed best)", legendgroup="ours", showlegend=col == 1,
+                                 marker=dict(size=10, color="#1f77b4")), row=1, col=col)
+    if dataset == "fashion-mnist":
+        ref = paper_models(family)
+        fig.add_trace(go.Scatter(x=[m.budget for m in ref], y=[m.test_accuracy for m in ref], mode="markers",
+                                 text=[f"paper {m.name}: {m.params:,} params" for m in ref], name="paper",
+                                 marker=dict(size=10, symbol="x", color="#d62728")), row=1, col=1)
+    fig.update_xaxes(type="log", title_text="parameter budget", row=1, col=1)
+    fig.update_xaxes(title_text="train seconds", row=1, col=2)
+    fig.update_xaxes(type="log", title_text="mult-adds", row=1, col=3)
+    fig.update_yaxes(title_text="test accuracy", row=1, col=1)
+    fig.update_layout(height=450, title=f"budgetnas sweep: {family.upper()} on {dataset}")
+    table = render_markdown(family, dataset, rows)
+    body = fig.to_html(full_html=False, include_plotlyjs=True)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>budgetnas sweep {family}</title></head>"
+            f"<body>{body}<pre>{_escape(table)}</pre></body></html>")
+
+
+def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("params", "val_accuracy", "test_accuracy", "train_seconds", "mult_adds", "lowest_loss",
+            "lowest_loss_epoch", "epochs", "seed", "device", "precision", "spec", "recipe")
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,40 @@
+"""`budgetnas sweep` on a tiny slice: one study per budget, each best trial replayed, a report."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+
+from conftest import assert_one_line_error
+
+
+def test_sweep_searches_replays_and_reports_each_budget(cli, tiny_npz, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'sweep.db'}"
+    args = ["sweep", "--family", "cnn", "--budgets", "3k,6k", "--dataset", f"npz:{tiny_npz}", "--trials", "2",
+            "--epochs", "1", "--replay-epochs", "1", "--storage", storage, "--out", tmp_path / "out", "--json"]
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(proc.stdout)
+    rows = document["rows"]
+    assert [r["budget"] for r in rows] == [3000, 6000]
+    for row in rows:
+        assert row["replay"]["params"] <= row["budget"]
+        assert 0.0 < row["replay"]["test_accuracy"] <= 1.0
+    studies = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    assert studies == [r["study"] for r in rows] == sorted(r["study"] for r in rows)
+    markdown = (tmp_path / "out" / "SWEEP.md").read_text()
+    assert "| 3k |" in markdown and "| 6k |" in markdown
+    html = (tmp_path / "out" / "sweep.html").read_text()
+    assert "plotly" in html.lower() and "test accuracy vs budget" in html
+
+    # Rerunning resumes: the studies already hold their 2 trials, so no new trial is trained.
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr
+    for summary in optuna.get_all_study_summaries(storage):
+        assert summary.n_trials == 2
+
+
+def test_sweep_rejects_bad_budget_lists(cli, tiny_npz):
+    proc = cli("sweep", "--family", "cnn", "--budgets", "10k,lots", "--dataset", f"npz:{tiny_npz}")
+    assert_one_line_error(proc, 2, "budget")

@@ -142,8 +142,9 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
     recipe = replace(recipe, **{k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None})
     if out is None:
         out = Path("runs") / f"{safe_name(loaded.study_name)}-trial{choice.trial.number}"
-    out = Path(out)
+    out = Path(out).expanduser()
     check_writable(out)
+    out = out.resolve()  # metrics.json and the study record absolute paths, valid from any folder
     say(f"replaying {choice.reason}")
     say(f"  spec {spec.describe()}; {recipe.epochs} epochs, seed {recipe.seed}")
     result = retrain(spec, recipe, settings, device=device, precision=precision, data_root=data_root,

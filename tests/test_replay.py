@@ -89,6 +89,7 @@ def test_replay_reports_test_accuracy_exact_counts_and_artifacts(replayed):
     assert len(list((result.out / "featuremaps").glob("*.png"))) == 10  # one test image per class
     saved = json.loads((result.out / "metrics.json").read_text())
     assert saved["test_accuracy"] == m["test_accuracy"] and saved["trial"] == result.trial
+    assert saved["artifacts"]["weights"] == str(result.out / "model.pt") and result.out.is_absolute()
     curve_png = Image.open(result.out / "learning-curve.png").convert("RGB")
     assert len(curve_png.getcolors(1 << 20)) > 10  # drawn, not blank
 
@@ -149,6 +150,7 @@ def test_cli_replay_json(made, cli, tmp_path):
         assert key in doc
     assert doc["epochs_run"] == 1 and doc["seed"] == 3 and doc["trial"] == made.trained[0]
     out = tmp_path / "runs" / f"{made.name}-trial{made.trained[0]}"  # the default --out, under the cwd
+    assert doc["out"] == str(out) and doc["artifacts"]["weights"] == str(out / "model.pt")  # absolute paths
     test_y = load_dataset(made.dataset, with_test=True).test.y
     assert sorted(p.name for p in (out / "featuremaps").iterdir()) == [f"image00000-{int(test_y[0])}.png",
                                                                        f"image00007-{int(test_y[7])}.png"]

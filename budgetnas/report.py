@@ -59,6 +59,7 @@ class ReportInfo:
     best_reason: str
     replays: dict[int, dict[str, Any]]
     paper: tuple[PaperModel, ...]
+    stopped: list[tuple[int, float]] = field(default_factory=list)  # (trial, last val accuracy) of stopped trials
     feature_maps: list[tuple[str, bytes]] = field(default_factory=list)  # (title, PNG) of the best's replay
     feature_maps_note: str = ""
 
@@ -80,16 +81,19 @@ def report_info(study: Any, storage_url: str = "") -> ReportInfo:
                     list(t.user_attrs.get("val_accuracy_curve", [])), list(t.user_attrs.get("train_loss_curve", [])))
               for t in trained]
     counts: dict[str, int] = {}
+    stopped = []
     for t in study.get_trials(deepcopy=False):
         state = t.state.name.lower()
         if "rejected" in t.user_attrs:
             state = "rejected"
         elif state == "pruned" and "spec" in t.user_attrs:
             state = "stopped early"
+            if t.user_attrs.get("val_accuracy_curve"):
+                stopped.append((t.number, float(t.user_attrs["val_accuracy_curve"][-1])))
         counts[state] = counts.get(state, 0) + 1
     info = ReportInfo(study.study_name, redact(storage_url), settings,
                       [d.name.lower() for d in study.directions], counts, points, choice.trial.number,
-                      choice.reason, replays_of(study), paper_models(settings.family))
+                      choice.reason, replays_of(study), paper_models(settings.family), stopped)
     _attach_feature_maps(info)
     return info
 
@@ -187,13 +191,19 @@ def _history_figure(info: ReportInfo) -> Any:
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[p.number for p in info.points], y=[p.accuracy for p in info.points], mode="markers",
                              name="trained trial", hovertext=[_hover(p) for p in info.points], hoverinfo="text"))
+    if info.stopped:
+        fig.add_trace(go.Scatter(x=[n for n, _ in info.stopped], y=[a for _, a in info.stopped], mode="markers",
+                                 name="stopped early (accuracy when stopped)",
+                                 marker=dict(symbol="x", size=8, color="rgba(120,120,120,0.7)")))
     fig.add_trace(go.Scatter(x=[p.number for p in info.points], y=best_so_far, mode="lines", name="best so far",
                              line=dict(shape="hv", color="#c81e1e")))
-    skipped = ", ".join(f"{n} {state}" for state, n in sorted(info.counts.items()) if state != "complete")
+    skipped = ", ".join(f"{n} {state}" for state, n in sorted(info.counts.items())
+                        if state not in ("complete", "stopped early"))
     fig.update_layout(title="Optimisation history" + (f" (not shown: {skipped})" if skipped else ""),
                       xaxis_title="trial number", yaxis_title="validation accuracy",
                       legend=dict(orientation="h", y=-0.18), height=420)
-    fig.update_xaxes(tickformat="d", dtick=max(1, math.ceil(max(p.number for p in info.points) / 15)))
+    last = max([p.number for p in info.points] + [n for n, _ in info.stopped])
+    fig.update_xaxes(tickformat="d", dtick=max(1, math.ceil(last / 15)))
     return fig
 
 

@@ -183,3 +183,17 @@ def test_single_objective_study_and_journal_storage(made, tmp_path):
     info = report_info(single)
     assert [p.number for p in info.points if p.on_front] == [best.number]
     assert path.read_text(encoding="utf-8").count("class=\"plotly-graph-div\"") == PLOTS
+
+
+def test_trials_stopped_early_appear_in_the_history_only(made, tmp_path):
+    study = made.copy_to(tmp_path)
+    loaded = _study(study)
+    attrs = dict(loaded.trials[made.trained[0]].user_attrs, val_accuracy_curve=[0.125])
+    loaded.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs=attrs))
+    info = report_info(loaded)
+    stopped = len(loaded.trials) - 1
+    assert info.stopped == [(stopped, 0.125)] and info.counts["stopped early"] == 1
+    assert stopped not in {p.number for p in info.points}  # a partial run's runtime would flatter the front
+    history = figures(info)["history"]
+    trace = next(t for t in history.data if t.name.startswith("stopped early"))
+    assert list(trace.x) == [stopped] and list(trace.y) == [0.125]

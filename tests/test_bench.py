@@ -107,3 +107,38 @@ def test_train_returns_the_model_in_the_builders_order(tiny_npz):
     config = resolve_config("cnn-10k")
     result = train(config.spec, data, Recipe(epochs=1, batch_size=64), device="cpu", precision="fp32")
     assert [type(m).__name__ for m in result.model.blocks[0]] == ["Conv2d", "ReLU", "MaxPool2d"]
+
+
+def test_cpu_micro_batches_give_the_same_training(tiny_npz, monkeypatch):
+    import budgetnas.trainer as trainer
+    from budgetnas.data import load_dataset
+    from budgetnas.spec import CNNSpec, ConvBlock
+    from budgetnas.trainer import Recipe, train
+
+    data = load_dataset(f"npz:{tiny_npz}", subset=300)
+    spec = CNNSpec(conv=(ConvBlock(8), ConvBlock(12)), fc=(16,))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # only single-threaded CPU runs split their batches
+    try:
+        _same_training_with_micro_batches(data, spec, trainer, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+    if threads > 1:
+        assert trainer._Session(spec, data, Recipe(batch_size=128), "cpu", "fp32").micro_batch == 128
+
+
+def _same_training_with_micro_batches(data, spec, trainer, monkeypatch):
+    from budgetnas.spec import CNNSpec, ConvBlock
+    from budgetnas.trainer import Recipe, train
+
+    recipe = Recipe(epochs=2, batch_size=128, optimizer="sgd", lr=0.05)  # updates proportional to gradients
+    whole = train(spec, data, recipe, device="cpu", precision="fp32")
+    monkeypatch.setattr(trainer, "MICRO_BATCH_BYTES", 1)  # forces micro-batches of 32 images
+    session = trainer._Session(spec, data, recipe, "cpu", "fp32")
+    assert session.micro_batch == 32
+    parts = train(spec, data, recipe, device="cpu", precision="fp32")
+    for a, b in zip(whole.model.parameters(), parts.model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert [e.train_loss for e in parts.epochs] == pytest.approx([e.train_loss for e in whole.epochs], rel=1e-5)
+    bn = CNNSpec(conv=(ConvBlock(8, batch_norm=True),), fc=())
+    assert trainer._Session(bn, data, recipe, "cpu", "fp32").micro_batch == 128  # batch norm: never split

@@ -139,8 +139,11 @@ class RunReport:
 
 def train_config(config: RunConfig, *, device: str = "auto", precision: str = "auto", subset: int | None = None,
                  data_root: str | None = None, data: Any = None, on_epoch: Callable[[Any], None] | None = None,
-                 ) -> RunReport:
-    """Train ``config`` on its dataset (90/10 split) and test it; ``data`` reuses an already loaded one."""
+                 threads: int | None = None) -> RunReport:
+    """Train ``config`` on its dataset (90/10 split) and test it; ``data`` reuses an already loaded one.
+
+    ``threads`` sets torch's intra-op CPU threads (None keeps the default, one per core).
+    """
     from budgetnas.counting import PAPER_BATCH, count_mult_adds
     from budgetnas.data import load_dataset
     from budgetnas.trainer import train
@@ -148,7 +151,7 @@ def train_config(config: RunConfig, *, device: str = "auto", precision: str = "a
     if data is None:
         data = load_dataset(config.dataset, data_root, with_test=True, subset=subset)
     result = train(config.spec, data, config.recipe, device=device, precision=precision, on_epoch=on_epoch,
-                   evaluate_test=True)
+                   evaluate_test=True, threads=threads)
     summary = result.summary()
     metrics = {
         **{k: summary[k] for k in ("params", "val_accuracy", "test_accuracy", "train_seconds", "lowest_loss",
@@ -156,11 +159,18 @@ def train_config(config: RunConfig, *, device: str = "auto", precision: str = "a
         # torchinfo's mult-adds are linear in the batch: count one image, quote the paper's batch.
         "mult_adds": count_mult_adds(config.spec, data.input_shape, data.num_classes, batch=1) * PAPER_BATCH,
         "name": config.name, "dataset": config.dataset, "subset": subset, "epochs": config.recipe.epochs,
+        "threads": _torch_threads(),
         "seed": config.recipe.seed, "train_images": len(data.train), "test_images": len(data.require_test()),
         "spec": config.spec.to_dict(), "recipe": config.recipe.to_dict(),
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return RunReport(config=config, metrics=metrics, model=result.model)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def save_run(report: RunReport, out: str | Path) -> dict[str, Path]:
@@ -309,7 +319,7 @@ def _cpu_model() -> str:
 def reproduce(names: Sequence[str] | None = None, *, epochs: int | None = None, device: str = "auto",
               precision: str = "auto", out: str | Path = "runs/reproduce", subset: int | None = None,
               data_root: str | None = None, dataset: str | None = None, seed: int | None = None,
-              command: str = "", progress: ProgressFn = _quiet) -> Reproduction:
+              threads: int | None = None, command: str = "", progress: ProgressFn = _quiet) -> Reproduction:
     """Train the named configs (default: every as-counted paper config) and compare with the paper.
 
     Writes ``RESULTS.md``, ``results.html`` and ``results.json`` to ``out`` and each model's
@@ -343,7 +353,8 @@ def reproduce(names: Sequence[str] | None = None, *, epochs: int | None = None, 
             progress(f"[{i}/{len(configs)}] {config.name} epoch {e.epoch}/{config.recipe.epochs}  loss "
                      f"{e.train_loss:.4f}  val {e.val_accuracy:.4f}  ({e.seconds:.1f}s)  ETA ~{format_duration(eta)}")
 
-        report = train_config(config, device=device, precision=precision, data=data, on_epoch=on_epoch)
+        report = train_config(config, device=device, precision=precision, data=data, on_epoch=on_epoch,
+                              threads=threads)
         report.metrics["subset"] = subset
         done_cost += cost[i - 1]
         save_run(report, out / "models" / config.name)

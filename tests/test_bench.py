@@ -1,4 +1,4 @@
-"""``budgetnas bench``: a few real steps per device, and the baseline comparison (numbers are measured, not asserted)."""
+"""``budgetnas bench``: real steps per device and the baseline comparison (speeds are measured, never asserted)."""
 
 from __future__ import annotations
 

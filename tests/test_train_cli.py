@@ -45,15 +45,18 @@ def test_train_prints_a_row_in_the_papers_columns(cli, tiny_npz, tmp_path):
 
 
 def test_train_bn_variant_on_a_subset(cli):
-    proc = cli("train", "fcn-100k+bn", "--subset", "300", "--epochs", "1", "--device", "cpu", "--json")
+    proc = cli("train", "fcn-100k+bn", "--subset", "300", "--epochs", "1", "--device", "cpu", "--threads", "1",
+               "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["params"] == 98_490 + 2 * (100 + 180) and doc["subset"] == 300 and doc["name"] == "fcn-100k+bn"
+    assert doc["threads"] == 1
 
 
 def test_train_bad_input_is_one_line(cli, tmp_path):
     assert_one_line_error(cli("train", "cnn-10k", "--epochs", "0"), 2, "--epochs")
     assert_one_line_error(cli("train", "cnn-10k", "--subset", "5"), 2, "--subset")
+    assert_one_line_error(cli("train", "cnn-10k", "--threads", "0"), 2, "--threads")
     assert_one_line_error(cli("train", str(tmp_path / "none.toml")), 2, "does not exist")
     assert_one_line_error(cli("train", "cnn-10k", "--dataset", "imagenet"), 2, "unknown dataset")
     assert_one_line_error(cli("train", "cnn-10k", "--dataset", f"npz:{tmp_path / 'x.npz'}"), 2, "npz")

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     command = "budgetnas " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     done = reproduce(args.names, epochs=args.epochs, device=args.device, precision=args.precision, out=args.out,
                      subset=args.subset, data_root=args.data_root, dataset=args.dataset, seed=args.seed,
-                     command=command, progress=progress)
+                     threads=args.threads, command=command, progress=progress)
     print(format_table(done.rows, COMPARISON_COLUMNS))
     print()
     print(AS_COUNTED_NOTE)

@@ -31,6 +31,8 @@ def add_epoch_options(parser: argparse.ArgumentParser) -> None:
                         help="folder with datasets in torchvision's layout (default: $BUDGETNAS_DATA, else ./data)")
     parser.add_argument("--subset", type=int, default=None, metavar="N",
                         help="train on a stratified N-image slice (quick runs; not comparable to the paper)")
+    parser.add_argument("--threads", type=int, default=None, metavar="T",
+                        help="CPU threads (default: one per core; 1 is faster while other jobs share the cores)")
 
 
 def check_epoch_options(args: argparse.Namespace) -> None:
@@ -40,6 +42,8 @@ def check_epoch_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
     if getattr(args, "seed", None) is not None and args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if args.subset is not None and args.subset < 20:
         raise UsageError(f"--subset must be at least 20 images, got {args.subset}")
 
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                  f"({e.seconds:.1f}s)")
 
     report = train_config(config, device=args.device, precision=args.precision, subset=args.subset,
-                          data_root=args.data_root, on_epoch=on_epoch)
+                          data_root=args.data_root, on_epoch=on_epoch, threads=args.threads)
     if args.out:
         paths = save_run(report, args.out)
         report.metrics["artifacts"] = {k: str(v) for k, v in paths.items()}

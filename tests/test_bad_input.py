@@ -14,8 +14,11 @@ exist yet; ``{file}`` a regular file (so ``{file}/sub`` is a folder nobody, not 
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, run_cli
 from studyfactory import BUDGET, make_study
 
 SECRET = "s3cret-pw"
@@ -308,28 +311,59 @@ class Filler:
         raise KeyError(key)
 
 
-@pytest.mark.parametrize("name", ROWS)
-def test_bad_input_gives_one_line_error_and_leaves_studies_alone(name, cli, tmp_path, tiny_npz, made):
+@dataclass
+class Outcome:
+    args: list[str]
+    contains: str
+    proc: subprocess.CompletedProcess | None
+    before: dict | None
+    after: dict | None
+    skipped: str = ""
+
+
+def _run_row(name: str, folder: Path, npz: Path, made) -> Outcome:
     row = ROWS[name]
     if name == "missing-cuda" and torch.cuda.is_available():
-        pytest.skip("this machine has a CUDA GPU")
-    fill = Filler(tmp_path, tiny_npz, made)
+        return Outcome([], "", None, None, None, skipped="this machine has a CUDA GPU")
+    folder.mkdir(parents=True)
+    fill = Filler(folder, npz, made)
     args = [fill(a) for a in row.args]
-    contains = fill(row.contains)
     watched = fill.url(row.study) if row.study else None
     before = snapshot(watched) if watched else None
+    proc = run_cli(*args, cwd=folder, timeout=240)
+    return Outcome(args, fill(row.contains), proc, before, snapshot(watched) if watched else None)
 
-    proc = cli(*args, timeout=240)
 
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, tiny_npz, made) -> dict[str, Outcome]:
+    """Every row's command, run two (or more) at a time.
+
+    The rest of the suite runs serially, so on a 2-core CI machine one core would idle while a row's
+    subprocess imports torch; running rows in parallel halves this table's wall time. Each row keeps
+    its own folder, storage copies and before/after snapshots, so rows cannot see each other.
+    """
+    base = tmp_path_factory.mktemp("bad-input")
+    workers = min(4, max(2, os.cpu_count() or 2))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {name: pool.submit(_run_row, name, base / name, tiny_npz, made) for name in ROWS}
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_bad_input_gives_one_line_error_and_leaves_studies_alone(name, outcomes):
+    outcome = outcomes[name]
+    if outcome.skipped:
+        pytest.skip(outcome.skipped)
+    proc, args = outcome.proc, outcome.args
     assert f"invalid choice: '{args[0]}'" not in proc.stderr, f"budgetnas {args[0]} does not exist yet"
-    line = assert_one_line_error(proc, 2, contains)
+    line = assert_one_line_error(proc, 2, outcome.contains)
     assert proc.stderr.count("error:") == 1, proc.stderr
     assert "internal error" not in line, line
     assert proc.stdout == "", proc.stdout
     assert SECRET not in proc.stderr, "a password was echoed"
-    if watched:
-        after = snapshot(watched)
-        if row.study == "fresh":
-            assert all(not s["trials"] for s in after.values()), f"a failed command left trials behind: {after}"
+    if outcome.before is not None:
+        if ROWS[name].study == "fresh":
+            assert all(not s["trials"] for s in outcome.after.values()), \
+                f"a failed command left trials behind: {outcome.after}"
         else:
-            assert after == before, "the study changed"
+            assert outcome.after == outcome.before, "the study changed"

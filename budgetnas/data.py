@@ -144,6 +144,7 @@ def _load_torchvision(name: str, root: Path, download: bool):
         if not download:
             raise DataError(f"{name} not found under {where}; put the files there or set "
                             f"--data-root / ${DATA_ENV} to a folder that has them") from missing
+        new_dirs = _missing_dirs(where)
         try:
             # torchvision's urlopen has no timeout: without one a firewalled network would hang
             # for minutes. A per-read timeout still lets a real (slow) download finish.
@@ -151,6 +152,7 @@ def _load_torchvision(name: str, root: Path, download: bool):
                 train = cls(str(root), train=True, download=True)
                 test = cls(str(root), train=False, download=True)
         except Exception as failed:  # no network, proxy refusal, read-only root, ...
+            _remove_if_empty(new_dirs)  # a failed download leaves no empty data/... folders behind
             raise DataError(
                 f"{name} is not under {where} and could not be downloaded ({_short(failed)}); "
                 f"copy the dataset files there in torchvision's layout, or point --data-root / "
@@ -169,6 +171,25 @@ def _is_not_found(exc: BaseException) -> bool:
     CIFAR-10 checks md5 sums and says "not found or corrupted": a download is the right answer then too.
     """
     return isinstance(exc, (RuntimeError, FileNotFoundError)) and "not found" in str(exc).lower()
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_if_empty(dirs: list[Path]) -> None:
+    for folder in dirs:
+        if not folder.exists():
+            continue  # e.g. CIFAR-10's folder: torchvision only made the root
+        try:
+            folder.rmdir()  # only succeeds when empty
+        except OSError:
+            return
 
 
 @contextmanager

@@ -129,6 +129,14 @@ def test_missing_files_offline_fail_fast_and_say_where(tmp_path: Path):
     assert time.perf_counter() - start < 120
 
 
+def test_failed_download_leaves_no_empty_folders(tmp_path: Path):
+    root = tmp_path / "new-root"
+    for name in ("fashion-mnist", "cifar10"):
+        with pytest.raises(DataError):
+            load_dataset(name, root)
+        assert not root.exists(), list(root.rglob("*"))
+
+
 def test_missing_files_without_download_say_where(tmp_path: Path):
     with pytest.raises(DataError) as exc:
         load_dataset("mnist", tmp_path, download=False)

@@ -129,8 +129,8 @@ def _pareto_figure(info: ReportInfo) -> Any:
 
     rest = [p for p in info.points if not p.on_front]
     front = sorted((p for p in info.points if p.on_front), key=lambda p: p.seconds)
-    colour = {"colorscale": "Viridis", "cmin": min(p.params for p in info.points),
-              "cmax": max(p.params for p in info.points)}
+    low, high = min(p.params for p in info.points), max(p.params for p in info.points)
+    colour = {"colorscale": "Viridis", "cmin": low, "cmax": max(high, low + 1)}  # one trial: still a sane bar
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[p.seconds for p in rest], y=[p.accuracy for p in rest], mode="markers",
                              name="other trials", hovertext=[_hover(p) for p in rest], hoverinfo="text",

@@ -7,30 +7,30 @@ import re
 from budgetnas.errors import UsageError
 
 _ACCEPTED = "accepted forms: 100k, 100K, 0.1M, 100000, 100_000"
-_PATTERN = re.compile(r"^\s*(\d[\d_]*(?:\.\d+)?|\.\d+)\s*([kKmM]?)\s*$")
+_PATTERN = re.compile(r"^\s*(\d[\d_]*(?:\.\d+)?|\.\d+)\s*([kKmMgG]?)\s*$")
 
 
-def parse_budget(text: str | int) -> int:
+def parse_budget(text: str | int, what: str = "budget") -> int:
     """Return the parameter budget that ``text`` names, as a positive integer.
 
     >>> parse_budget("100k"), parse_budget("0.1M"), parse_budget("100_000")
     (100000, 100000, 100000)
     """
     if isinstance(text, bool):
-        raise UsageError(f"budget {text!r} is not a number; {_ACCEPTED}")
+        raise UsageError(f"{what} {text!r} is not a number; {_ACCEPTED}")
     if isinstance(text, int):
         value = float(text)
     else:
         match = _PATTERN.match(str(text))
         if not match or "__" in match.group(1) or match.group(1).endswith("_"):
-            raise UsageError(f"budget {text!r} is not understood; {_ACCEPTED}")
+            raise UsageError(f"{what} {text!r} is not understood; {_ACCEPTED}")
         number, suffix = match.groups()
-        scale = {"": 1, "k": 1_000, "m": 1_000_000}[suffix.lower()]
+        scale = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}[suffix.lower()]
         value = float(number.replace("_", "")) * scale
     if value != int(value):
-        raise UsageError(f"budget {text!r} is not a whole number of parameters; {_ACCEPTED}")
+        raise UsageError(f"{what} {text!r} is not a whole number of parameters; {_ACCEPTED}")
     if value <= 0:
-        raise UsageError(f"budget {text!r} must be positive; {_ACCEPTED}")
+        raise UsageError(f"{what} {text!r} must be positive; {_ACCEPTED}")
     return int(value)
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import optuna
 
 from budgetnas import records
-from budgetnas.counting import PAPER_BATCH, count_mult_adds, count_params
+from budgetnas.counting import PAPER_BATCH, count_mult_adds, count_params, human_count
 from budgetnas.errors import RunFailure
 from budgetnas.space import sample_spec
 from budgetnas.stopping import FrontRule
@@ -41,6 +41,7 @@ OBJECTIVES = ("accuracy", "runtime", "params", "mult_adds")
 DIRECTIONS = {"accuracy": "maximize", "runtime": "minimize", "params": "minimize", "mult_adds": "minimize"}
 METRIC_NAMES = {"accuracy": "val_accuracy", "runtime": "train_seconds", "params": "params", "mult_adds": "mult_adds"}
 CONSTRAINT = "params_over_budget"
+COMPUTE_CONSTRAINT = "mult_adds_over_cap"
 
 
 class Objective:
@@ -65,14 +66,23 @@ class Objective:
         params = count_params(spec, data.input_shape, data.num_classes)
         trial.set_constraint(CONSTRAINT, params - config.budget)
         trial.set_user_attr("params", params)
+        # torchinfo's mult-adds grow linearly with the batch, so count one sample and scale.
+        mult_adds = count_mult_adds(spec, data.input_shape, data.num_classes, batch=1) * PAPER_BATCH
+        if config.max_mult_adds is not None:
+            # The parameter budget does not bound compute (a wide conv without pooling can cost
+            # 10x the paper's CNN-100K at the same count), so a cap is a second constraint.
+            trial.set_constraint(COMPUTE_CONSTRAINT, mult_adds - config.max_mult_adds)
+        reason = None
         if params > config.budget:
             reason = f"{params:,} parameters > budget {config.budget:,}: {spec.describe()}"
+        elif config.max_mult_adds is not None and mult_adds > config.max_mult_adds:
+            reason = (f"{human_count(mult_adds)} mult-adds > cap {human_count(config.max_mult_adds)} "
+                      f"(batch {PAPER_BATCH}): {spec.describe()}")
+        if reason:
             trial.set_user_attr("rejected", reason)
             self.progress(f"trial {trial.number}: rejected before training, {reason}")
             raise optuna.TrialPruned(reason)
 
-        # torchinfo's mult-adds grow linearly with the batch, so count one sample and scale.
-        mult_adds = count_mult_adds(spec, data.input_shape, data.num_classes, batch=1) * PAPER_BATCH
         trial.set_user_attr("mult_adds", mult_adds)
         trial.set_user_attr("mult_adds_batch", PAPER_BATCH)
         trial.set_user_attr("spec", spec.to_dict())

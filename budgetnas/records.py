@@ -57,6 +57,7 @@ class StudySettings:
     space_version: int
     subset: int | None = None
     split_seed: int = 0
+    max_mult_adds: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

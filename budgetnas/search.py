@@ -65,12 +65,13 @@ class SearchConfig:
     seed: int = 0
     early_stop: bool = True  # Median pruner (single objective) or the front rule (stopping.py)
     recipe: Recipe = PAPER_RECIPE  # its epochs and seed are replaced by ``epochs`` and ``seed``
+    max_mult_adds: int | None = None  # reject candidates above this many mult-adds (batch 512) before training
+    worker: int = 0  # index among --workers N processes; offsets the sampler seed so workers differ (workers.py)
 
     def __post_init__(self) -> None:
         # Checked here so that a bad option fails before anything is opened or loaded.
         object.__setattr__(self, "objectives", parse_objectives(self.objectives))
         check_config(self)
-    worker: int = 0  # index among --workers N processes; offsets the sampler seed so workers differ (workers.py)
 
     @property
     def study_name(self) -> str:
@@ -87,7 +88,7 @@ class SearchConfig:
         return records.StudySettings(family=self.family, budget=self.budget, dataset=self.dataset,
                                      epochs=self.epochs, objectives=tuple(self.objectives), sampler=self.sampler,
                                      parameterisation=self.parameterisation, space_version=SPACE_VERSION,
-                                     subset=self.subset)
+                                     subset=self.subset, max_mult_adds=self.max_mult_adds)
 
 
 @dataclass
@@ -182,6 +183,8 @@ def check_config(config: SearchConfig) -> None:
         raise UsageError("give --trials or --timeout (or both) so the search knows when to stop")
     if config.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {config.epochs}")
+    if config.max_mult_adds is not None and config.max_mult_adds <= 0:
+        raise UsageError(f"--max-mult-adds must be positive, got {config.max_mult_adds}")
 
 
 def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> None:

@@ -95,6 +95,22 @@ def test_over_budget_candidates_are_rejected_without_training(search, tmp_path):
     assert "rejection rate:" in proc.stdout
 
 
+def test_a_mult_adds_cap_rejects_costly_candidates_before_training(search, tmp_path):
+    proc = search("--trials", "3", "--sampler", "random", "--max-mult-adds", "500k")
+    assert proc.returncode == 0, proc.stderr
+    trials = load(tmp_path).trials
+    for trial in trials:
+        over = trial.user_attrs["mult_adds"] - 500_000 if "mult_adds" in trial.user_attrs else None
+        if "rejected" in trial.user_attrs and "mult-adds" in trial.user_attrs["rejected"]:
+            assert trial.state == TrialState.PRUNED and "val_accuracy_curve" not in trial.user_attrs
+            assert trial.constraints["mult_adds_over_cap"] > 0
+        else:
+            assert trial.state == TrialState.COMPLETE and over is not None and over <= 0
+    assert any("mult-adds" in t.user_attrs.get("rejected", "") for t in trials), \
+        "a 500k cap (about 1k mult-adds per 8x8 image) rejects some random candidates"
+    assert load(tmp_path).user_attrs["budgetnas"]["max_mult_adds"] == 500_000
+
+
 def test_rerun_resumes_the_same_study_and_refuses_other_settings(search, tmp_path):
     assert search("--trials", "2").returncode == 0
     proc = search("--trials", "4")

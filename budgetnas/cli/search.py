@@ -51,6 +51,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parameterisation", default="fit", choices=("fit", "direct"),
                         help="fit (default): widths scaled so every candidate fits the budget; "
                              "direct: widths sampled as such, over-budget candidates rejected")
+    parser.add_argument("--max-mult-adds", default=None, metavar="N",
+                        help="also reject, before training, candidates above N mult-adds at batch 512 "
+                             "(e.g. 5G; the paper's CNN-100K has 2.37G): the budget bounds parameters, not compute")
     parser.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=True,
                         help="stop trials whose learning curve cannot reach the front (default on)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="sampler and training seed (default 0)")
@@ -70,7 +73,9 @@ def config_from_args(args: argparse.Namespace, budget: int | None = None) -> "Se
                         data_root=args.data_root, subset=args.subset, trials=trials, timeout=timeout,
                         epochs=args.epochs, device=args.device, precision=args.precision, storage=args.storage,
                         study=args.study, sampler=args.sampler, objectives=args.objectives,
-                        parameterisation=args.parameterisation, seed=args.seed, early_stop=args.early_stop)
+                        parameterisation=args.parameterisation, seed=args.seed, early_stop=args.early_stop,
+                        max_mult_adds=parse_budget(args.max_mult_adds, what="--max-mult-adds")
+                        if args.max_mult_adds else None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,6 +155,8 @@ def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
         parts += ["--device", args.device]
     if args.precision != "auto":
         parts += ["--precision", args.precision]
+    if args.max_mult_adds:
+        parts += ["--max-mult-adds", args.max_mult_adds]
     if not config.early_stop:
         parts.append("--no-early-stop")
     if getattr(args, "workers", 1) != 1:

@@ -27,6 +27,10 @@ _EXPORTS = {
     "build_model": "model",
     "CNNSpec": "spec", "ConvBlock": "spec", "FCNSpec": "spec", "Spec": "spec", "spec_from_dict": "spec",
     "PAPER_RECIPE": "trainer", "Recipe": "trainer", "TrainResult": "trainer", "train": "trainer",
+    "RunConfig": "config", "load_config": "config", "save_config": "config",
+    "SearchConfig": "search", "SearchSummary": "search", "run_search": "search",
+    "write_report": "report",  # replay() and reproduce() share their module's name: import them from there
+    "SweepConfig": "sweep", "run_sweep": "sweep",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -53,3 +57,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see ordinary imports
     from budgetnas.model import build_model
     from budgetnas.spec import CNNSpec, ConvBlock, FCNSpec, Spec, spec_from_dict
     from budgetnas.trainer import PAPER_RECIPE, Recipe, TrainResult, train
+    from budgetnas.config import RunConfig, load_config, save_config
+    from budgetnas.search import SearchConfig, SearchSummary, run_search
+    from budgetnas.report import write_report
+    from budgetnas.sweep import SweepConfig, run_sweep

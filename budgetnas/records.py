@@ -13,6 +13,7 @@ Trial user attributes (all JSON-serialisable):
 ``recipe``                the training recipe, ``Recipe.to_dict()``
 ``params``                exact trainable parameters (int)
 ``mult_adds``             torchinfo mult-adds at ``mult_adds_batch`` (int)
+``mult_adds_batch``       the batch size the mult-adds are quoted at (512, the paper's)
 ``val_accuracy_curve``    validation accuracy after each epoch (list of float)
 ``train_loss_curve``      mean train loss of each epoch (list of float)
 ``epoch_seconds``         wall seconds of each epoch (list of float)
@@ -21,6 +22,8 @@ Trial user attributes (all JSON-serialisable):
 ``versions``              library versions (dict)
 ``rejected``              why a candidate was rejected before training (str)
 ``stopped_early``         why training stopped before the last epoch (str)
+``failed``                why training failed (diverged loss, out of memory) (str)
+``interrupted``           Ctrl-C stopped this trial (str); it does not count towards ``--trials``
 ========================  ==========================================================
 
 Replays: Optuna refuses to change a finished trial (``UpdateFinishedTrialError``), so

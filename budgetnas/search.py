@@ -260,7 +260,7 @@ class _Reporter:
         if trial.state == TrialState.COMPLETE:
             outcome = f"val acc {attrs['val_accuracy_curve'][-1]:.4f}, {attrs['train_seconds']:.1f}s"
         elif "rejected" in attrs:
-            outcome = "rejected (over budget)"
+            outcome = "rejected before training"
         elif trial.state == TrialState.PRUNED:
             outcome = "stopped early"
         else:

@@ -108,7 +108,7 @@ def render(summary: "SearchSummary") -> str:
              "secs": f"{r['train_seconds']:.1f}", "madds": human_count(r["mult_adds"]), "spec": r["spec"]}
             for r in summary.front]
     lines = [f"study {summary.study}: {summary.trials} finished trials ({summary.complete} complete, "
-             f"{summary.stopped_early} stopped early, {summary.rejected} rejected over budget, {summary.failed} failed)"
+             f"{summary.stopped_early} stopped early, {summary.rejected} rejected before training, {summary.failed} failed)"
              f" in {summary.wall_seconds:.0f}s this run",
              f"rejection rate: {summary.rejection_rate:.1%}", ""]
     if rows:

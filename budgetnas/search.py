@@ -32,6 +32,7 @@ from budgetnas import records
 from budgetnas.budget import format_budget
 from budgetnas.counting import human_count
 from budgetnas.data import check_dataset_name, dataset_info, load_dataset
+from budgetnas.device import resolve_placement
 from budgetnas.errors import RunFailure, UsageError
 from budgetnas.objective import Objective
 from budgetnas.space import SPACE_VERSION, check_choices, minimal_spec, smallest_count
@@ -129,6 +130,7 @@ class SearchInterrupted(KeyboardInterrupt):
 def run_search(config: SearchConfig, progress: Progress | None = None) -> SearchSummary:
     """Run (or resume) the search that ``config`` describes and summarise the study."""
     say = progress or (lambda message: None)
+    resolve_placement(config.device, config.precision)  # a missing GPU fails before any study is made
     input_shape, num_classes = dataset_info(config.dataset, config.data_root)
     check_budget(config, input_shape, num_classes)
 

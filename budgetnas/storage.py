@@ -32,6 +32,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -212,13 +213,28 @@ def open_storage(url: str | None, *, heartbeat: Heartbeat | None = None, heartbe
                             grace_period=grace_period or 3 * heartbeat_interval)
     elif grace_period is not None:
         heartbeat = replace(heartbeat, grace_period=grace_period)
-    try:
+    def connect() -> Any:
         with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.8; we rely on it knowingly
             warnings.simplefilter("ignore", ExperimentalWarning)
             return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat.interval,
                               grace_period=heartbeat.grace_period,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                                   max_retry=heartbeat.max_retry))
+
+    try:
+        for attempt in range(5):
+            try:
+                return connect()
+            except Exception as exc:
+                # Workers on several machines started at once all create Optuna's tables on an
+                # empty database; PostgreSQL lets one win and fails the others ("duplicate key
+                # ... pg_type_typname_nsp_index" / "already exists"). The tables then exist, so
+                # connecting again succeeds.
+                text = str(getattr(exc, "orig", None) or exc)
+                if attempt == 4 or not ("already exists" in text or "duplicate key" in text):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
     except ImportError as exc:  # Optuna wraps the driver's ModuleNotFoundError
         missing = getattr(exc.__cause__, "name", None) or getattr(exc, "name", None) or "its module"
         hint = _PIP_HINT.get(backend, "install it")

@@ -136,6 +136,7 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
 
     from budgetnas import search
     from budgetnas.data import dataset_info
+    from budgetnas.device import resolve_placement
     from budgetnas.storage import open_storage
     from budgetnas.study import create_or_load
 
@@ -144,6 +145,7 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
         return search.run_search(config, progress)
     say = progress or (lambda message: None)
     search.check_config(config)
+    resolve_placement(config.device, config.precision)  # a missing GPU fails before any study is made
     input_shape, num_classes = dataset_info(config.dataset, config.data_root)
     search.check_budget(config, input_shape, num_classes)
     # Create the study here, once: N processes creating it at the same moment would race.

@@ -115,7 +115,7 @@ ROWS = {
     "budget-zero": row(*SEARCH, "--budget", "0", contains="positive"),
     "budget-negative": row(*SEARCH, "--budget=-5k", contains="-5k"),
     "budget-missing": row(*SEARCH, contains="--budget"),
-    "budget-nothing-fits-cnn": row(*SEARCH, "--budget", "50", contains="50", study="fresh"),
+    "budget-nothing-fits-cnn": row(*SEARCH, "--budget", "20", contains="20", study="fresh"),
     "budget-nothing-fits-fcn": row(*SEARCH, "--family", "fcn", "--budget", "500", contains="500", study="fresh"),
     # unknown names
     "unknown-family": row(*S100, "--family", "rnn", contains="rnn"),

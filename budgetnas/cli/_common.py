@@ -57,3 +57,9 @@ def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> 
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
     return "\n".join(lines)
+
+
+def set_examples(parser: argparse.ArgumentParser, *lines: str) -> None:
+    """Show ``lines`` as an 'examples:' section at the end of the command's --help."""
+    parser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in lines)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from budgetnas.cli._common import progress
+from budgetnas.cli._common import progress, set_examples
 
 HELP = "browse studies in optuna-dashboard (trials, Pareto front, curves, user attributes)"
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("dashboard", help=HELP, description=HELP + ". Stop it with Ctrl-C.")
+    set_examples(parser, 'budgetnas dashboard', 'budgetnas dashboard --storage sqlite:///runs/budgetnas.db --port 8081', 'budgetnas dashboard --storage journal:runs/journal.log --host 0.0.0.0  # reachable from other machines')
     parser.add_argument("storage_arg", nargs="?", default=None, metavar="STORAGE",
                         help="storage URL (same as --storage)")
     parser.add_argument("--storage", default=None, metavar="URL",

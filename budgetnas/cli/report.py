@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from budgetnas.cli._common import set_examples
+
 HELP = "write one self-contained HTML report of a study (Pareto front, history, curves, feature maps)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("report", help=HELP, description=HELP + ". Opens offline: plotly is inlined.")
+    set_examples(parser, 'budgetnas report --out runs/report.html', 'budgetnas report --storage postgresql://user:pw@db/nas --study cnn-100k-shared --out report.html')
     parser.add_argument("--storage", metavar="URL", default=None,
                         help="sqlite:///PATH.db, postgresql://..., or journal:PATH (default: ./budgetnas.db)")
     parser.add_argument("--study", metavar="NAME", default=None,

@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from budgetnas.cli._common import add_device_options
+from budgetnas.cli._common import add_device_options, set_examples
 
 HELP = "train the paper's models and compare with its tables (Markdown + HTML)"
 
@@ -17,6 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("reproduce", help=HELP, description=HELP + ". NAME is a paper config "
                                    "(fcn-50k, fcn-100k, fcn-100k-default, fcn-200k, cnn-10k, cnn-20k, cnn-50k, "
                                    "cnn-100k; add +bn for the batch-norm variant) or a CONFIG.toml path.")
+    set_examples(parser, 'budgetnas reproduce', 'budgetnas reproduce fcn-100k cnn-10k --threads 1', 'budgetnas reproduce cnn-100k cnn-100k+bn --epochs 5 --out runs/reproduce-bn')
     parser.add_argument("names", nargs="*", metavar="NAME", help="configs to train (default: all paper configs)")
     add_epoch_options(parser)
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="override every recipe's seed")

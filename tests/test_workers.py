@@ -78,8 +78,10 @@ def test_killed_worker_on_journal(tiny_npz, tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_every_worker_and_the_study_resumes(tiny_npz, tmp_path):
-    url, study, total = f"journal:{tmp_path}/study.log", "journal-ctrl-c", 4
-    parent = start_cli([*search_args(tiny_npz, url, study, trials=total, epochs=2), "--workers", "2"], tmp_path)
+    # A total far beyond what finishes before the Ctrl-C: on an idle machine 4 tiny trials can all
+    # end before the first poll sees one, and the search would exit 0 with nothing to interrupt.
+    url, study = f"journal:{tmp_path}/study.log", "journal-ctrl-c"
+    parent = start_cli([*search_args(tiny_npz, url, study, trials=200, epochs=2), "--workers", "2"], tmp_path)
 
     def trials():
         try:
@@ -100,6 +102,7 @@ def test_ctrl_c_stops_every_worker_and_the_study_resumes(tiny_npz, tmp_path):
     assert "Traceback" not in err and "--workers 2" in err.split("Resume with:")[-1]
     assert not [t for t in trials() if t.state == TrialState.RUNNING]  # every worker saved its trial
 
+    total = len(counted(trials())) + 2  # resume for two more trials
     again = run_cli(*search_args(tiny_npz, url, study, trials=total, epochs=2), "--workers", "2", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert_well_formed(trials())

@@ -222,19 +222,19 @@ def open_storage(url: str | None, *, heartbeat: Heartbeat | None = None, heartbe
                                   max_retry=heartbeat.max_retry))
 
     try:
-        for attempt in range(5):
+        # Workers on several machines started at once all create Optuna's tables on an empty
+        # database; PostgreSQL lets one win and fails the others ("duplicate key ...
+        # pg_type_typname_nsp_index" / "already exists"). The tables then exist, so a later
+        # attempt connects; the fifth attempt's error is final.
+        for attempt in range(4):
             try:
                 return connect()
             except Exception as exc:
-                # Workers on several machines started at once all create Optuna's tables on an
-                # empty database; PostgreSQL lets one win and fails the others ("duplicate key
-                # ... pg_type_typname_nsp_index" / "already exists"). The tables then exist, so
-                # connecting again succeeds.
                 text = str(getattr(exc, "orig", None) or exc)
-                if attempt == 4 or not ("already exists" in text or "duplicate key" in text):
+                if "already exists" not in text and "duplicate key" not in text:
                     raise
                 time.sleep(0.2 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return connect()
     except ImportError as exc:  # Optuna wraps the driver's ModuleNotFoundError
         missing = getattr(exc.__cause__, "name", None) or getattr(exc, "name", None) or "its module"
         hint = _PIP_HINT.get(backend, "install it")

@@ -27,6 +27,11 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
                         help="auto: bf16/mixed where the hardware has it natively, else fp32")
 
 
+def add_storage_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", default=None, metavar="URL",
+                        help="sqlite:///PATH.db, postgresql://..., or journal:PATH (default: ./budgetnas.db)")
+
+
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout and nothing else")
 

@@ -12,7 +12,10 @@ HELP = "time training per epoch on each device (CPU, CUDA), or --baseline agains
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help=HELP, description=HELP + ". Epoch times are extrapolated from "
                                    "the median of N timed steps to the paper's 54,000 training images.")
-    set_examples(parser, 'budgetnas bench cnn-100k fcn-100k', 'budgetnas bench --baseline --threads 1', 'budgetnas bench cnn-50k --devices cpu,cuda --steps 50 --json')
+    set_examples(parser,
+                 'budgetnas bench cnn-100k fcn-100k',
+                 'budgetnas bench --baseline --threads 1',
+                 'budgetnas bench cnn-50k --devices cpu,cuda --steps 50 --json')
     parser.add_argument("configs", nargs="*", metavar="CONFIG",
                         help="configs (TOML paths or paper names; default: all paper configs, or cnn-100k "
                              "with --baseline)")

@@ -12,7 +12,10 @@ HELP = "exact trainable parameters and mult-adds of a config (no training)"
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("count", help=HELP, description=HELP + ". CONFIG is a TOML path or a paper "
                                    "config name such as cnn-100k (add +bn for its batch-norm variant).")
-    set_examples(parser, 'budgetnas count cnn-100k', 'budgetnas count cnn-100k+bn --json', 'budgetnas count runs/best/spec.toml --batch 1')
+    set_examples(parser,
+                 'budgetnas count cnn-100k',
+                 'budgetnas count cnn-100k+bn --json',
+                 'budgetnas count runs/best/spec.toml --batch 1')
     parser.add_argument("config", metavar="CONFIG", help="CONFIG.toml, or a paper name (cnn-100k, fcn-100k+bn, ...)")
     parser.add_argument("--batch", type=int, default=512, metavar="B",
                         help="batch size for the mult-adds, as torchinfo reports them (default 512, the paper's)")

@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from budgetnas.cli._common import progress, set_examples
+from budgetnas.cli._common import add_storage_option, progress, set_examples
 
 HELP = "browse studies in optuna-dashboard (trials, Pareto front, curves, user attributes)"
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("dashboard", help=HELP, description=HELP + ". Stop it with Ctrl-C.")
-    set_examples(parser, 'budgetnas dashboard', 'budgetnas dashboard --storage sqlite:///runs/budgetnas.db --port 8081', 'budgetnas dashboard --storage journal:runs/journal.log --host 0.0.0.0  # reachable from other machines')
+    set_examples(parser,
+                 'budgetnas dashboard',
+                 'budgetnas dashboard --storage sqlite:///runs/budgetnas.db --port 8081',
+                 'budgetnas dashboard --storage journal:runs/journal.log --host 0.0.0.0  # other machines see it')
     parser.add_argument("storage_arg", nargs="?", default=None, metavar="STORAGE",
                         help="storage URL (same as --storage)")
-    parser.add_argument("--storage", default=None, metavar="URL",
-                        help="sqlite:///PATH.db, postgresql://..., or journal:PATH (default: ./budgetnas.db)")
+    add_storage_option(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     parser.set_defaults(handler=run)

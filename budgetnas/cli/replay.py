@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from budgetnas.cli._common import add_device_options, add_json_option, set_examples
+from budgetnas.cli._common import add_device_options, add_json_option, add_storage_option, set_examples
 
 HELP = "retrain the best (or a chosen) trial of a study and report its test accuracy"
 
@@ -13,9 +13,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("replay", help=HELP, description=HELP + ". Everything needed is read from "
                                    "the storage; artifacts (weights, spec.toml, metrics.json, learning curve, "
                                    "feature maps, torch.export model) go to --out.")
-    set_examples(parser, 'budgetnas replay --trial best --epochs 20 --out runs/best', 'budgetnas replay --storage sqlite:///budgetnas.db --study cnn-100k-fashion-mnist --trial 16 --json', 'budgetnas replay --subset full --device cuda --precision fp32 --seed 1')
-    parser.add_argument("--storage", metavar="URL", default=None,
-                        help="sqlite:///PATH.db, postgresql://..., or journal:PATH (default: ./budgetnas.db)")
+    set_examples(parser,
+                 'budgetnas replay --trial best --epochs 20 --out runs/best',
+                 'budgetnas replay --storage sqlite:///budgetnas.db --study cnn-100k-fashion-mnist --trial 16 --json',
+                 'budgetnas replay --subset full --device cuda --precision fp32 --seed 1')
+    add_storage_option(parser)
     parser.add_argument("--study", metavar="NAME", default=None,
                         help="study to read (default: the only study in the storage)")
     parser.add_argument("--trial", default="best", metavar="best|N",

@@ -17,7 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("reproduce", help=HELP, description=HELP + ". NAME is a paper config "
                                    "(fcn-50k, fcn-100k, fcn-100k-default, fcn-200k, cnn-10k, cnn-20k, cnn-50k, "
                                    "cnn-100k; add +bn for the batch-norm variant) or a CONFIG.toml path.")
-    set_examples(parser, 'budgetnas reproduce', 'budgetnas reproduce fcn-100k cnn-10k --threads 1', 'budgetnas reproduce cnn-100k cnn-100k+bn --epochs 5 --out runs/reproduce-bn')
+    set_examples(parser,
+                 'budgetnas reproduce',
+                 'budgetnas reproduce fcn-100k cnn-10k --threads 1',
+                 'budgetnas reproduce cnn-100k cnn-100k+bn --epochs 5 --out runs/reproduce-bn')
     parser.add_argument("names", nargs="*", metavar="NAME", help="configs to train (default: all paper configs)")
     add_epoch_options(parser)
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="override every recipe's seed")

@@ -6,8 +6,8 @@ import argparse
 import shlex
 from typing import TYPE_CHECKING, Any
 
-from budgetnas.cli._common import (add_data_options, add_device_options, add_json_option, format_table,
-                                   parse_duration, print_json, progress)
+from budgetnas.cli._common import (add_data_options, add_device_options, add_json_option, add_storage_option,
+                                   format_table, parse_duration, print_json, progress)
 
 if TYPE_CHECKING:
     from budgetnas.search import SearchConfig, SearchSummary
@@ -40,8 +40,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="stop starting new trials after this long: 90s, 30m, 2h")
     parser.add_argument("--epochs", type=int, default=3, metavar="E", help="training epochs per trial (default 3)")
     add_device_options(parser)
-    parser.add_argument("--storage", default=None, metavar="URL",
-                        help="sqlite:///PATH.db, postgresql://..., or journal:PATH (default: ./budgetnas.db)")
+    add_storage_option(parser)
     parser.add_argument("--study", default=None, metavar="NAME",
                         help="study name (default: FAMILY-BUDGET-DATASET, e.g. cnn-100k-fashion-mnist)")
     parser.add_argument("--sampler", default="tpe", choices=("tpe", "nsga2", "random"), help="default tpe")
@@ -69,7 +68,8 @@ def config_from_args(args: argparse.Namespace, budget: int | None = None) -> "Se
 
     timeout = parse_duration(args.timeout) if args.timeout is not None else None
     trials = args.trials if args.trials is not None or timeout is not None else 20
-    return SearchConfig(budget=budget if budget is not None else parse_budget(args.budget), family=args.family, dataset=args.dataset,
+    budget = budget if budget is not None else parse_budget(args.budget)
+    return SearchConfig(budget=budget, family=args.family, dataset=args.dataset,
                         data_root=args.data_root, subset=args.subset, trials=trials, timeout=timeout,
                         epochs=args.epochs, device=args.device, precision=args.precision, storage=args.storage,
                         study=args.study, sampler=args.sampler, objectives=args.objectives,
@@ -108,7 +108,8 @@ def render(summary: "SearchSummary") -> str:
              "secs": f"{r['train_seconds']:.1f}", "madds": human_count(r["mult_adds"]), "spec": r["spec"]}
             for r in summary.front]
     lines = [f"study {summary.study}: {summary.trials} finished trials ({summary.complete} complete, "
-             f"{summary.stopped_early} stopped early, {summary.rejected} rejected before training, {summary.failed} failed)"
+             f"{summary.stopped_early} stopped early, {summary.rejected} rejected before training, "
+             f"{summary.failed} failed)"
              f" in {summary.wall_seconds:.0f}s this run",
              f"rejection rate: {summary.rejection_rate:.1%}", ""]
     if rows:

@@ -12,7 +12,10 @@ HELP = "train a config and print weights, test accuracy, time, mult-adds and low
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help=HELP, description=HELP + ". CONFIG is a TOML path or a paper "
                                    "config name such as cnn-100k (add +bn for its batch-norm variant).")
-    set_examples(parser, 'budgetnas train cnn-10k', 'budgetnas train studies/paper/fcn-100k.toml --epochs 5 --out runs/fcn-100k', 'budgetnas train runs/best/spec.toml --device cuda --json')
+    set_examples(parser,
+                 'budgetnas train cnn-10k',
+                 'budgetnas train studies/paper/fcn-100k.toml --epochs 5 --out runs/fcn-100k',
+                 'budgetnas train runs/best/spec.toml --device cuda --json')
     parser.add_argument("config", metavar="CONFIG", help="CONFIG.toml, or a paper name (cnn-100k, fcn-100k+bn, ...)")
     add_epoch_options(parser)
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="override the recipe's seed")

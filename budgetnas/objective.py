@@ -29,7 +29,7 @@ import optuna
 from budgetnas import records
 from budgetnas.counting import PAPER_BATCH, count_mult_adds, count_params, human_count
 from budgetnas.errors import RunFailure
-from budgetnas.space import sample_spec
+from budgetnas.space import sample_recipe, sample_spec
 from budgetnas.stopping import FrontRule
 from budgetnas.trainer import EpochStats, Recipe, StopTraining, train
 
@@ -63,6 +63,7 @@ class Objective:
         config, data = self.config, self.data
         spec = sample_spec(trial, config.family, config.budget, data.input_shape, data.num_classes,
                            config.parameterisation)
+        recipe = sample_recipe(trial, self.recipe) if config.recipe_space == "search" else self.recipe
         params = count_params(spec, data.input_shape, data.num_classes)
         trial.set_constraint(CONSTRAINT, params - config.budget)
         trial.set_user_attr("params", params)
@@ -86,7 +87,7 @@ class Objective:
         trial.set_user_attr("mult_adds", mult_adds)
         trial.set_user_attr("mult_adds_batch", PAPER_BATCH)
         trial.set_user_attr("spec", spec.to_dict())
-        trial.set_user_attr("recipe", self.recipe.to_dict())
+        trial.set_user_attr("recipe", recipe.to_dict())
         self.progress(f"trial {trial.number}: {params:,} params, {spec.describe()}")
 
         curve: list[EpochStats] = []
@@ -112,7 +113,7 @@ class Objective:
 
         try:
             self.interruptible(True)
-            result = train(spec, data, self.recipe, device=config.device, precision=config.precision,
+            result = train(spec, data, recipe, device=config.device, precision=config.precision,
                            on_epoch=on_epoch)
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", f"interrupted by Ctrl-C during epoch {len(curve) + 1}")
@@ -131,7 +132,7 @@ class Objective:
         finally:
             self.interruptible(False)
 
-        for key, value in records.training_attrs(spec, self.recipe, result, mult_adds).items():
+        for key, value in records.training_attrs(spec, recipe, result, mult_adds).items():
             trial.set_user_attr(key, value)
         if result.stopped_early:
             self.progress(f"trial {trial.number}: {result.stopped_early}")

@@ -61,6 +61,7 @@ class StudySettings:
     subset: int | None = None
     split_seed: int = 0
     max_mult_adds: int | None = None
+    recipe_space: str = "paper"  # "search": the training recipe is sampled per trial (space.sample_recipe)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -206,7 +206,8 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
               "Retrain with: budgetnas train spec.toml")
     artifacts["config"] = save_config(RunConfig(name=name, spec=spec, recipe=recipe, dataset=settings.dataset,
                                                 result={k: metrics[k] for k in ("params", "val_accuracy",
-                                                        "test_accuracy", "train_seconds", "mult_adds")}),
+                                                        "test_accuracy", "train_seconds", "mult_adds",
+                                                        "epochs", "seed", "device", "precision")}),
                                       out / "spec.toml", header=header)
     artifacts["learning_curve"] = out / "learning-curve.png"
     line_panels([("train loss", [("train loss", [e.train_loss for e in trained.epochs])]),

@@ -67,6 +67,7 @@ class SearchConfig:
     early_stop: bool = True  # Median pruner (single objective) or the front rule (stopping.py)
     recipe: Recipe = PAPER_RECIPE  # its epochs and seed are replaced by ``epochs`` and ``seed``
     max_mult_adds: int | None = None  # reject candidates above this many mult-adds (batch 512) before training
+    recipe_space: str = "paper"  # "search": sample lr, schedule, decay, smoothing, augment, batch per trial
     worker: int = 0  # index among --workers N processes; offsets the sampler seed so workers differ (workers.py)
 
     def __post_init__(self) -> None:
@@ -89,7 +90,8 @@ class SearchConfig:
         return records.StudySettings(family=self.family, budget=self.budget, dataset=self.dataset,
                                      epochs=self.epochs, objectives=tuple(self.objectives), sampler=self.sampler,
                                      parameterisation=self.parameterisation, space_version=SPACE_VERSION,
-                                     subset=self.subset, max_mult_adds=self.max_mult_adds)
+                                     subset=self.subset, max_mult_adds=self.max_mult_adds,
+                                     recipe_space=self.recipe_space)
 
 
 @dataclass
@@ -175,7 +177,7 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Prog
 
 def check_config(config: SearchConfig) -> None:
     """Fail fast on options that are wrong whatever the data (before anything is loaded)."""
-    check_choices(config.family, config.parameterisation)
+    check_choices(config.family, config.parameterisation, config.recipe_space)
     check_dataset_name(config.dataset)
     if isinstance(config.budget, bool) or not isinstance(config.budget, int) or config.budget <= 0:
         raise UsageError(f"budget must be a positive number of parameters, got {config.budget!r}")

@@ -16,7 +16,8 @@ EXAMPLES = """examples:
   budgetnas search --budget 100k --family cnn --trials 30 --epochs 3
   budgetnas search --budget 200k --family fcn --timeout 30m --sampler nsga2
   budgetnas search --budget 50k --storage postgresql://user:pw@db/nas --study shared --workers 2  # see examples/
-  budgetnas search --budget 20k --objectives accuracy          # single objective, median pruner"""
+  budgetnas search --budget 20k --objectives accuracy          # single objective, median pruner
+  budgetnas search --budget 10k --recipe-space search --timeout 30m   # tune the training recipe too"""
 
 HELP = "search architectures under an exact parameter budget (multi-objective Optuna study)"
 
@@ -53,6 +54,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-mult-adds", default=None, metavar="N",
                         help="also reject, before training, candidates above N mult-adds at batch 512 "
                              "(e.g. 5G; the paper's CNN-100K has 2.37G): the budget bounds parameters, not compute")
+    parser.add_argument("--recipe-space", default="paper", choices=("paper", "search"),
+                        help="paper (default): train every candidate with the paper's recipe; search: also sample "
+                             "lr, schedule, weight decay, label smoothing, augmentation and batch size per trial")
     parser.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=True,
                         help="stop trials whose learning curve cannot reach the front (default on)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="sampler and training seed (default 0)")
@@ -75,7 +79,7 @@ def config_from_args(args: argparse.Namespace, budget: int | None = None) -> "Se
                         study=args.study, sampler=args.sampler, objectives=args.objectives,
                         parameterisation=args.parameterisation, seed=args.seed, early_stop=args.early_stop,
                         max_mult_adds=parse_budget(args.max_mult_adds, what="--max-mult-adds")
-                        if args.max_mult_adds else None)
+                        if args.max_mult_adds else None, recipe_space=args.recipe_space)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,6 +162,8 @@ def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
         parts += ["--precision", args.precision]
     if args.max_mult_adds:
         parts += ["--max-mult-adds", args.max_mult_adds]
+    if config.recipe_space != "paper":
+        parts += ["--recipe-space", config.recipe_space]
     if not config.early_stop:
         parts.append("--no-early-stop")
     if getattr(args, "workers", 1) != 1:

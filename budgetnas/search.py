@@ -236,7 +236,8 @@ def front_row(trial: FrozenTrial) -> dict[str, Any]:
     spec = records.spec_of(trial)
     return {"trial": trial.number, "params": attrs.get("params"), "val_accuracy": curve[-1],
             "train_seconds": attrs.get("train_seconds"), "mult_adds": attrs.get("mult_adds"),
-            "spec": spec.describe()}
+            "spec": spec.describe(),
+            "recipe": records.recipe_of(trial).describe() if "recipe" in attrs else ""}
 
 
 class _Reporter:

@@ -5,6 +5,9 @@ one storage, named as ``budgetnas search`` names them), replays the best trial o
 study with the test split (the search itself never sees it), and writes ``SWEEP.md`` and
 ``sweep.html``: replayed test accuracy against the budget, the training time and the
 mult-adds, with the paper's hand-picked models of the same family as reference points.
+Each budget's winner is also written as a run config, ``found/FAMILY-BUDGET.toml``: its spec,
+the recipe it was replayed with and a ``[result]`` table (replayed figures plus the search
+that found it), which ``budgetnas train`` retrains as it is; ``studies/found/`` holds ours.
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
                         out=config.out / f"{summary.study}-best", progress=say)
         rows.append(SweepRow(budget=budget, study=summary.study, trial=result.trial, search_trials=summary.trials,
                              search_seconds=summary.wall_seconds, replay=_compact(result.metrics)))
+        path = write_found(rows[-1], search, config.out / "found")
+        say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: test accuracy "
+            f"{result.metrics['test_accuracy']:.4f}; config {path}")
     family, dataset = config.search.family, config.search.dataset
     markdown = config.out / "SWEEP.md"
     markdown.write_text(render_markdown(family, dataset, rows), encoding="utf-8")
@@ -97,6 +103,42 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
     (config.out / "sweep.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2, default=str) + "\n",
                                            encoding="utf-8")
     return SweepResult(family, dataset, rows, markdown, html)
+
+
+def found_config(row: SweepRow, search: SearchConfig) -> "RunConfig":
+    """The run config of one budget's replayed winner: what to train, and how it was found."""
+    from budgetnas.config import RunConfig
+    from budgetnas.spec import spec_from_dict
+    from budgetnas.trainer import Recipe
+
+    r = row.replay
+    result = {"budget": row.budget, **{k: r[k] for k in ("params", "val_accuracy", "test_accuracy", "train_seconds",
+                                                          "mult_adds", "epochs", "seed", "device", "precision")
+                                       if k in r},
+              "study": row.study, "trial": row.trial, "search_trials": row.search_trials,
+              "search_seconds": round(row.search_seconds, 1), "search_epochs": search.epochs,
+              "search_subset": search.subset or 0, "search_objectives": list(search.objectives),
+              "search_sampler": search.sampler, "search_recipe_space": search.recipe_space,
+              "search_max_mult_adds": search.max_mult_adds or 0, "search_seed": search.seed}
+    name = f"{search.family}-{format_budget(row.budget)}"
+    return RunConfig(name=f"found-{name}", dataset=search.dataset, spec=spec_from_dict(r["spec"]),
+                     recipe=Recipe.from_dict(r["recipe"]), result=result,
+                     description=f"budgetnas search winner under {row.budget:,} parameters "
+                                 f"({row.study} trial {row.trial})")
+
+
+def write_found(row: SweepRow, search: SearchConfig, folder: Path) -> Path:
+    """Write :func:`found_config` as ``folder/FAMILY-BUDGET.toml``; ``budgetnas train`` accepts it."""
+    from budgetnas.config import save_config
+
+    config = found_config(row, search)
+    r = row.replay
+    header = (f"{config.description}.\n"
+              f"Replayed for {r.get('epochs')} epochs (seed {r.get('seed')}): validation accuracy "
+              f"{r['val_accuracy']:.4f}, test accuracy {r['test_accuracy']:.4f}, {r['params']:,} parameters.\n"
+              "[result] holds the replayed figures and the search that found it (selected on validation only).\n"
+              f"Retrain with: budgetnas train {config.name.removeprefix('found-')}.toml")
+    return save_config(config, folder / f"{config.name.removeprefix('found-')}.toml", header=header)
 
 
 def render_markdown(family: str, dataset: str, rows: list[SweepRow]) -> str:

@@ -64,6 +64,18 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def describe(self) -> str:
+        """One-line summary such as ``adamw lr 0.003 onecycle wd 0.0005 ls 0.1 flip batch 128``."""
+        parts = [self.optimizer, f"lr {self.lr:.2g}", self.schedule]
+        if self.weight_decay:
+            parts.append(f"wd {self.weight_decay:.2g}")
+        if self.label_smoothing:
+            parts.append(f"ls {self.label_smoothing:.2g}")
+        if self.augment != "none":
+            parts.append(self.augment)
+        parts.append(f"batch {self.batch_size}")
+        return " ".join(parts)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Recipe":
         allowed = {f.name for f in fields(cls)}

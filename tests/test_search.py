@@ -213,3 +213,35 @@ def test_front_rule_stops_only_trials_that_cannot_reach_the_front():
     last = EpochStats(epoch=4, train_loss=1.0, val_accuracy=0.1, seconds=3.0)
     assert rule.should_stop(last, front, params=1, mult_adds=1, elapsed=40.0) is None
     assert rule.should_stop(behind, front[:1], params=1, mult_adds=1, elapsed=6.0) is None
+
+
+def test_recipe_space_search_samples_and_stores_a_recipe_per_trial(search, tmp_path):
+    proc = search("--trials", "3", "--recipe-space", "search", "--sampler", "random", "--objectives", "accuracy")
+    assert proc.returncode == 0, proc.stderr
+    study = load(tmp_path)
+    assert study.user_attrs[SETTINGS_ATTR]["recipe_space"] == "search"
+    trained = [t for t in study.trials if "recipe" in t.user_attrs]
+    assert len(trained) == 3
+    for trial in trained:
+        recipe, params = trial.user_attrs["recipe"], trial.params
+        # the recipe that trained is exactly the sampled one (replay retrains from this attribute)
+        assert recipe["lr"] == params["lr"] and recipe["schedule"] == params["schedule"]
+        assert recipe["weight_decay"] == params["weight_decay"] and recipe["augment"] == params["augment"]
+        assert recipe["batch_size"] == params["batch_size"]
+        assert recipe["label_smoothing"] == params["label_smoothing"]
+        assert recipe["optimizer"] == "adamw" and recipe["normalize"] is True and recipe["epochs"] == 1
+    assert len({t.params["lr"] for t in trained}) == 3  # sampled, not a constant
+    # a study searched with the paper's recipe is a different study: resuming it with the other space is refused
+    other = search("--trials", "4", "--objectives", "accuracy")
+    assert_one_line_error(other, 2, "recipe_space: study has 'search', asked for 'paper'")
+
+
+def test_the_paper_recipe_space_trains_every_candidate_with_the_paper_recipe(search, tmp_path):
+    from budgetnas.trainer import PAPER_RECIPE
+
+    assert search("--trials", "2", "--sampler", "random").returncode == 0
+    study = load(tmp_path)
+    assert study.user_attrs[SETTINGS_ATTR]["recipe_space"] == "paper"
+    for trial in study.trials:
+        assert "lr" not in trial.params
+        assert trial.user_attrs["recipe"] == {**PAPER_RECIPE.to_dict(), "epochs": 1, "seed": 0}

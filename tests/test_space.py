@@ -119,3 +119,34 @@ def _widths(spec) -> list[int]:
     if isinstance(spec, FCNSpec):
         return list(spec.hidden)
     return [b.out_channels for b in spec.conv] + list(spec.fc)
+
+
+def test_recipe_space_keeps_one_distribution_and_covers_every_choice():
+    from budgetnas.space import BATCH_SIZES, sample_recipe
+    from budgetnas.trainer import AUGMENTS, SCHEDULES, Recipe
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    base = Recipe(epochs=7, seed=3)
+    recipes = []
+    for _ in range(80):
+        trial = study.ask()
+        recipes.append(sample_recipe(trial, base))
+        study.tell(trial, 0.0)
+    for recipe in recipes:
+        assert recipe.epochs == 7 and recipe.seed == 3  # the search's epochs and seed, not sampled
+        assert recipe.optimizer == "adamw" and recipe.normalize
+        assert 3e-4 <= recipe.lr <= 1e-2 and 1e-5 <= recipe.weight_decay <= 1e-1
+    assert {r.schedule for r in recipes} == set(SCHEDULES) and {r.augment for r in recipes} == set(AUGMENTS)
+    assert {r.batch_size for r in recipes} == set(BATCH_SIZES)
+    first = study.trials[0].distributions
+    assert all(t.distributions == first for t in study.trials)
+    # rebuilt from the stored parameters alone (what replay's cross-check relies on)
+    assert sample_recipe(FixedTrial(study.trials[5].params), base) == recipes[5]
+
+
+def test_unknown_recipe_space_is_refused():
+    from budgetnas.errors import UsageError
+    from budgetnas.space import check_choices
+
+    with pytest.raises(UsageError, match="unknown recipe space 'fancy'; choose one of paper, search"):
+        check_choices("cnn", "fit", "fancy")

@@ -28,6 +28,23 @@ def test_sweep_searches_replays_and_reports_each_budget(cli, tiny_npz, tmp_path)
     html = (tmp_path / "out" / "sweep.html").read_text()
     assert "plotly" in html.lower() and "test accuracy vs budget" in html
 
+    # Each winner is a run config that `budgetnas train` retrains, with the replayed figures beside it.
+    from budgetnas.config import load_config
+    from budgetnas.counting import count_params
+
+    for row in rows:
+        name = "3k" if row["budget"] == 3000 else "6k"
+        found = load_config(tmp_path / "out" / "found" / f"cnn-{name}.toml")
+        assert found.name == f"found-cnn-{name}" and found.dataset == f"npz:{tiny_npz}"
+        assert found.spec.to_dict() == row["replay"]["spec"] and found.recipe.to_dict() == row["replay"]["recipe"]
+        assert found.result["budget"] == row["budget"] and found.result["trial"] == row["trial"]
+        assert found.result["test_accuracy"] == row["replay"]["test_accuracy"]
+        assert count_params(found.spec, (1, 28, 28), 10) == found.result["params"] <= row["budget"]
+        assert found.result["search_epochs"] == 1 and found.result["search_recipe_space"] == "paper"
+    trained = cli("train", tmp_path / "out" / "found" / "cnn-3k.toml", "--epochs", "1", "--json")
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads(trained.stdout)["params"] == rows[0]["replay"]["params"]
+
     # Rerunning resumes: the studies already hold their 2 trials, so no new trial is trained.
     again = cli(*args)
     assert again.returncode == 0, again.stderr

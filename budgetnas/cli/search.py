@@ -107,9 +107,11 @@ def run(args: argparse.Namespace) -> int:
 
 def render(summary: "SearchSummary") -> str:
     from budgetnas.counting import human_count
+    from budgetnas.trainer import PAPER_RECIPE
 
     rows = [{"trial": r["trial"], "params": f"{r['params']:,}", "acc": f"{r['val_accuracy']:.4f}",
-             "secs": f"{r['train_seconds']:.1f}", "madds": human_count(r["mult_adds"]), "spec": r["spec"]}
+             "secs": f"{r['train_seconds']:.1f}", "madds": human_count(r["mult_adds"]), "spec": r["spec"],
+             "recipe": r.get("recipe", "")}
             for r in summary.front]
     lines = [f"study {summary.study}: {summary.trials} finished trials ({summary.complete} complete, "
              f"{summary.stopped_early} stopped early, {summary.rejected} rejected before training, "
@@ -119,7 +121,10 @@ def render(summary: "SearchSummary") -> str:
     if rows:
         lines.append("Pareto front (" + ", ".join(summary.objectives) + "; validation data only):")
         lines.append(format_table(rows, [("trial", "trial"), ("params", "params"), ("acc", "val acc"),
-                                         ("secs", "train s"), ("madds", "mult-adds"), ("spec", "architecture")]))
+                                         ("secs", "train s"), ("madds", "mult-adds"), ("spec", "architecture")]
+                                 # the recipe column only where trials were trained differently (--recipe-space)
+                                 + ([("recipe", "recipe")] if len({r["recipe"] for r in rows}) > 1
+                                    or any(r["recipe"] != PAPER_RECIPE.describe() for r in rows) else [])))
     else:
         lines.append("no complete trial yet")
     lines.append("")

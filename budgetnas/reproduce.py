@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 from budgetnas.config import RunConfig, load_config, save_config
 from budgetnas.errors import UsageError
+from budgetnas.replay import check_writable
 from budgetnas.spec import CNNSpec, FCNSpec
 
 PAPER_DIR_ENV = "BUDGETNAS_PAPER_DIR"
@@ -178,10 +179,7 @@ def save_run(report: RunReport, out: str | Path) -> dict[str, Path]:
     import torch
 
     out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create output folder {out}: {exc.strerror or exc}; choose another --out") from None
+    check_writable(out)
     paths = {"weights": out / "model.pt", "metrics": out / "metrics.json", "config": out / "config.toml"}
     torch.save({k: v.detach().cpu() for k, v in report.model.state_dict().items()}, paths["weights"])
     paths["metrics"].write_text(json.dumps(report.metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -330,10 +328,7 @@ def reproduce(names: Sequence[str] | None = None, *, epochs: int | None = None, 
     configs = [override(resolve_config(n), epochs=epochs, seed=seed, dataset=dataset)
                for n in (names or paper_names())]
     out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create output folder {out}: {exc.strerror or exc}; choose another --out") from None
+    check_writable(out)
     datasets: dict[str, Any] = {}
     cost = [_cost(c) for c in configs]
     done_cost, started = 0.0, time.perf_counter()

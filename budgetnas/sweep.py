@@ -159,6 +159,12 @@ def render_markdown(family: str, dataset: str, rows: list[SweepRow]) -> str:
                      f"{r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | "
                      f"{f'{ref.test_accuracy:.4f}' if ref else '-'} | {diff} | {r['train_seconds']:.1f} | "
                      f"{human_count(r['mult_adds'])} | {row.search_trials} | {row.search_seconds:.0f} |")
+    from budgetnas.spec import spec_from_dict
+    from budgetnas.trainer import Recipe
+
+    lines += ["", "| budget | architecture | recipe |", "|---|---|---|"]
+    lines += [f"| {format_budget(row.budget)} | {spec_from_dict(row.replay['spec']).describe()} | "
+              f"{Recipe.from_dict(row.replay['recipe']).describe()} |" for row in rows if "spec" in row.replay]
     lines += ["", f"Replays: {rows[0].replay.get('epochs')} epochs each, device {rows[0].replay.get('device')}, "
               f"precision {rows[0].replay.get('precision')}." if rows else ""]
     return "\n".join(lines) + "\n"

@@ -146,7 +146,9 @@ def run_search(config: SearchConfig, progress: Progress | None = None) -> Search
 
 def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Progress) -> SearchSummary:
     storage = open_storage(config.storage_url)
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    # No verdict before half the epochs: an annealed schedule (cosine, one-cycle) or augmentation learns
+    # late, and judging epoch 1 against a constant-lr run would prune exactly those recipes.
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=config.epochs // 2)
               if config.early_stop else optuna.pruners.NopPruner())
     study = create_or_load(storage, config.study_name, config.settings(), config.sampler,
                            config.seed + 10_007 * config.worker, pruner=pruner)

@@ -68,6 +68,7 @@ class SearchConfig:
     recipe: Recipe = PAPER_RECIPE  # its epochs and seed are replaced by ``epochs`` and ``seed``
     max_mult_adds: int | None = None  # reject candidates above this many mult-adds (batch 512) before training
     recipe_space: str = "paper"  # "search": sample lr, schedule, decay, smoothing, augment, batch per trial
+    enqueue: tuple[str, ...] = ()  # run configs (paths or paper names) to train first, e.g. ("cnn-50k+bn",)
     worker: int = 0  # index among --workers N processes; offsets the sampler seed so workers differ (workers.py)
 
     def __post_init__(self) -> None:
@@ -136,15 +137,38 @@ def run_search(config: SearchConfig, progress: Progress | None = None) -> Search
     input_shape, num_classes = dataset_info(config.dataset, config.data_root)
     check_budget(config, input_shape, num_classes)
 
+    starts = start_params(config, input_shape, num_classes)  # bad --enqueue fails before a study exists
+
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's (with tracebacks)
     try:
-        return _optimize(config, input_shape, say)
+        return _optimize(config, input_shape, say, starts)
     finally:
         optuna.logging.set_verbosity(verbosity)
 
 
-def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Progress) -> SearchSummary:
+def start_params(config: SearchConfig, input_shape: tuple[int, int, int],
+                 num_classes: int) -> list[tuple[str, dict[str, Any]]]:
+    """(reference, trial parameters) of each ``--enqueue`` config, checked against the space and budget."""
+    from budgetnas.reproduce import resolve_config
+    from budgetnas.space import params_of
+
+    starts = []
+    for ref in config.enqueue:
+        run = resolve_config(ref)
+        if run.spec.family != config.family:
+            raise UsageError(f"--enqueue {ref} is a {run.spec.family} config; this search is {config.family}")
+        try:
+            values = params_of(run.spec, run.recipe if config.recipe_space == "search" else None, config.budget,
+                               input_shape, num_classes, config.parameterisation)
+        except UsageError as exc:
+            raise UsageError(f"--enqueue {ref}: {exc}") from None
+        starts.append((ref, values))
+    return starts
+
+
+def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Progress,
+              starts: list[tuple[str, dict[str, Any]]] = ()) -> SearchSummary:
     storage = open_storage(config.storage_url)
     # No verdict before half the epochs: an annealed schedule (cosine, one-cycle) or augmentation learns
     # late, and judging epoch 1 against a constant-lr run would prune exactly those recipes.
@@ -158,6 +182,8 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Prog
             "raise --trials to continue it")
         return summarise(study, config, 0.0)
 
+    for ref, values in starts:  # skip_if_exists: rerunning the command does not queue them again
+        study.enqueue_trial(values, user_attrs={"enqueued": ref}, skip_if_exists=True)
     data = load_dataset(config.dataset, config.data_root, subset=config.subset)
     guard = _CtrlC()
     objective = Objective(config, data, config.training_recipe(), progress=say, interruptible=guard.training)

@@ -36,7 +36,8 @@ architectures only; ``budgetnas reproduce`` always uses the paper's recipe.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import math
+from typing import TYPE_CHECKING, Any, Callable
 
 from budgetnas.counting import count_params
 from budgetnas.errors import UsageError
@@ -217,3 +218,70 @@ def _regularisation(trial: "BaseTrial") -> tuple[float, str, str]:
     activation = trial.suggest_categorical("activation", list(ACTIVATIONS))
     init = trial.suggest_categorical("init", list(INITS))
     return dropout, activation, init
+
+
+def params_of(spec: Spec, recipe: Recipe | None, budget: int, input_shape: tuple[int, int, int], num_classes: int,
+              parameterisation: str = "fit") -> dict[str, Any]:
+    """The trial parameters from which :func:`sample_spec` rebuilds ``spec`` exactly (and, given a
+    ``recipe``, :func:`sample_recipe` the nearest recipe the space holds): the inverse of the space.
+
+    ``budgetnas search --enqueue`` hands these to ``Study.enqueue_trial`` so a search starts from
+    known models (the paper's picks, an earlier winner) before the sampler explores around them.
+    A spec the space cannot express (a kernel or pool it never samples, batch norm in some conv
+    blocks only, under half the budget in ``fit``) is a :class:`UsageError` naming the reason.
+    """
+    check_choices(spec.family, parameterisation)
+    params = count_params(spec, input_shape, num_classes)
+    if params > budget:
+        raise UsageError(f"{spec.describe()} has {params:,} parameters, over the budget {budget:,}")
+    values: dict[str, Any] = {"dropout": spec.dropout, "activation": spec.activation, "init": spec.init}
+    if isinstance(spec, CNNSpec):
+        blocks = spec.conv
+        if not 1 <= len(blocks) <= MAX_CONV_BLOCKS or len(spec.fc) > MAX_FC_LAYERS:
+            raise UsageError(f"{spec.describe()}: the space has 1..{MAX_CONV_BLOCKS} conv blocks and "
+                             f"0..{MAX_FC_LAYERS} hidden FC layers")
+        if len({b.batch_norm for b in blocks}) > 1:
+            raise UsageError(f"{spec.describe()}: the space normalises all conv blocks or none")
+        for b in blocks:
+            if b.kernel_size not in KERNELS or b.padding != b.kernel_size // 2 or b.pool not in (None, POOL):
+                raise UsageError(f"{spec.describe()}: the space has kernels {KERNELS} with same padding "
+                                 f"and pool {POOL} or none")
+        values.update(n_conv=len(blocks), conv_batch_norm=blocks[0].batch_norm, head=spec.head, n_fc=len(spec.fc),
+                      fc_batch_norm=spec.fc_batch_norm)
+        for i, b in enumerate(blocks, start=1):
+            values.update({f"conv{i}_kernel": b.kernel_size, f"conv{i}_pool": b.pool is not None})
+        widths = {**{f"conv{i}": b.out_channels for i, b in enumerate(blocks, start=1)},
+                  **{f"fc{i}": units for i, units in enumerate(spec.fc, start=1)}}
+        unit_names = {**{f"conv{i}": "channels" for i in range(1, len(blocks) + 1)},
+                      **{f"fc{i}": "units" for i in range(1, len(spec.fc) + 1)}}
+    else:
+        if len(spec.hidden) > MAX_FCN_LAYERS:
+            raise UsageError(f"{spec.describe()}: the space has 1..{MAX_FCN_LAYERS} hidden layers")
+        values.update(n_hidden=len(spec.hidden), batch_norm=spec.batch_norm)
+        widths = {f"hidden{i}": units for i, units in enumerate(spec.hidden, start=1)}
+        unit_names = {name: "units" for name in widths}
+    if not DROPOUT[0] <= spec.dropout <= DROPOUT[1]:
+        raise UsageError(f"{spec.describe()}: the space's dropout is {DROPOUT[0]}..{DROPOUT[1]}")
+    if parameterisation == "direct":
+        values.update({f"{name}_{unit_names[name]}": width for name, width in widths.items()})
+    else:
+        # relative widths around their geometric middle, and the fill that makes the exact count the target
+        middle = math.sqrt(max(widths.values()) * min(widths.values()))
+        values.update({f"{name}_width": width / middle for name, width in widths.items()})
+        values["fill"] = (params + 0.5) / budget
+        if values["fill"] < FILL[0] or max(widths.values()) / min(widths.values()) > RELATIVE_WIDTH[1] ** 2:
+            raise UsageError(f"{spec.describe()} ({params:,} parameters) is outside the fit space for budget "
+                             f"{budget:,} (under half the budget, or widths too far apart); use "
+                             "--parameterisation direct")
+    if recipe is not None:
+        values.update(lr=min(max(recipe.lr, LR[0]), LR[1]), schedule=recipe.schedule,
+                      weight_decay=min(max(recipe.weight_decay, WEIGHT_DECAY[0]), WEIGHT_DECAY[1]),
+                      label_smoothing=min(recipe.label_smoothing, LABEL_SMOOTHING[1]), augment=recipe.augment,
+                      batch_size=min(BATCH_SIZES, key=lambda b: abs(b - recipe.batch_size)))
+    from optuna.trial import FixedTrial
+
+    rebuilt = sample_spec(FixedTrial(values), spec.family, budget, input_shape, num_classes, parameterisation)
+    if rebuilt != spec:  # the inverse must be exact, or the enqueued trial would train something else
+        raise UsageError(f"{spec.describe()} is not reachable exactly in the {parameterisation} space "
+                         f"(it rebuilds as {rebuilt.describe()}); use --parameterisation direct")
+    return values

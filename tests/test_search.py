@@ -245,3 +245,28 @@ def test_the_paper_recipe_space_trains_every_candidate_with_the_paper_recipe(sea
     for trial in study.trials:
         assert "lr" not in trial.params
         assert trial.user_attrs["recipe"] == {**PAPER_RECIPE.to_dict(), "epochs": 1, "seed": 0}
+
+
+def test_enqueued_configs_train_first_and_are_queued_once(search, tmp_path):
+    config = tmp_path / "start.toml"
+    config.write_text('name = "start"\n[spec]\nfamily = "cnn"\nfc = []\n'  # 2,762 parameters on 8x8 images
+                      '[[spec.conv]]\nout_channels = 16\nkernel_size = 3\npool = 2\nbatch_norm = true\n'
+                      '[recipe]\nlr = 0.003\nschedule = "cosine"\naugment = "flip"\nbatch_size = 128\n')
+    proc = search("--trials", "2", "--recipe-space", "search", "--objectives", "accuracy", "--enqueue", str(config))
+    assert proc.returncode == 0, proc.stderr
+    first = load(tmp_path).trials[0]
+    assert first.user_attrs["enqueued"] == str(config)
+    assert first.user_attrs["spec"]["conv"][0]["out_channels"] == 16 and first.user_attrs["params"] == 2762
+    recipe = first.user_attrs["recipe"]
+    assert (recipe["lr"], recipe["schedule"], recipe["augment"], recipe["batch_size"]) == (0.003, "cosine", "flip", 128)
+    again = search("--trials", "3", "--recipe-space", "search", "--objectives", "accuracy", "--enqueue", str(config))
+    assert again.returncode == 0, again.stderr
+    assert sum("enqueued" in t.user_attrs for t in load(tmp_path).trials) == 1  # not queued a second time
+
+
+def test_an_enqueued_config_the_space_cannot_hold_is_refused_before_any_study(search, tmp_path):
+    proc = search("--trials", "1", "--enqueue", "fcn-50k")
+    assert_one_line_error(proc, 2, "--enqueue fcn-50k is a fcn config; this search is cnn")
+    proc = search("--trials", "1", "--enqueue", "cnn-100k")
+    assert_one_line_error(proc, 2, "over the budget 3,000")
+    assert not (tmp_path / "s.db").exists()

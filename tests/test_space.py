@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import optuna
 import pytest
 from optuna.trial import FixedTrial
@@ -150,3 +152,50 @@ def test_unknown_recipe_space_is_refused():
 
     with pytest.raises(UsageError, match="unknown recipe space 'fancy'; choose one of paper, search"):
         check_choices("cnn", "fit", "fancy")
+
+
+@pytest.mark.parametrize("name", ["cnn-10k", "cnn-20k", "cnn-50k", "cnn-100k", "cnn-50k+bn", "fcn-50k", "fcn-100k",
+                                  "fcn-200k"])
+@pytest.mark.parametrize("parameterisation", ["fit", "direct"])
+def test_params_of_inverts_the_space_for_the_paper_picks(name, parameterisation):
+    from budgetnas.reproduce import resolve_config
+    from budgetnas.space import params_of, sample_recipe
+
+    config = resolve_config(name)
+    budget = int(name.split("-")[1].removesuffix("+bn").removesuffix("k")) * 1000
+    values = params_of(config.spec, config.recipe, budget, FMNIST, 10, parameterisation)
+    assert sample_spec(FixedTrial(values), config.spec.family, budget, FMNIST, 10, parameterisation) == config.spec
+    recipe = sample_recipe(FixedTrial(values), config.recipe)
+    assert (recipe.lr, recipe.batch_size, recipe.augment) == (1e-3, 512, "none")  # the paper's, inside the space
+    assert recipe.weight_decay == 1e-5  # the space's floor (the paper has none)
+
+
+def test_params_of_inverts_random_specs_of_the_direct_space():
+    from budgetnas.space import params_of
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    checked = 0
+    for _ in range(40):
+        for family in ("cnn", "fcn"):
+            spec = sample_spec(study.ask(), family, 100_000, FMNIST, 10, "direct")
+            if count_params(spec, FMNIST, 10) > 10**7:
+                continue
+            values = params_of(spec, None, 10**7, FMNIST, 10, "direct")
+            assert sample_spec(FixedTrial(values), family, 10**7, FMNIST, 10, "direct") == spec
+            checked += 1
+    assert checked > 50
+
+
+@pytest.mark.parametrize("spec, message", [
+    (CNNSpec(conv=(ConvBlock(8, kernel_size=4),)), "kernels (3, 5, 7)"),
+    (CNNSpec(conv=(ConvBlock(8, batch_norm=True), ConvBlock(8))), "all conv blocks or none"),
+    (CNNSpec(conv=(ConvBlock(8, pool=3),)), "pool 2 or none"),
+    (CNNSpec(conv=(ConvBlock(200), ConvBlock(200))), "over the budget"),
+    (FCNSpec(hidden=(2,)), "outside the fit space"),
+])
+def test_params_of_names_what_the_space_cannot_express(spec, message):
+    from budgetnas.errors import UsageError
+    from budgetnas.space import params_of
+
+    with pytest.raises(UsageError, match=re.escape(message)):
+        params_of(spec, None, 50_000, FMNIST, 10, "fit")

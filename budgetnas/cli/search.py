@@ -57,6 +57,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe-space", default="paper", choices=("paper", "search"),
                         help="paper (default): train every candidate with the paper's recipe; search: also sample "
                              "lr, schedule, weight decay, label smoothing, augmentation and batch size per trial")
+    parser.add_argument("--enqueue", action="append", default=[], metavar="CONFIG",
+                        help="train this model first, then search around it: a run config TOML or a paper name "
+                             "such as cnn-50k+bn (its recipe too with --recipe-space search); repeatable")
     parser.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=True,
                         help="stop trials whose learning curve cannot reach the front (default on)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="sampler and training seed (default 0)")
@@ -79,7 +82,8 @@ def config_from_args(args: argparse.Namespace, budget: int | None = None) -> "Se
                         study=args.study, sampler=args.sampler, objectives=args.objectives,
                         parameterisation=args.parameterisation, seed=args.seed, early_stop=args.early_stop,
                         max_mult_adds=parse_budget(args.max_mult_adds, what="--max-mult-adds")
-                        if args.max_mult_adds else None, recipe_space=args.recipe_space)
+                        if args.max_mult_adds else None, recipe_space=args.recipe_space,
+                        enqueue=tuple(args.enqueue))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -169,6 +173,8 @@ def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
         parts += ["--max-mult-adds", args.max_mult_adds]
     if config.recipe_space != "paper":
         parts += ["--recipe-space", config.recipe_space]
+    for ref in config.enqueue:
+        parts += ["--enqueue", ref]
     if not config.early_stop:
         parts.append("--no-early-stop")
     if getattr(args, "workers", 1) != 1:

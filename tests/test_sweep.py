@@ -12,14 +12,20 @@ from conftest import assert_one_line_error
 def test_sweep_searches_replays_and_reports_each_budget(cli, tiny_npz, tmp_path):
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
     args = ["sweep", "--family", "cnn", "--budgets", "3k,6k", "--dataset", f"npz:{tiny_npz}", "--trials", "2",
-            "--epochs", "1", "--replay-epochs", "1", "--storage", storage, "--out", tmp_path / "out", "--json"]
+            "--epochs", "1", "--replay-epochs", "1", "--storage", storage, "--out", tmp_path / "out", "--json",
+            "--finalists", "2", "--subset", "400"]
     proc = cli(*args)
     assert proc.returncode == 0, proc.stderr
     document = json.loads(proc.stdout)
     rows = document["rows"]
     assert [r["budget"] for r in rows] == [3000, 6000]
     for row in rows:
+        # the finalists were re-ranked by a full-length run, and the replay is the one ranked first
+        assert 1 <= len(row["finalists"]) <= 2 and row["trial"] == row["finalists"][0]["trial"]
+        assert [f["val"] for f in row["finalists"]] == sorted((f["val"] for f in row["finalists"]), reverse=True)
         assert row["replay"]["params"] <= row["budget"]
+        metrics = json.loads((tmp_path / "out" / f"{row['study']}-best" / "metrics.json").read_text())
+        assert metrics["train_images"] == 900 and metrics["subset"] is None  # the whole split, not the search's 400
         assert 0.0 < row["replay"]["test_accuracy"] <= 1.0
     studies = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
     assert studies == [r["study"] for r in rows] == sorted(r["study"] for r in rows)

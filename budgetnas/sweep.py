@@ -146,7 +146,12 @@ def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: in
     for n, trial in enumerate(top[:count], start=1):
         recipe = recipe_of(trial)
         recipe = replaced(recipe, epochs=epochs or recipe.epochs, seed=search.seed)
-        result = train(spec_of(trial), data, recipe, device=search.device, precision=search.precision)
+        def on_epoch(e: Any) -> None:  # called during train(), so the loop variables are current
+            say(f"  finalist {n}/{min(count, len(top))} (trial {trial.number}): epoch {e.epoch}/{recipe.epochs} "
+                f"loss {e.train_loss:.4f} val {e.val_accuracy:.4f} ({e.seconds:.1f}s)")
+
+        result = train(spec_of(trial), data, recipe, device=search.device, precision=search.precision,
+                       on_epoch=on_epoch)
         ranked.append({"trial": trial.number, "search_val": trial.user_attrs["val_accuracy_curve"][-1],
                        "val": result.val_accuracy, "params": result.params})
         say(f"  finalist {n}/{min(count, len(top))}: trial {trial.number}, validation accuracy "

@@ -51,7 +51,7 @@ class SweepRow:
     study: str
     trial: int
     search_trials: int
-    search_seconds: float
+    search_seconds: float  # the study's wall time, first trial start to last trial end (all runs)
     replay: dict[str, Any] = field(default_factory=dict)
     finalists: list[dict[str, Any]] = field(default_factory=list)  # [{trial, search_val, val, params}], best first
 
@@ -103,7 +103,7 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
                         device=search.device, precision=search.precision, data_root=search.data_root,
                         subset=None, out=config.out / f"{summary.study}-best", progress=say)
         rows.append(SweepRow(budget=budget, study=summary.study, trial=result.trial, search_trials=summary.trials,
-                             search_seconds=summary.wall_seconds, replay=_compact(result.metrics),
+                             search_seconds=search_span(search, summary.study), replay=_compact(result.metrics),
                              finalists=finalists))
         path = write_found(rows[-1], search, config.out / "found")
         say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: test accuracy "
@@ -116,6 +116,20 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
     (config.out / "sweep.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2, default=str) + "\n",
                                            encoding="utf-8")
     return SweepResult(family, dataset, rows, markdown, html)
+
+
+def search_span(search: SearchConfig, study_name: str) -> float:
+    """Seconds from the study's first trial start to its last trial end: the search's wall time
+    over all the runs that made it (this run alone may have added nothing when it resumed)."""
+    import optuna
+
+    from budgetnas.storage import open_storage
+
+    trials = optuna.load_study(study_name=study_name, storage=open_storage(search.storage_url)).get_trials(
+        deepcopy=False)
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
 
 
 def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: int | None,

@@ -34,6 +34,7 @@ class SweepConfig:
     budget_timeout: float | None = None  # wall-clock seconds of search per budget
     replay_epochs: int | None = 20  # None = the epochs the search trained with
     out: Path = Path("runs/sweep")
+    replay_subset: int | None = None  # None = the whole training split (as the paper trained); N = a quick slice
     finalists: int = 1  # re-rank this many top trials by a full-length run (validation only) before the replay
 
     def __post_init__(self) -> None:
@@ -95,13 +96,14 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
         if config.finalists > 1:
             say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: re-ranking the top "
                 f"{config.finalists} trials with full-length runs (validation only)")
-            finalists = rank_finalists(search, summary.study, config.finalists, config.replay_epochs, say)
+            finalists = rank_finalists(search, summary.study, config.finalists, config.replay_epochs, say,
+                                       subset=config.replay_subset)
             chosen = finalists[0]["trial"] if finalists else "best"
         say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: replaying trial {chosen}")
         # The replay trains on the whole training split, as the paper did, whatever slice the search used.
         result = replay(search.storage, summary.study, chosen, epochs=config.replay_epochs, seed=search.seed,
                         device=search.device, precision=search.precision, data_root=search.data_root,
-                        subset=None, out=config.out / f"{summary.study}-best", progress=say)
+                        subset=config.replay_subset, out=config.out / f"{summary.study}-best", progress=say)
         rows.append(SweepRow(budget=budget, study=summary.study, trial=result.trial, search_trials=summary.trials,
                              search_seconds=search_span(search, summary.study), replay=_compact(result.metrics),
                              finalists=finalists))
@@ -133,7 +135,7 @@ def search_span(search: SearchConfig, study_name: str) -> float:
 
 
 def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: int | None,
-                   say: Progress) -> list[dict[str, Any]]:
+                   say: Progress, subset: int | None = None) -> list[dict[str, Any]]:
     """Retrain the ``count`` most accurate complete trials as the replay will (all training images,
     ``epochs``, the search's seed) and rank them by validation accuracy, best first.
 
@@ -155,7 +157,8 @@ def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: in
     complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                 if t.user_attrs.get("val_accuracy_curve")]
     top = sorted(complete, key=lambda t: (-t.user_attrs["val_accuracy_curve"][-1], t.user_attrs.get("params", 0)))
-    data = load_dataset(settings.dataset, search.data_root, seed=settings.split_seed)  # no test split
+    # no test split: the choice is made on validation accuracy alone
+    data = load_dataset(settings.dataset, search.data_root, subset=subset, seed=settings.split_seed)
     ranked = []
     for n, trial in enumerate(top[:count], start=1):
         recipe = recipe_of(trial)
@@ -233,7 +236,7 @@ def render_markdown(family: str, dataset: str, rows: list[SweepRow]) -> str:
     from budgetnas.trainer import Recipe
 
     lines += ["", "| budget | architecture | recipe |", "|---|---|---|"]
-    lines += [f"| {format_budget(row.budget)} | {spec_from_dict(row.replay['spec']).describe()} | "
+    lines += [f"| {format_budget(row.budget)} | {_cell(spec_from_dict(row.replay['spec']).describe())} | "
               f"{Recipe.from_dict(row.replay['recipe']).describe()} |" for row in rows if "spec" in row.replay]
     for row in rows:
         if row.finalists:
@@ -278,6 +281,11 @@ def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("params", "val_accuracy", "test_accuracy", "train_seconds", "mult_adds", "lowest_loss",
             "lowest_loss_epoch", "epochs", "seed", "device", "precision", "spec", "recipe")
     return {k: metrics[k] for k in keys if k in metrics}
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell (descriptions separate their parts with '|')."""
+    return text.replace("|", "\\|")
 
 
 def _escape(text: str) -> str:

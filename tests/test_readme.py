@@ -30,7 +30,8 @@ README = REPO / "README.md"
 TEST_COMMAND = ".venv/bin/python -m pytest"
 QUICK = {  # appended to a README line: argparse keeps the last value, so these win
     "search": ["--trials", "1", "--epochs", "1", "--subset", "300", "--device", "cpu"],
-    "sweep": ["--trials", "1", "--epochs", "1", "--subset", "300", "--replay-epochs", "1", "--device", "cpu"],
+    "sweep": ["--trials", "1", "--epochs", "1", "--subset", "300", "--replay-epochs", "1", "--replay-subset", "300",
+              "--device", "cpu"],
     "replay": ["--epochs", "1", "--device", "cpu"],
     "train": ["--epochs", "1", "--subset", "300", "--device", "cpu"],
     "reproduce": ["--epochs", "1", "--subset", "300", "--device", "cpu"],

@@ -23,6 +23,8 @@ def register(subparsers: Any) -> None:
                         help="wall-clock search time per budget: 90s, 30m, 2h")
     parser.add_argument("--replay-epochs", type=int, default=20, metavar="E",
                         help="epochs of each best trial's replay (default 20, the paper's)")
+    parser.add_argument("--replay-subset", type=int, default=None, metavar="N",
+                        help="replay on a stratified N-image slice (quick looks; default: the whole training split)")
     parser.add_argument("--finalists", type=int, default=1, metavar="K",
                         help="retrain the K most accurate trials for --replay-epochs on all training images and "
                              "replay the one with the best validation accuracy (default 1: the search's best)")
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     config = SweepConfig(budgets=budgets, search=template,
                          budget_timeout=parse_duration(args.budget_timeout) if args.budget_timeout else None,
                          replay_epochs=args.replay_epochs, finalists=args.finalists,
+                         replay_subset=args.replay_subset,
                          out=Path(args.out) if args.out else Path("runs") / f"sweep-{template.family}")
     result = run_sweep(config, progress=progress)
     if args.json:

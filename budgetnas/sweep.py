@@ -100,7 +100,8 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
                                        subset=config.replay_subset)
             chosen = finalists[0]["trial"] if finalists else "best"
         say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: replaying trial {chosen}")
-        # The replay trains on the whole training split, as the paper did, whatever slice the search used.
+        # The replay trains on the whole training split (as the paper did) unless --replay-subset asks for a
+        # slice, whatever slice the search used.
         result = replay(search.storage, summary.study, chosen, epochs=config.replay_epochs, seed=search.seed,
                         device=search.device, precision=search.precision, data_root=search.data_root,
                         subset=config.replay_subset, out=config.out / f"{summary.study}-best", progress=say)
@@ -123,12 +124,9 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
 def search_span(search: SearchConfig, study_name: str) -> float:
     """Seconds from the study's first trial start to its last trial end: the search's wall time
     over all the runs that made it (this run alone may have added nothing when it resumed)."""
-    import optuna
+    from budgetnas.studyio import load_existing_study
 
-    from budgetnas.storage import open_storage
-
-    trials = optuna.load_study(study_name=study_name, storage=open_storage(search.storage_url)).get_trials(
-        deepcopy=False)
+    trials = load_existing_study(search.storage_url, study_name)[0].get_trials(deepcopy=False)
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
@@ -136,40 +134,36 @@ def search_span(search: SearchConfig, study_name: str) -> float:
 
 def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: int | None,
                    say: Progress, subset: int | None = None) -> list[dict[str, Any]]:
-    """Retrain the ``count`` most accurate complete trials as the replay will (all training images,
-    ``epochs``, the search's seed) and rank them by validation accuracy, best first.
+    """Retrain the ``count`` most accurate complete trials as the replay will (its data, ``epochs``,
+    the search's seed) and rank them by validation accuracy, best first.
 
     Why: a search ranks candidates with short runs on a slice, and the best short run is not always
     the best full run (recipes that learn fast but plateau win short runs). The test split is not
     loaded here, so the choice stays a validation-only one.
     """
-    from dataclasses import replace as replaced
-
-    import optuna
-
     from budgetnas.data import load_dataset
     from budgetnas.records import recipe_of, settings_of, spec_of
-    from budgetnas.storage import open_storage
+    from budgetnas.replay import trained_trials, val_accuracy_of
+    from budgetnas.studyio import load_existing_study
     from budgetnas.trainer import train
 
-    study = optuna.load_study(study_name=study_name, storage=open_storage(search.storage_url))
+    study, _url = load_existing_study(search.storage_url, study_name)
     settings = settings_of(study)
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.user_attrs.get("val_accuracy_curve")]
-    top = sorted(complete, key=lambda t: (-t.user_attrs["val_accuracy_curve"][-1], t.user_attrs.get("params", 0)))
+    top = sorted(trained_trials(study), key=lambda t: (-val_accuracy_of(t, settings), t.user_attrs.get("params", 0)))
     # no test split: the choice is made on validation accuracy alone
     data = load_dataset(settings.dataset, search.data_root, subset=subset, seed=settings.split_seed)
     ranked = []
     for n, trial in enumerate(top[:count], start=1):
-        recipe = recipe_of(trial)
-        recipe = replaced(recipe, epochs=epochs or recipe.epochs, seed=search.seed)
+        stored = recipe_of(trial)
+        recipe = replace(stored, epochs=epochs or stored.epochs, seed=search.seed)
+
         def on_epoch(e: Any) -> None:  # called during train(), so the loop variables are current
             say(f"  finalist {n}/{min(count, len(top))} (trial {trial.number}): epoch {e.epoch}/{recipe.epochs} "
                 f"loss {e.train_loss:.4f} val {e.val_accuracy:.4f} ({e.seconds:.1f}s)")
 
         result = train(spec_of(trial), data, recipe, device=search.device, precision=search.precision,
                        on_epoch=on_epoch)
-        ranked.append({"trial": trial.number, "search_val": trial.user_attrs["val_accuracy_curve"][-1],
+        ranked.append({"trial": trial.number, "search_val": val_accuracy_of(trial, settings),
                        "val": result.val_accuracy, "params": result.params})
         say(f"  finalist {n}/{min(count, len(top))}: trial {trial.number}, validation accuracy "
             f"{ranked[-1]['search_val']:.4f} in the search, {result.val_accuracy:.4f} after {recipe.epochs} epochs")
@@ -240,8 +234,8 @@ def render_markdown(family: str, dataset: str, rows: list[SweepRow]) -> str:
               f"{Recipe.from_dict(row.replay['recipe']).describe()} |" for row in rows if "spec" in row.replay]
     for row in rows:
         if row.finalists:
-            lines += ["", f"{format_budget(row.budget)} finalists (validation accuracy: search -> full run): " + "; ".join(
-                f"trial {f['trial']} {f['search_val']:.4f} -> {f['val']:.4f}" for f in row.finalists)]
+            ranked = "; ".join(f"trial {f['trial']} {f['search_val']:.4f} -> {f['val']:.4f}" for f in row.finalists)
+            lines += ["", f"{format_budget(row.budget)} finalists (validation accuracy: search -> full run): {ranked}"]
     lines += ["", f"Replays: {rows[0].replay.get('epochs')} epochs each, device {rows[0].replay.get('device')}, "
               f"precision {rows[0].replay.get('precision')}." if rows else ""]
     return "\n".join(lines) + "\n"

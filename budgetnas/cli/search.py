@@ -127,8 +127,8 @@ def render(summary: "SearchSummary") -> str:
         lines.append(format_table(rows, [("trial", "trial"), ("params", "params"), ("acc", "val acc"),
                                          ("secs", "train s"), ("madds", "mult-adds"), ("spec", "architecture")]
                                  # the recipe column only where trials were trained differently (--recipe-space)
-                                 + ([("recipe", "recipe")] if len({r["recipe"] for r in rows}) > 1
-                                    or any(r["recipe"] != PAPER_RECIPE.describe() for r in rows) else [])))
+                                 + ([("recipe", "recipe")] if any(r["recipe"] != PAPER_RECIPE.describe()
+                                                                  for r in rows) else [])))
     else:
         lines.append("no complete trial yet")
     lines.append("")

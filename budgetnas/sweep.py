@@ -185,7 +185,7 @@ def found_config(row: SweepRow, search: SearchConfig) -> "RunConfig":
               "search_subset": search.subset or 0, "search_objectives": list(search.objectives),
               "search_sampler": search.sampler, "search_recipe_space": search.recipe_space,
               "search_max_mult_adds": search.max_mult_adds or 0, "search_seed": search.seed,
-              "finalists": len(row.finalists) or 1}
+              "search_enqueue": list(search.enqueue), "finalists": len(row.finalists) or 1}
     name = f"{search.family}-{format_budget(row.budget)}"
     return RunConfig(name=f"found-{name}", dataset=search.dataset, spec=spec_from_dict(r["spec"]),
                      recipe=Recipe.from_dict(r["recipe"]), result=result,

@@ -47,3 +47,26 @@ def test_results_table_quotes_every_found_config():
         assert row is not None, f"RESULTS.md has no row for {name}"
         assert f"{result['test_accuracy'] * 100:.2f}" in row and f"{result['params']:,}" in row, row
         assert f"{paper.test_accuracy * 100:.2f}" in row, row
+
+
+SEEDS = Path(__file__).resolve().parents[1] / "studies" / "seeds"
+
+
+@pytest.mark.parametrize("path", sorted(SEEDS.glob("*.toml")), ids=lambda p: p.stem)
+def test_seed_is_an_exact_starting_point_of_its_search(path):
+    # `--enqueue studies/seeds/X.toml` must rebuild exactly this model inside the fit space, under the budget.
+    from budgetnas.space import params_of
+
+    config = load_config(path)
+    budget = int(path.stem.split("-")[1][:-1]) * 1000
+    values = params_of(config.spec, config.recipe, budget, SHAPE, CLASSES, "fit")
+    assert count_params(config.spec, SHAPE, CLASSES) <= budget
+    assert values["lr"] == config.recipe.lr and values["schedule"] == config.recipe.schedule
+
+
+def test_found_configs_name_the_starting_points_their_search_used():
+    root = FOUND.parents[1]
+    for name in NAMES:
+        for ref in load_config(FOUND / f"{name}.toml").result.get("search_enqueue", []):
+            # a paper name (cnn-50k+bn) or a config in this repository, so the search can be rerun as it ran
+            assert ref.split("+")[0] in {m.name for m in paper_models(name.split("-")[0])} or (root / ref).is_file(), ref

@@ -47,6 +47,7 @@ def test_sweep_searches_replays_and_reports_each_budget(cli, tiny_npz, tmp_path)
         assert found.result["test_accuracy"] == row["replay"]["test_accuracy"]
         assert count_params(found.spec, (1, 28, 28), 10) == found.result["params"] <= row["budget"]
         assert found.result["search_epochs"] == 1 and found.result["search_recipe_space"] == "paper"
+        assert found.result["search_enqueue"] == []
     trained = cli("train", tmp_path / "out" / "found" / "cnn-3k.toml", "--epochs", "1", "--json")
     assert trained.returncode == 0, trained.stderr
     assert json.loads(trained.stdout)["params"] == rows[0]["replay"]["params"]
@@ -63,3 +64,20 @@ def test_sweep_searches_replays_and_reports_each_budget(cli, tiny_npz, tmp_path)
 def test_sweep_rejects_bad_budget_lists(cli, tiny_npz):
     proc = cli("sweep", "--family", "cnn", "--budgets", "10k,lots", "--dataset", f"npz:{tiny_npz}")
     assert_one_line_error(proc, 2, "budget")
+
+
+def test_found_config_records_the_enqueued_starting_points():
+    # A winner's [result] names the models its search started from, so the search can be rerun as it ran.
+    from budgetnas.search import SearchConfig
+    from budgetnas.spec import CNNSpec, ConvBlock
+    from budgetnas.sweep import SweepRow, found_config
+    from budgetnas.trainer import Recipe
+
+    spec = CNNSpec(conv=(ConvBlock(4, kernel_size=3, pool=2),), fc=())
+    replay = {"spec": spec.to_dict(), "recipe": Recipe().to_dict(), "params": 8_000, "val_accuracy": 0.9,
+              "test_accuracy": 0.9, "train_seconds": 1.0, "mult_adds": 1, "epochs": 20, "seed": 0}
+    row = SweepRow(budget=10_000, study="s", trial=3, search_trials=5, search_seconds=60.0, replay=replay)
+    search = SearchConfig(budget=10_000, enqueue=("cnn-10k+bn", "studies/seeds/cnn-10k-a.toml"))
+    result = found_config(row, search).result
+    assert result["search_enqueue"] == ["cnn-10k+bn", "studies/seeds/cnn-10k-a.toml"]
+    assert result["trial"] == 3 and result["search_seconds"] == 60.0

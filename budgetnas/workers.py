@@ -164,7 +164,7 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
     start = time.perf_counter()
     processes = [_spawn(config, index, threads, verbose=progress is not None) for index in range(workers)]
     interrupted = False
-    with _sigterm_as_ctrl_c():
+    with _signals_as_ctrl_c():
         while any(p.poll() is None for p in processes):
             try:
                 for process in processes:
@@ -200,8 +200,14 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
 
 
 @contextlib.contextmanager
-def _sigterm_as_ctrl_c() -> Iterator[None]:
-    """SIGTERM (``kill``, a batch system, ``timeout``) stops the workers as cleanly as Ctrl-C."""
+def _signals_as_ctrl_c() -> Iterator[None]:
+    """SIGINT and SIGTERM (``kill``, a batch system, ``timeout``) stop the workers as cleanly as Ctrl-C.
+
+    SIGINT gets an explicit handler too: Python installs its KeyboardInterrupt handler only when
+    SIGINT was not ignored at start-up, and a shell ignores it for the jobs it starts in the
+    background, where ``kill -INT`` would otherwise do nothing. A single-process search handles
+    SIGINT itself (``search._CtrlC``), so both modes answer it the same way.
+    """
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
         yield
         return
@@ -209,11 +215,12 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _spawn(config: "SearchConfig", index: int, threads: int, verbose: bool) -> subprocess.Popen:

@@ -74,10 +74,10 @@ def search_args(npz: Path, url: str, study: str, trials: int, epochs: int = 1) -
             "--epochs", str(epochs), "--storage", url, "--study", study]
 
 
-def start_cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+def start_cli(args: list[str], cwd: Path, env: dict | None = None, **popen: Any) -> subprocess.Popen:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "budgetnas", *args], cwd=cwd, env=full_env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
 def retried(trials) -> set[int]:

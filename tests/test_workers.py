@@ -81,7 +81,11 @@ def test_ctrl_c_stops_every_worker_and_the_study_resumes(tiny_npz, tmp_path):
     # A total far beyond what finishes before the Ctrl-C: on an idle machine 4 tiny trials can all
     # end before the first poll sees one, and the search would exit 0 with nothing to interrupt.
     url, study = f"journal:{tmp_path}/study.log", "journal-ctrl-c"
-    parent = start_cli([*search_args(tiny_npz, url, study, trials=200, epochs=2), "--workers", "2"], tmp_path)
+    # Started with SIGINT ignored, as a shell starts a background job (`budgetnas search ... &`): the
+    # search must still answer it, so that neither this test nor a user's `kill -INT` depends on how
+    # the parent shell ran it.
+    parent = start_cli([*search_args(tiny_npz, url, study, trials=200, epochs=2), "--workers", "2"], tmp_path,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
 
     def trials():
         try:

@@ -64,9 +64,15 @@ def test_seed_is_an_exact_starting_point_of_its_search(path):
     assert values["lr"] == config.recipe.lr and values["schedule"] == config.recipe.schedule
 
 
-def test_found_configs_name_the_starting_points_their_search_used():
-    root = FOUND.parents[1]
+def test_found_configs_name_the_starting_points_their_search_used(monkeypatch):
+    # Each named starting point still resolves and fits its budget exactly as `--enqueue` takes it, so the
+    # search can be rerun as it ran (the references are paper names or paths from the repository root).
+    from budgetnas.search import SearchConfig, start_params
+
+    monkeypatch.chdir(FOUND.parents[1])
     for name in NAMES:
-        for ref in load_config(FOUND / f"{name}.toml").result.get("search_enqueue", []):
-            # a paper name (cnn-50k+bn) or a config in this repository, so the search can be rerun as it ran
-            assert ref.split("+")[0] in {m.name for m in paper_models(name.split("-")[0])} or (root / ref).is_file(), ref
+        result = load_config(FOUND / f"{name}.toml").result
+        search = SearchConfig(budget=result["budget"], family=name.split("-")[0],
+                              recipe_space=result["search_recipe_space"],
+                              enqueue=tuple(result.get("search_enqueue", ())))
+        assert [ref for ref, _ in start_params(search, SHAPE, CLASSES)] == list(search.enqueue)

@@ -182,9 +182,12 @@ def paper_style_model(config: RunConfig, input_shape: tuple[int, int, int], num_
     """
     from torch import nn
 
-    from budgetnas.spec import CNNSpec, feature_shapes
+    from budgetnas.spec import CNNSpec, FCNSpec, feature_shapes
 
     spec = config.spec
+    if not isinstance(spec, (CNNSpec, FCNSpec)):
+        raise UsageError("the paper-style baseline covers the paper's families (cnn, fcn); use budgetnas bench "
+                         "for other families")
     layers: list[nn.Module] = []
     if isinstance(spec, CNNSpec):
         if spec.head != "flatten" or spec.activation != "relu":

@@ -32,7 +32,7 @@ import tomli_w
 
 from budgetnas.data import check_dataset_name
 from budgetnas.errors import UsageError
-from budgetnas.spec import Spec, spec_from_dict
+from budgetnas.spec import Spec, spec_from_dict, spec_to_dict
 from budgetnas.trainer import Recipe
 
 _KEYS = ("name", "description", "dataset", "spec", "recipe", "paper", "result")
@@ -55,7 +55,7 @@ class RunConfig:
         if self.description:
             data["description"] = self.description
         data["dataset"] = self.dataset
-        data["spec"] = _toml_safe(self.spec.to_dict())
+        data["spec"] = _toml_safe(spec_to_dict(self.spec))
         data["recipe"] = self.recipe.to_dict()
         if self.paper:
             data["paper"] = dict(self.paper)

@@ -1,4 +1,4 @@
-"""Exact trainable-parameter counts (analytic) and mult-adds (torchinfo).
+"""Exact trainable-parameter counts and mult-adds (both analytic), with torchinfo cross-checks.
 
 :func:`count_params` never builds a model: the search calls it for every candidate
 (and many times per candidate when widths are scaled to fit a budget), so it must be
@@ -38,7 +38,9 @@ def count_params(spec: Spec, input_shape: tuple[int, int, int], num_classes: int
             total += fan_in * width + width + (2 * width if spec.fc_batch_norm else 0)
             fan_in = width
         return total + fan_in * num_classes + num_classes
-    raise TypeError(f"not a spec: {spec!r}")
+    from budgetnas.families import family_of  # any other family counts its own
+
+    return family_of(spec).count_params(spec, input_shape, num_classes)
 
 
 def count_mult_adds(spec: Spec, input_shape: tuple[int, int, int], num_classes: int,
@@ -46,8 +48,17 @@ def count_mult_adds(spec: Spec, input_shape: tuple[int, int, int], num_classes: 
     """Total mult-adds of one forward pass over ``batch`` inputs, as torchinfo reports them.
 
     torchinfo is the tool the paper used, so its convention (e.g. a Linear layer counts
-    its weights and biases once per sample) is kept for comparability.
+    its weights and biases once per sample) is kept for comparability. Each family computes
+    it analytically, without building the model (:func:`torchinfo_mult_adds` is the check).
     """
+    from budgetnas.families import family_of
+
+    return family_of(spec).count_mult_adds(spec, input_shape, num_classes, batch)
+
+
+def torchinfo_mult_adds(spec: Spec, input_shape: tuple[int, int, int], num_classes: int,
+                        batch: int = PAPER_BATCH) -> int:
+    """torchinfo's mult-adds of the built model (used to cross-check :func:`count_mult_adds`)."""
     import torchinfo
 
     from budgetnas.model import build_model

@@ -68,8 +68,10 @@ def build_model(spec: Spec, input_shape: tuple[int, int, int], num_classes: int)
         head.append(nn.Flatten())
         fan_in = math.prod(input_shape)
         widths, fc_bn = spec.hidden, spec.batch_norm
-    else:
-        raise TypeError(f"not a spec: {spec!r}")
+    else:  # any other family builds its own model
+        from budgetnas.families import family_of
+
+        return family_of(spec).build(spec, input_shape, num_classes)
     for width in widths:
         head.append(nn.Linear(fan_in, width))
         if fc_bn:
@@ -93,7 +95,8 @@ def _initialise(model: nn.Module, init: str) -> None:
                 nn.init.xavier_normal_(module.weight)
             elif init == "kaiming":
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:  # efficient families' convs are bias-free (batch norm follows)
+                nn.init.zeros_(module.bias)
 
 
 def trainable_params(model: nn.Module) -> int:

@@ -29,7 +29,9 @@ import optuna
 from budgetnas import records
 from budgetnas.counting import PAPER_BATCH, count_mult_adds, count_params, human_count
 from budgetnas.errors import RunFailure
-from budgetnas.space import sample_recipe, sample_spec
+from budgetnas.families import get_family
+from budgetnas.space import sample_recipe
+from budgetnas.spec import spec_to_dict
 from budgetnas.stopping import FrontRule
 from budgetnas.trainer import EpochStats, Recipe, StopTraining, train
 
@@ -61,8 +63,8 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         config, data = self.config, self.data
-        spec = sample_spec(trial, config.family, config.budget, data.input_shape, data.num_classes,
-                           config.parameterisation)
+        spec = get_family(config.family).sample(trial, config.budget, data.input_shape, data.num_classes,
+                                                config.parameterisation)
         recipe = sample_recipe(trial, self.recipe) if config.recipe_space == "search" else self.recipe
         params = count_params(spec, data.input_shape, data.num_classes)
         trial.set_constraint(CONSTRAINT, params - config.budget)
@@ -86,7 +88,7 @@ class Objective:
 
         trial.set_user_attr("mult_adds", mult_adds)
         trial.set_user_attr("mult_adds_batch", PAPER_BATCH)
-        trial.set_user_attr("spec", spec.to_dict())
+        trial.set_user_attr("spec", spec_to_dict(spec))
         trial.set_user_attr("recipe", recipe.to_dict())
         self.progress(f"trial {trial.number}: {params:,} params, {spec.describe()}")
 

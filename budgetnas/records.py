@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from budgetnas.errors import StorageError
-from budgetnas.spec import Spec, spec_from_dict
+from budgetnas.spec import Spec, spec_from_dict, spec_to_dict
 from budgetnas.trainer import Recipe, TrainResult
 
 SETTINGS_ATTR = "budgetnas"
@@ -95,7 +95,7 @@ def library_versions() -> dict[str, str]:
 def training_attrs(spec: Spec, recipe: Recipe, result: TrainResult, mult_adds: int) -> dict[str, Any]:
     """The user attributes of a trained trial (see the table above)."""
     attrs: dict[str, Any] = {
-        "spec": spec.to_dict(),
+        "spec": spec_to_dict(spec),
         "recipe": recipe.to_dict(),
         "params": result.params,
         "mult_adds": mult_adds,

@@ -169,7 +169,8 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
     from budgetnas.export import export_model
     from budgetnas.featuremaps import render_feature_maps, save_feature_maps
     from budgetnas.figures import line_panels
-    from budgetnas.spec import CNNSpec
+    from budgetnas.families import family_of
+    from budgetnas.spec import spec_to_dict
     from budgetnas.trainer import train
 
     import torch
@@ -197,7 +198,7 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
                "mult_adds": count_mult_adds(spec, data.input_shape, data.num_classes, batch=1) * PAPER_BATCH,
                "epochs": recipe.epochs, "seed": recipe.seed, "dataset": settings.dataset, "subset": subset,
                "train_images": len(data.train), "test_images": len(data.require_test()),
-               "spec": spec.to_dict(), "recipe": recipe.to_dict(), "curve": summary["curve"],
+               "spec": spec_to_dict(spec), "recipe": recipe.to_dict(), "curve": summary["curve"],
                "replayed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     artifacts: dict[str, Path] = {}
     artifacts["weights"] = out / "model.pt"
@@ -213,7 +214,7 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
     line_panels([("train loss", [("train loss", [e.train_loss for e in trained.epochs])]),
                  ("validation accuracy", [("val accuracy", [e.val_accuracy for e in trained.epochs])])]
                 ).save(artifacts["learning_curve"])
-    if isinstance(spec, CNNSpec):
+    if family_of(spec).feature_maps:
         maps = render_feature_maps(trained.model, data, recipe, images)
         paths = save_feature_maps(maps, out / "featuremaps")
         artifacts["featuremaps"] = out / "featuremaps"

@@ -26,7 +26,8 @@ from typing import Any, Callable, Sequence
 from budgetnas.config import RunConfig, load_config, save_config
 from budgetnas.errors import UsageError
 from budgetnas.replay import check_writable
-from budgetnas.spec import CNNSpec, FCNSpec
+from budgetnas.families import family_of
+from budgetnas.spec import spec_to_dict
 
 PAPER_DIR_ENV = "BUDGETNAS_PAPER_DIR"
 BN_SUFFIX = "+bn"
@@ -68,11 +69,7 @@ def paper_names() -> list[str]:
 
 def with_batch_norm(config: RunConfig) -> RunConfig:
     """``config`` with batch norm on every conv block and hidden layer, named ``NAME+bn``."""
-    spec = config.spec
-    if isinstance(spec, CNNSpec):
-        spec = replace(spec, conv=tuple(replace(b, batch_norm=True) for b in spec.conv), fc_batch_norm=True)
-    elif isinstance(spec, FCNSpec):
-        spec = replace(spec, batch_norm=True)
+    spec = family_of(config.spec).with_batch_norm(config.spec)
     description = (config.description + " With batch norm (+bn).").strip()
     return replace(config, name=config.name + BN_SUFFIX, spec=spec, description=description)
 
@@ -162,7 +159,7 @@ def train_config(config: RunConfig, *, device: str = "auto", precision: str = "a
         "name": config.name, "dataset": config.dataset, "subset": subset, "epochs": config.recipe.epochs,
         "threads": _torch_threads(),
         "seed": config.recipe.seed, "train_images": len(data.train), "test_images": len(data.require_test()),
-        "spec": config.spec.to_dict(), "recipe": config.recipe.to_dict(),
+        "spec": spec_to_dict(config.spec), "recipe": config.recipe.to_dict(),
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return RunReport(config=config, metrics=metrics, model=result.model)

@@ -35,7 +35,7 @@ from budgetnas.data import check_dataset_name, dataset_info, load_dataset
 from budgetnas.device import resolve_placement
 from budgetnas.errors import RunFailure, UsageError
 from budgetnas.objective import Objective
-from budgetnas.space import SPACE_VERSION, check_choices, minimal_spec, smallest_count
+from budgetnas.families import check_choices, family_key, get_family
 from budgetnas.storage import normalise_url, open_storage, redact
 from budgetnas.study import create_or_load, default_study_name, parse_objectives
 from budgetnas.trainer import PAPER_RECIPE, Recipe
@@ -90,7 +90,8 @@ class SearchConfig:
     def settings(self) -> records.StudySettings:
         return records.StudySettings(family=self.family, budget=self.budget, dataset=self.dataset,
                                      epochs=self.epochs, objectives=tuple(self.objectives), sampler=self.sampler,
-                                     parameterisation=self.parameterisation, space_version=SPACE_VERSION,
+                                     parameterisation=self.parameterisation,
+                                     space_version=get_family(self.family).space_version,
                                      subset=self.subset, max_mult_adds=self.max_mult_adds,
                                      recipe_space=self.recipe_space)
 
@@ -151,16 +152,16 @@ def start_params(config: SearchConfig, input_shape: tuple[int, int, int],
                  num_classes: int) -> list[tuple[str, dict[str, Any]]]:
     """(reference, trial parameters) of each ``--enqueue`` config, checked against the space and budget."""
     from budgetnas.reproduce import resolve_config
-    from budgetnas.space import params_of
 
+    family = get_family(config.family)
     starts = []
     for ref in config.enqueue:
         run = resolve_config(ref)
-        if run.spec.family != config.family:
-            raise UsageError(f"--enqueue {ref} is a {run.spec.family} config; this search is {config.family}")
+        if family_key(run.spec) != config.family:
+            raise UsageError(f"--enqueue {ref} is a {family_key(run.spec)} config; this search is {config.family}")
         try:
-            values = params_of(run.spec, run.recipe if config.recipe_space == "search" else None, config.budget,
-                               input_shape, num_classes, config.parameterisation)
+            values = family.params_of(run.spec, run.recipe if config.recipe_space == "search" else None,
+                                      config.budget, input_shape, num_classes, config.parameterisation)
         except UsageError as exc:
             raise UsageError(f"--enqueue {ref}: {exc}") from None
         starts.append((ref, values))
@@ -220,11 +221,12 @@ def check_config(config: SearchConfig) -> None:
 
 
 def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> None:
-    smallest = smallest_count(config.family, config.parameterisation, input_shape, num_classes)
+    family = get_family(config.family)
+    smallest = family.smallest_count(config.parameterisation, input_shape, num_classes)
     if config.budget < smallest:
-        spec = minimal_spec(config.family, config.parameterisation, input_shape)
+        spec = family.minimal_spec(config.parameterisation, input_shape)
         raise UsageError(f"budget {config.budget:,} is smaller than the smallest {config.family} the search space "
-                         f"can build for {config.dataset} ({smallest:,} parameters: {spec.describe()}); "
+                         f"can build for {config.dataset} ({smallest:,} parameters: {family.describe(spec)}); "
                          f"use --budget {format_budget(smallest)} or more")
 
 

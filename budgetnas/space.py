@@ -274,10 +274,7 @@ def params_of(spec: Spec, recipe: Recipe | None, budget: int, input_shape: tuple
                              f"{budget:,} (under half the budget, or widths too far apart); use "
                              "--parameterisation direct")
     if recipe is not None:
-        values.update(lr=min(max(recipe.lr, LR[0]), LR[1]), schedule=recipe.schedule,
-                      weight_decay=min(max(recipe.weight_decay, WEIGHT_DECAY[0]), WEIGHT_DECAY[1]),
-                      label_smoothing=min(recipe.label_smoothing, LABEL_SMOOTHING[1]), augment=recipe.augment,
-                      batch_size=min(BATCH_SIZES, key=lambda b: abs(b - recipe.batch_size)))
+        values.update(recipe_params(recipe))
     from optuna.trial import FixedTrial
 
     rebuilt = sample_spec(FixedTrial(values), spec.family, budget, input_shape, num_classes, parameterisation)
@@ -285,3 +282,11 @@ def params_of(spec: Spec, recipe: Recipe | None, budget: int, input_shape: tuple
         raise UsageError(f"{spec.describe()} is not reachable exactly in the {parameterisation} space "
                          f"(it rebuilds as {rebuilt.describe()}); use --parameterisation direct")
     return values
+
+
+def recipe_params(recipe: Recipe) -> dict[str, Any]:
+    """The parameters from which :func:`sample_recipe` builds the recipe of the space nearest ``recipe``."""
+    return dict(lr=min(max(recipe.lr, LR[0]), LR[1]), schedule=recipe.schedule,
+                weight_decay=min(max(recipe.weight_decay, WEIGHT_DECAY[0]), WEIGHT_DECAY[1]),
+                label_smoothing=min(recipe.label_smoothing, LABEL_SMOOTHING[1]), augment=recipe.augment,
+                batch_size=min(BATCH_SIZES, key=lambda b: abs(b - recipe.batch_size)))

@@ -27,6 +27,8 @@ from budgetnas.errors import UsageError
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "elu", "tanh")
 INITS = ("default", "xavier_normal", "kaiming")
 HEADS = ("flatten", "gap")
+MAX_WIDTH = 1 << 20  # sanity bound on any width: a typo such as 10**9 is refused, never allocated
+MAX_KERNEL = 64  # and on kernel sizes and padding
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,9 @@ class ConvBlock:
             object.__setattr__(self, "pool", None)
         if self.padding is None:
             object.__setattr__(self, "padding", self.kernel_size // 2)
-        _check_int("conv out_channels", self.out_channels, 1)
-        _check_int("conv kernel_size", self.kernel_size, 1)
-        _check_int("conv padding", self.padding, 0)
+        _check_int("conv out_channels", self.out_channels, 1, MAX_WIDTH)
+        _check_int("conv kernel_size", self.kernel_size, 1, MAX_KERNEL)
+        _check_int("conv padding", self.padding, 0, MAX_KERNEL)
         if self.pool is not None:
             _check_int("conv pool", self.pool, 1)
         _check_bool("conv batch_norm", self.batch_norm)
@@ -81,7 +83,7 @@ class CNNSpec:
         if len(self.fc) > 3:
             raise UsageError(f"a CNN spec has at most 3 hidden FC layers, got {len(self.fc)}")
         for width in self.fc:
-            _check_int("fc width", width, 1)
+            _check_int("fc width", width, 1, MAX_WIDTH)
         if self.head not in HEADS:
             raise UsageError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
         _check_bool("fc_batch_norm", self.fc_batch_norm)
@@ -127,7 +129,7 @@ class FCNSpec:
         if not 1 <= len(self.hidden) <= 4:
             raise UsageError(f"an FCN spec has 1..4 hidden layers, got {len(self.hidden)}")
         for width in self.hidden:
-            _check_int("hidden width", width, 1)
+            _check_int("hidden width", width, 1, MAX_WIDTH)
         _check_bool("batch_norm", self.batch_norm)
         _check_common(self)
 
@@ -156,18 +158,25 @@ def spec_from_dict(data: dict[str, Any]) -> Spec:
 
     Unknown keys and wrong types raise :class:`UsageError` naming the key.
     """
-    if not isinstance(data, dict):
-        raise UsageError(f"a spec must be a table/dict, got {type(data).__name__}")
+    if not isinstance(data, dict) or data.get("family") not in FAMILIES:  # another family: the registry
+        from budgetnas.families import spec_from_dict as from_registry
+
+        return from_registry(data)
     data = dict(data)
-    family = data.pop("family", None)
-    if family not in FAMILIES:
-        raise UsageError(f"spec family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    family = data.pop("family")
     cls = FAMILIES[family]
     return cls(**_keys(data, cls, f"{family} spec"))
 
 
+def spec_to_dict(spec: Any) -> dict[str, Any]:
+    """``spec`` of any registered family as plain data, ``family`` key included (see budgetnas.families)."""
+    from budgetnas.families import spec_to_dict as to_dict
+
+    return to_dict(spec)
+
+
 def spec_to_json(spec: Spec) -> str:
-    return json.dumps(spec.to_dict(), sort_keys=True)
+    return json.dumps(spec_to_dict(spec), sort_keys=True)
 
 
 def spec_from_json(text: str) -> Spec:
@@ -208,11 +217,13 @@ def _keys(data: Any, cls: type, what: str) -> dict[str, Any]:
     return data
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise UsageError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise UsageError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise UsageError(f"{name} must be <= {maximum:,}, got {value:,}")
 
 
 def _check_bool(name: str, value: Any) -> None:

@@ -186,7 +186,9 @@ def found_config(row: SweepRow, search: SearchConfig) -> "RunConfig":
               "search_sampler": search.sampler, "search_recipe_space": search.recipe_space,
               "search_max_mult_adds": search.max_mult_adds or 0, "search_seed": search.seed,
               "search_enqueue": list(search.enqueue), "finalists": len(row.finalists) or 1}
-    name = f"{search.family}-{format_budget(row.budget)}"
+    from budgetnas.families import get_family
+
+    name = f"{get_family(search.family).name}-{format_budget(row.budget)}"  # a plug-in's name, not its module path
     return RunConfig(name=f"found-{name}", dataset=search.dataset, spec=spec_from_dict(r["spec"]),
                      recipe=Recipe.from_dict(r["recipe"]), result=result,
                      description=f"budgetnas search winner under {row.budget:,} parameters "

@@ -21,7 +21,8 @@ from budgetnas.data import Data, Split
 from budgetnas.device import Placement, resolve_placement
 from budgetnas.errors import TrainingDiverged, UsageError
 from budgetnas.model import build_model, trainable_params
-from budgetnas.spec import CNNSpec, Spec
+from budgetnas.families import family_of
+from budgetnas.spec import Spec
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -200,7 +201,7 @@ class _Session:
         self.device = dev = self.placement.device
         self.recipe = recipe
         model = build_model(spec, data.input_shape, data.num_classes).to(dev)
-        channels_last = isinstance(spec, CNNSpec) and dev.type != "mps"
+        channels_last = family_of(spec).channels_last and dev.type != "mps"
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -290,17 +291,11 @@ def _micro_batch(model: nn.Module, spec: Spec, input_shape: tuple[int, int, int]
     lost more at the extra synchronisation points than the smaller maps saved (measured:
     CNN-100K 312 -> 222 img/s with 2 threads, 773 -> 992 img/s with 1).
     """
-    if device.type != "cpu" or not isinstance(spec, CNNSpec) or torch.get_num_threads() > 1:
+    largest = family_of(spec).largest_activation(spec, input_shape)
+    if device.type != "cpu" or largest is None or torch.get_num_threads() > 1:
         return batch_size
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return batch_size
-    _, h, w = input_shape
-    largest = 0
-    for block in spec.conv:  # the conv output, before its pooling
-        h, w = h + 2 * block.padding - block.kernel_size + 1, w + 2 * block.padding - block.kernel_size + 1
-        largest = max(largest, block.out_channels * h * w)
-        if block.pool:
-            h, w = h // block.pool, w // block.pool
     per_image = 4 * largest
     micro = MICRO_BATCH_BYTES // max(per_image, 1)
     return batch_size if micro >= batch_size else max(32, micro // 32 * 32)

@@ -33,7 +33,11 @@ def register(subparsers: Any) -> None:
 
 def add_search_options(parser: argparse.ArgumentParser) -> None:
     """Every search option except --budget (``budgetnas sweep`` reuses them with --budgets)."""
-    parser.add_argument("--family", default="cnn", choices=("cnn", "fcn"), help="architecture family (default cnn)")
+    from budgetnas.families import available_families
+
+    parser.add_argument("--family", default="cnn", type=family_arg, metavar="FAMILY",
+                        help=f"architecture family: {', '.join(available_families())} (default cnn), or a plug-in "
+                             "family as package.module:Name (see README, 'Families')")
     add_data_options(parser)
     parser.add_argument("--trials", type=int, default=None, metavar="N",
                         help="total trials in the study, finished ones included (default 20 unless --timeout)")
@@ -67,6 +71,16 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="local worker processes on the same study, each with cores/N CPU threads (default 1); "
                              "needs --storage journal:PATH or postgresql://..., not SQLite")
     add_json_option(parser)
+
+
+def family_arg(text: str) -> str:
+    """argparse type of --family: a known family name, or a ``module:Name`` reference (loaded later)."""
+    from budgetnas.families import available_families
+
+    if text in available_families() or ":" in text:
+        return text
+    raise argparse.ArgumentTypeError(f"unknown family {text!r}; choose one of {', '.join(available_families())}, "
+                                     "or give a plug-in family as package.module:Name")
 
 
 def config_from_args(args: argparse.Namespace, budget: int | None = None) -> "SearchConfig":

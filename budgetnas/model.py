@@ -42,6 +42,10 @@ class Net(nn.Module):
 
 def build_model(spec: Spec, input_shape: tuple[int, int, int], num_classes: int) -> Net:
     """Build the network that ``spec`` describes for ``input_shape`` (C, H, W) inputs."""
+    if not isinstance(spec, (CNNSpec, FCNSpec)):  # any other family builds its own model
+        from budgetnas.families import family_of
+
+        return family_of(spec).build(spec, input_shape, num_classes)
     act = _ACTIVATIONS[spec.activation]
     blocks: list[nn.Module] = []
     head: list[nn.Module] = []
@@ -68,10 +72,8 @@ def build_model(spec: Spec, input_shape: tuple[int, int, int], num_classes: int)
         head.append(nn.Flatten())
         fan_in = math.prod(input_shape)
         widths, fc_bn = spec.hidden, spec.batch_norm
-    else:  # any other family builds its own model
-        from budgetnas.families import family_of
-
-        return family_of(spec).build(spec, input_shape, num_classes)
+    else:
+        raise TypeError(f"not a spec: {spec!r}")
     for width in widths:
         head.append(nn.Linear(fan_in, width))
         if fc_bn:

@@ -1,0 +1,389 @@
+"""The family registry, the mbconv family and plug-in families: exact counts, spaces, budgets, the CLI.
+
+The property tests are those of tests/test_core.py extended: hundreds of random specs per
+family, each counted analytically and checked against the built model and torchinfo (the
+trainable parameters and, now that mult-adds are analytic too, the mult-adds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from optuna.trial import FixedTrial
+
+from budgetnas.config import RunConfig, load_config, save_config
+from budgetnas.counting import count_mult_adds, count_params, torchinfo_mult_adds, torchinfo_trainable
+from budgetnas.errors import UsageError
+from budgetnas.families import (available_families, family_key, family_of, get_family, register_family,
+                                spec_from_dict, spec_to_dict)
+from budgetnas.families.mbconv import BLOCKS, MBConvSpec, Stage
+from budgetnas.model import build_model, trainable_params
+from budgetnas.spec import ACTIVATIONS, INITS, MAX_WIDTH, CNNSpec, ConvBlock, FCNSpec
+from conftest import REPO, assert_one_line_error
+from test_core import INPUT_SHAPES, cnn_specs, fcn_specs
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+FMNIST = (1, 28, 28)
+EXAMPLES = REPO / "examples"
+PLUGIN = "my_family:WideFCN"
+
+
+def stages(max_stages: int = 4):
+    def stage(block: str):
+        return st.builds(Stage, block=st.just(block), out_channels=st.integers(1, 24), depth=st.integers(1, 3),
+                         stride=st.sampled_from([1, 2]), kernel_size=st.sampled_from([1, 3, 5]),
+                         expansion=st.integers(1, 6) if block == "inverted" else st.just(1), se=st.booleans())
+    return st.lists(st.sampled_from(BLOCKS).flatmap(stage), min_size=1, max_size=max_stages).map(tuple)
+
+
+mbconv_specs = st.builds(MBConvSpec, stem=st.integers(1, 24), stages=stages(), stem_stride=st.sampled_from([1, 2]),
+                         head=st.sampled_from([0, 0, 5, 32]), dropout=st.sampled_from([0.0, 0.2]),
+                         activation=st.sampled_from(ACTIVATIONS), init=st.sampled_from(INITS))
+
+
+def _fits(spec, shape) -> bool:
+    try:
+        count_params(spec, shape, 10)
+        return True
+    except UsageError:
+        return False
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(spec=mbconv_specs, shape=st.sampled_from(INPUT_SHAPES), classes=st.integers(2, 12))
+def test_mbconv_counts_match_model_and_torchinfo(spec, shape, classes):
+    if not _fits(spec, shape):
+        # A stride on a 1x1 map must be refused by the builder too, never built.
+        with pytest.raises(UsageError, match="below 1x1"):
+            build_model(spec, shape, classes)
+        return
+    expected = count_params(spec, shape, classes)
+    model = build_model(spec, shape, classes)
+    assert trainable_params(model) == expected
+    assert torchinfo_trainable(spec, shape, classes) == expected
+    assert count_mult_adds(spec, shape, classes, batch=3) == torchinfo_mult_adds(spec, shape, classes, batch=3)
+    model.eval()
+    assert model(torch.zeros(2, *shape)).shape == (2, classes)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(spec=st.one_of(cnn_specs, fcn_specs), shape=st.sampled_from(INPUT_SHAPES), classes=st.integers(2, 12))
+def test_analytic_mult_adds_of_the_paper_families_match_torchinfo(spec, shape, classes):
+    if _fits(spec, shape):
+        assert count_mult_adds(spec, shape, classes, batch=5) == torchinfo_mult_adds(spec, shape, classes, batch=5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(spec=mbconv_specs)
+def test_mbconv_spec_round_trips_through_dict_and_toml(spec, tmp_path_factory):
+    assert spec_from_dict(spec_to_dict(spec)) == spec
+    path = save_config(RunConfig(name="m", spec=spec), tmp_path_factory.mktemp("toml") / "m.toml")
+    assert load_config(path).spec == spec
+
+
+def test_a_huge_width_is_refused_at_validation_and_counting_never_builds():
+    for make in (lambda: ConvBlock(10**9), lambda: FCNSpec(hidden=(10**9,)), lambda: CNNSpec((ConvBlock(4),), fc=(10**9,)),
+                 lambda: MBConvSpec(stem=10**9, stages=(Stage("plain", 4),)),
+                 lambda: MBConvSpec(stem=4, stages=(Stage("dwsep", 10**9),))):
+        with pytest.raises(UsageError, match=re.escape(f"<= {MAX_WIDTH:,}, got 1,000,000,000")):
+            make()
+    # The largest valid widths are counted analytically: no model, no allocation, no time.
+    start = time.perf_counter()
+    wide = FCNSpec(hidden=(MAX_WIDTH, MAX_WIDTH))
+    assert count_mult_adds(wide, FMNIST, 10, batch=512) == 512 * count_params(wide, FMNIST, 10)
+    huge_cnn = CNNSpec(conv=(ConvBlock(MAX_WIDTH, pool=None), ConvBlock(MAX_WIDTH)), fc=(MAX_WIDTH,))
+    assert count_mult_adds(huge_cnn, FMNIST, 10) > 28 * 28 * MAX_WIDTH**2 * 9
+    big = MBConvSpec(stem=MAX_WIDTH, stages=(Stage("inverted", MAX_WIDTH, expansion=6, se=True),), head=MAX_WIDTH)
+    assert count_mult_adds(big, FMNIST, 10) > count_params(big, FMNIST, 10) > MAX_WIDTH**2
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"family": "mbconv", "stem": 8, "stages": []}, "1..6 stages"),
+    ({"family": "mbconv", "stem": 8, "stages": [{"block": "fancy", "out_channels": 4}]}, "unknown stage block"),
+    ({"family": "mbconv", "stem": 8, "stages": [{"block": "plain", "out_channels": 4, "expansion": 3}]},
+     "only inverted blocks"),
+    ({"family": "mbconv", "stem": 8, "stages": [{"block": "plain", "out_channels": 4, "stride": 3}]}, "stride"),
+    ({"family": "mbconv", "stem": 8, "stages": [{"block": "plain", "out_channels": 4, "kernel_size": 4}]}, "odd"),
+    ({"family": "mbconv", "stem": 8, "stages": [{"block": "plain", "out_channels": 4, "colour": 1}]}, "colour"),
+    ({"family": "mbconv", "stem": 8, "stages": [{"block": "plain", "out_channels": 4}], "size": 3}, "size"),
+    ({"family": "mbconv", "stages": [{"block": "plain", "out_channels": 4}]}, "stem"),
+    ({"family": "rnn"}, "unknown family 'rnn'"),
+    ({"family": "nosuchmodule:Fam"}, "cannot import module 'nosuchmodule'"),
+    ({"stem": 3}, "needs a family"),
+])
+def test_bad_mbconv_specs_name_the_problem(bad, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        spec_from_dict(bad)
+
+
+def test_a_stride_on_a_one_pixel_map_is_refused():
+    spec = MBConvSpec(stem=4, stem_stride=2, stages=(Stage("plain", 4, stride=2), Stage("plain", 4, stride=2),
+                                                     Stage("plain", 4, stride=2)))
+    assert count_params(spec, FMNIST, 10) > 0  # 28 -> 14 -> 7 -> 4 -> 2
+    with pytest.raises(UsageError, match="stage 3 strides a 1x1 map"):
+        count_params(spec, (1, 8, 8), 10)  # 8 -> 4 -> 2 -> 1 -> ?
+
+
+def test_residuals_where_shapes_allow_and_a_worked_count():
+    from budgetnas.families.mbconv import blocks
+
+    spec = MBConvSpec(stem=8, stages=(Stage("inverted", 8, depth=2, expansion=2), Stage("dwsep", 16, stride=2),
+                                      Stage("plain", 16, se=True)))
+    assert [b.residual for b in blocks(spec, FMNIST)] == [True, True, False, True]
+    # By hand: stem 1*8*9 + 16; inverted x2: (8*16 + 32 + 16*9 + 32 + 16*8 + 16) each; dwsep: 8*9 + 16 + 8*16 + 32;
+    # plain: 16*16*9 + 32 + SE(16 -> 4 -> 16: 16*4 + 4 + 4*16 + 16); classifier 16*10 + 10.
+    assert count_params(spec, FMNIST, 10) == 88 + 2 * 480 + 248 + 2336 + 148 + 170
+    assert spec.describe() == "stem 8 | inv2:8k3x2, dw:16k3s2, c:16k3+se | relu"
+
+
+# --------------------------------------------------------------------------- the mbconv search space
+
+def _sampled(parameterisation: str, budget: int, shape=FMNIST, n: int = 120, seed: int = 1):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    family = get_family("mbconv")
+    for _ in range(n):
+        trial = study.ask()
+        spec = family.sample(trial, budget, shape, 10, parameterisation)
+        study.tell(trial, 0.0)
+        yield trial, spec
+
+
+@pytest.mark.parametrize("parameterisation", ["fit", "direct"])
+def test_mbconv_parameters_keep_one_distribution(parameterisation):
+    seen: dict[str, object] = {}
+    for budget in (5_000, 200_000):
+        for trial, _ in _sampled(parameterisation, budget, n=60, seed=budget):
+            for name, distribution in trial.distributions.items():
+                assert seen.setdefault(name, distribution) == distribution, name
+    assert {"stage4_block", "stage4_expansion", "head_conv"} <= set(seen)
+
+
+@pytest.mark.parametrize("budget", [5_000, 50_000, 200_000])
+def test_mbconv_fit_is_within_budget_and_replays_from_its_parameters(budget):
+    fills, smallest = [], get_family("mbconv").smallest_count("fit", FMNIST, 10)
+    for trial, spec in _sampled("fit", budget, seed=budget):
+        params = count_params(spec, FMNIST, 10)
+        assert params >= smallest
+        assert get_family("mbconv").sample(FixedTrial(trial.params), budget, FMNIST, 10, "fit") == spec
+        if max(_widths(spec)) == 1:
+            continue  # the narrowest net of its shape may exceed its fill (the objective rejects it over budget)
+        assert params <= budget
+        fills.append(params / (trial.params["fill"] * budget))
+    assert len(fills) > 50 and max(fills) <= 1.0
+    if budget >= 50_000:
+        assert sorted(fills)[len(fills) // 2] > 0.9  # the scale is the largest that fits
+
+
+def _widths(spec: MBConvSpec) -> list[int]:
+    return [spec.stem, *(s.out_channels for s in spec.stages)] + ([spec.head] if spec.head else [])
+
+
+@pytest.mark.parametrize("shape", INPUT_SHAPES)
+@pytest.mark.parametrize("parameterisation", ["fit", "direct"])
+def test_mbconv_small_inputs_drop_strides_instead_of_failing(shape, parameterisation):
+    dropped = 0
+    for trial, spec in _sampled(parameterisation, 50_000, shape, n=80):
+        count_params(spec, shape, 10)  # raises if a stride were kept on a 1x1 map
+        asked = [trial.params["stem_stride"]] + [trial.params[f"stage{i}_stride"] for i in range(1, len(spec.stages) + 1)]
+        kept = [spec.stem_stride] + [s.stride for s in spec.stages]
+        dropped += sum(a != k for a, k in zip(asked, kept))
+        assert all(k <= a for a, k in zip(asked, kept))
+    assert (dropped > 0) == (shape == (1, 8, 8))  # 8 -> 4 -> 2 -> 1: a fifth stride has nowhere to go
+
+
+@pytest.mark.parametrize("parameterisation, expected", [("fit", 42), ("direct", 82)])
+def test_smallest_mbconv_of_the_space(parameterisation, expected):
+    family = get_family("mbconv")
+    assert family.smallest_count(parameterisation, FMNIST, 10) == expected
+    for _, spec in _sampled(parameterisation, 10**9, n=60):
+        assert count_params(spec, FMNIST, 10) >= expected
+
+
+@pytest.mark.parametrize("parameterisation", ["fit", "direct"])
+def test_mbconv_params_of_inverts_the_space(parameterisation):
+    family, checked = get_family("mbconv"), 0
+    budget = 200_000
+    for _, spec in _sampled(parameterisation, budget, n=60, seed=7):
+        params = count_params(spec, FMNIST, 10)
+        if params > budget or (parameterisation == "fit" and (params < budget / 2 or max(_widths(spec)) == 1)):
+            continue
+        values = family.params_of(spec, None, budget, FMNIST, 10, parameterisation)
+        assert family.sample(FixedTrial(values), budget, FMNIST, 10, parameterisation) == spec
+        checked += 1
+    assert checked > 20
+    with pytest.raises(UsageError, match="kernels"):
+        family.params_of(MBConvSpec(stem=4, stages=(Stage("plain", 4, kernel_size=7),)), None, budget, FMNIST, 10,
+                         "direct")
+
+
+# --------------------------------------------------------------------------- registry and plug-ins
+
+def test_registry_lists_and_resolves_families(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    assert available_families()[:3] == ["cnn", "fcn", "mbconv"]
+    assert family_of(CNNSpec(conv=(ConvBlock(4),))).name == "cnn" and family_of(FCNSpec(hidden=(3,))).name == "fcn"
+    plugin = get_family(PLUGIN)
+    assert plugin.name == "wide-fcn" and get_family(PLUGIN) is plugin
+    spec = plugin.sample(FixedTrial({"depth": 2, "dropout": 0.1, "fill": 1.0}), 50_000, FMNIST, 10)
+    assert family_key(spec) == PLUGIN and spec_to_dict(spec)["family"] == PLUGIN  # stored with its module path
+    assert spec_from_dict(spec_to_dict(spec)) == spec
+    assert count_params(spec, FMNIST, 10) == trainable_params(build_model(spec, FMNIST, 10)) <= 50_000
+    assert count_mult_adds(spec, FMNIST, 10, batch=4) == torchinfo_mult_adds(spec, FMNIST, 10, batch=4)
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("my_family", "package.module:Name"),
+    ("my_family:", "package.module:Name"),
+    ("no_such_module_xyz:Fam", "cannot import module 'no_such_module_xyz'"),
+    ("my_family:Nope", "has no attribute 'Nope'"),
+    ("my_family:WideFCNSpec", "is not a budgetnas family"),
+])
+def test_bad_family_references_are_usage_errors(ref, message, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    with pytest.raises(UsageError, match=re.escape(message)):
+        get_family(ref)
+
+
+def test_register_family_from_python():
+    from budgetnas.families.classic import FCNFamily
+
+    class Renamed(FCNFamily):
+        name = "fcn-copy"
+        spec_type = type("CopySpec", (FCNSpec,), {})
+
+    family = register_family(Renamed)
+    assert get_family("fcn-copy") is family and "fcn-copy" in available_families()
+
+
+# --------------------------------------------------------------------------- budget checks, every family
+
+@pytest.mark.parametrize("family", ["cnn", "fcn", "mbconv", PLUGIN])
+def test_budget_below_the_smallest_member_is_refused(family, cli, tiny_npz):
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(EXAMPLES)])}
+    proc = cli("search", "--budget", "20", "--family", family, "--dataset", f"npz:{tiny_npz}", "--trials", "1",
+               env=env)
+    assert_one_line_error(proc, 2, "is smaller than the smallest")
+
+
+@pytest.mark.parametrize("family", ["cnn", "fcn", "mbconv", PLUGIN])
+def test_over_budget_candidates_are_rejected_before_training(family, tiny_npz, monkeypatch):
+    """The objective's exact check (direct space: widths sampled as such) rejects; it never trains them."""
+    from budgetnas.data import load_dataset
+    from budgetnas.objective import Objective
+    from budgetnas.search import SearchConfig
+
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    data = load_dataset(f"npz:{tiny_npz}", subset=200)
+    budget = 2 * get_family(family).smallest_count("direct", data.input_shape, data.num_classes)
+    config = SearchConfig(budget=budget, family=family, dataset=f"npz:{tiny_npz}", parameterisation="direct",
+                          trials=1, epochs=1, device="cpu")
+    objective = Objective(config, data, config.training_recipe())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    rejected = 0
+    for _ in range(15):
+        trial = study.ask()
+        try:
+            objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            attrs = study.trials[-1].user_attrs
+            assert attrs["params"] > budget and f"> budget {budget:,}" in attrs["rejected"]
+            assert "spec" not in attrs and "train_seconds" not in attrs  # never trained
+            rejected += 1
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            assert study.trials[-1].user_attrs["params"] <= budget
+        if rejected == 3:
+            break
+    assert rejected == 3
+
+
+# --------------------------------------------------------------------------- every command, real subprocesses
+
+def _env(*extra: Path) -> dict[str, str]:
+    return {"PYTHONPATH": os.pathsep.join([str(REPO), str(EXAMPLES), *map(str, extra)])}
+
+
+@pytest.mark.slow
+def test_mbconv_through_search_replay_report_count_and_train(cli, tiny_npz, tmp_path):
+    url = f"sqlite:///{tmp_path / 'mb.db'}"
+    search = cli("search", "--budget", "8k", "--family", "mbconv", "--dataset", f"npz:{tiny_npz}", "--trials", "2",
+                 "--epochs", "1", "--storage", url, "--device", "cpu", "--precision", "fp32", "--json", timeout=600)
+    assert search.returncode == 0, search.stderr
+    found = json.loads(search.stdout)
+    assert found["study"] == "mbconv-8k-fmnist-tiny" and found["front"]
+    replay = cli("replay", "--storage", url, "--device", "cpu", "--precision", "fp32", "--out", "best", "--json",
+                 timeout=600)
+    assert replay.returncode == 0, replay.stderr
+    doc = json.loads(replay.stdout)
+    assert doc["params"] <= 8000 and doc["spec"]["family"] == "mbconv" and 0 <= doc["test_accuracy"] <= 1
+    assert doc["val_accuracy"] == {r["trial"]: r for r in found["front"]}[doc["trial"]]["val_accuracy"]
+    assert {"export", "featuremaps", "config"} <= set(doc["artifacts"])
+    report = cli("report", "--storage", url, "--out", "r.html")
+    assert report.returncode == 0, report.stderr
+    assert f"{doc['test_accuracy']:.4f}" in (tmp_path / "r.html").read_text(encoding="utf-8")
+    count = cli("count", str(tmp_path / "best" / "spec.toml"), "--batch", "1", "--json")
+    assert count.returncode == 0, count.stderr
+    counted = json.loads(count.stdout)
+    assert counted["params"] == doc["params"] and counted["mult_adds"] * 512 == doc["mult_adds"]
+    train = cli("train", str(tmp_path / "best" / "spec.toml"), "--epochs", "1", "--device", "cpu", "--json",
+                "--out", "again")
+    assert train.returncode == 0, train.stderr
+    assert json.loads(train.stdout)["params"] == doc["params"]
+    assert load_config(tmp_path / "again" / "config.toml").spec == load_config(tmp_path / "best" / "spec.toml").spec
+
+
+@pytest.mark.slow
+def test_plugin_family_through_search_replay_count_and_report(cli, tiny_npz, tmp_path):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    search = cli("search", "--budget", "20k", "--family", PLUGIN, "--dataset", f"npz:{tiny_npz}", "--trials", "2",
+                 "--epochs", "1", "--storage", url, "--device", "cpu", "--json", env=_env(), timeout=600)
+    assert search.returncode == 0, search.stderr
+    study = json.loads(search.stdout)["study"]
+    assert study == f"{PLUGIN}-20k-fmnist-tiny" and "wide " in json.loads(search.stdout)["front"][0]["spec"]
+    # The study names the module: replay and report rebuild the specs from the storage alone.
+    replay = cli("replay", "--storage", url, "--device", "cpu", "--out", "best", "--json", env=_env(), timeout=600)
+    assert replay.returncode == 0, replay.stderr
+    doc = json.loads(replay.stdout)
+    assert doc["spec"]["family"] == PLUGIN and doc["params"] <= 20_000 and "export" in doc["artifacts"]
+    count = cli("count", str(tmp_path / "best" / "spec.toml"), "--json", env=_env())
+    assert count.returncode == 0, count.stderr
+    assert json.loads(count.stdout)["params"] == doc["params"]
+    assert cli("report", "--storage", url, "--out", "r.html", env=_env()).returncode == 0
+    # Without the module on the path, the stored reference says what is missing, in one line.
+    missing = cli("count", str(tmp_path / "best" / "spec.toml"), env={"PYTHONPATH": str(REPO)})
+    assert_one_line_error(missing, 2, "cannot import module 'my_family'")
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("nosuchmodule_xyz:Fam", "cannot import module 'nosuchmodule_xyz'"),
+    ("my_family:Nope", "has no attribute 'Nope'"),
+    ("my_family:WideFCNSpec", "is not a budgetnas family"),
+    ("rnn", "unknown family 'rnn'"),
+])
+def test_cli_bad_family_reference_is_one_line(cli, ref, message):
+    proc = cli("search", "--budget", "10k", "--family", ref, "--trials", "1", env=_env())
+    assert_one_line_error(proc, 2, message)
+
+
+def test_entry_point_families_are_found(cli, tiny_npz, tmp_path):
+    """An installed package registers a family under the group ``budgetnas.families``."""
+    dist = tmp_path / "site" / "widefamily-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: widefamily\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[budgetnas.families]\nwide = my_family:WideFCN\n")
+    env = _env(tmp_path / "site")
+    helped = cli("search", "--help", env=env)
+    assert helped.returncode == 0 and "mbconv, wide" in " ".join(helped.stdout.split())
+    proc = cli("search", "--budget", "20", "--family", "wide", "--dataset", f"npz:{tiny_npz}", env=env)
+    assert_one_line_error(proc, 2, "smaller than the smallest wide")  # loaded: its smallest member was counted

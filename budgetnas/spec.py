@@ -14,6 +14,9 @@ Two families exist:
   0..3 hidden fully connected layers (linear -> optional batch-norm -> activation ->
   optional dropout), then the output layer.
 * :class:`FCNSpec`: flatten, 1..4 hidden layers, output layer.
+
+Other families (``mbconv``, plug-ins) define their spec types in :mod:`budgetnas.families`;
+:func:`spec_from_dict` and :func:`spec_to_dict` read and write specs of every family.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 It is small on purpose: everything a family needs fits in one file. Use it with::
 
-    PYTHONPATH=examples budgetnas search --family my_family:WideFCN --budget 50k --trials 10
-    budgetnas replay --study my_family:WideFCN-50k-fashion-mnist     # no PYTHONPATH option needed:
-                                                                      # the study names the module
+    PYTHONPATH=. budgetnas search --family examples.my_family:WideFCN --budget 50k --trials 10
+    PYTHONPATH=. budgetnas replay --study examples.my_family:WideFCN-50k-fashion-mnist
 
-(``examples`` must still be importable when you replay, report or train: the stored specs
-say ``family = "my_family:WideFCN"`` and budgetnas imports that module.) To ship a family
-in a package instead, register it under the entry-point group ``budgetnas.families``::
+(from the checkout root). The study and every stored spec say
+``family = "examples.my_family:WideFCN"``, so replay, report and train need no family option,
+only the module on the path. To ship a family in a package instead, register it under the
+entry-point group ``budgetnas.families``::
 
     [project.entry-points."budgetnas.families"]
     wide-fcn = "my_family:WideFCN"

@@ -387,3 +387,22 @@ def test_entry_point_families_are_found(cli, tiny_npz, tmp_path):
     assert helped.returncode == 0 and "mbconv, wide" in " ".join(helped.stdout.split())
     proc = cli("search", "--budget", "20", "--family", "wide", "--dataset", f"npz:{tiny_npz}", env=env)
     assert_one_line_error(proc, 2, "smaller than the smallest wide")  # loaded: its smallest member was counted
+
+
+def test_cnn_budgets_up_to_200k_are_searchable():
+    """The paper stops at 100K; sweep lists and the fit space take 200K (widths keep filling the budget)."""
+    from budgetnas.search import SearchConfig
+    from budgetnas.sweep import parse_budgets
+
+    assert parse_budgets("10k,20k,50k,100k,200k") == (10_000, 20_000, 50_000, 100_000, 200_000)
+    assert SearchConfig(budget=200_000, family="cnn").study_name == "cnn-200k-fashion-mnist"
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5))
+    fills = []
+    for _ in range(80):
+        trial = study.ask()
+        spec = get_family("cnn").sample(trial, 200_000, FMNIST, 10, "fit")
+        study.tell(trial, 0.0)
+        params = count_params(spec, FMNIST, 10)
+        assert params <= 200_000 or all(b.out_channels == 1 for b in spec.conv)
+        fills.append(params / (trial.params["fill"] * 200_000))
+    assert sorted(fills)[len(fills) // 2] > 0.9

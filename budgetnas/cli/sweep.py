@@ -9,7 +9,7 @@ from budgetnas.cli._common import parse_duration, print_json, progress
 
 HELP = "search several budgets (one study each), replay each best trial, and report accuracy vs budget"
 EXAMPLES = """examples:
-  budgetnas sweep --family cnn --budgets 10k,20k,50k,100k --trials 30 --epochs 3 --budget-timeout 45m
+  budgetnas sweep --family cnn --budgets 10k,20k,50k,100k,200k --trials 30 --epochs 3 --budget-timeout 45m
   budgetnas sweep --family fcn --budgets 50k,100k,200k --replay-epochs 20 --out runs/sweep-fcn"""
 
 

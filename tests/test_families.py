@@ -91,7 +91,8 @@ def test_mbconv_spec_round_trips_through_dict_and_toml(spec, tmp_path_factory):
 
 
 def test_a_huge_width_is_refused_at_validation_and_counting_never_builds():
-    for make in (lambda: ConvBlock(10**9), lambda: FCNSpec(hidden=(10**9,)), lambda: CNNSpec((ConvBlock(4),), fc=(10**9,)),
+    for make in (lambda: ConvBlock(10**9), lambda: FCNSpec(hidden=(10**9,)),
+                 lambda: CNNSpec((ConvBlock(4),), fc=(10**9,)),
                  lambda: MBConvSpec(stem=10**9, stages=(Stage("plain", 4),)),
                  lambda: MBConvSpec(stem=4, stages=(Stage("dwsep", 10**9),))):
         with pytest.raises(UsageError, match=re.escape(f"<= {MAX_WIDTH:,}, got 1,000,000,000")):
@@ -194,7 +195,8 @@ def test_mbconv_small_inputs_drop_strides_instead_of_failing(shape, parameterisa
     dropped = 0
     for trial, spec in _sampled(parameterisation, 50_000, shape, n=80):
         count_params(spec, shape, 10)  # raises if a stride were kept on a 1x1 map
-        asked = [trial.params["stem_stride"]] + [trial.params[f"stage{i}_stride"] for i in range(1, len(spec.stages) + 1)]
+        asked = [trial.params["stem_stride"]] + [trial.params[f"stage{i}_stride"]
+                                                 for i in range(1, len(spec.stages) + 1)]
         kept = [spec.stem_stride] + [s.stride for s in spec.stages]
         dropped += sum(a != k for a, k in zip(asked, kept))
         assert all(k <= a for a, k in zip(asked, kept))

@@ -41,7 +41,12 @@ PAPER_DATASET = "fashion-mnist"
 
 
 def paper_models(family: str | None = None) -> tuple[PaperModel, ...]:
-    """The paper's models, optionally only those of one family ("cnn" or "fcn")."""
+    """The paper's models, optionally only those ``family`` is compared with: its ``paper_family``
+    (cnn and mbconv: the paper's CNNs; fcn: its FCNs; a plug-in family: none unless it names one)."""
+    if family is not None:
+        from budgetnas.families import get_family
+
+        family = get_family(family).paper_family
     return tuple(m for m in PAPER_MODELS if family is None or m.family == family)
 
 

@@ -408,3 +408,12 @@ def test_cnn_budgets_up_to_200k_are_searchable():
         assert params <= 200_000 or all(b.out_channels == 1 for b in spec.conv)
         fills.append(params / (trial.params["fill"] * 200_000))
     assert sorted(fills)[len(fills) // 2] > 0.9
+
+
+def test_reports_compare_each_family_with_the_papers_models(monkeypatch):
+    from budgetnas.paper import paper_models
+
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    assert {m.family for m in paper_models("mbconv")} == {"cnn"} == {m.family for m in paper_models("cnn")}
+    assert {m.family for m in paper_models("fcn")} == {"fcn"}
+    assert paper_models(PLUGIN) == ()  # a plug-in names no paper family

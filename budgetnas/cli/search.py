@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 EXAMPLES = """examples:
   budgetnas search --budget 100k --family cnn --trials 30 --epochs 3
   budgetnas search --budget 200k --family fcn --timeout 30m --sampler nsga2
+  budgetnas search --budget 50k --family mbconv --recipe-space search --timeout 40m   # efficient CNN (README)
   budgetnas search --budget 50k --storage postgresql://user:pw@db/nas --study shared --workers 2  # see examples/
   budgetnas search --budget 20k --objectives accuracy          # single objective, median pruner
   budgetnas search --budget 10k --recipe-space search --timeout 30m   # tune the training recipe too"""

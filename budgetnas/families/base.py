@@ -54,6 +54,7 @@ class Family(ABC):
     channels_last: ClassVar[bool] = False  # train in channels-last memory layout (convolutional nets)
     feature_maps: ClassVar[bool] = False  # replay draws the activations of ``model.blocks``
     summary: ClassVar[str] = ""  # one line for ``--help`` and the README
+    paper_family: ClassVar[str] = ""  # the paper's models reports and sweeps draw beside it ("cnn", "fcn", "": none)
 
     @property
     def space_version(self) -> int:

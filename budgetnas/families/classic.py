@@ -85,6 +85,7 @@ def _conv_sizes(spec: CNNSpec, input_shape: Shape) -> list[tuple[int, int]]:
 class CNNFamily(_Classic):
     name = "cnn"
     spec_type = CNNSpec
+    paper_family = "cnn"
     channels_last = True
     feature_maps = True
     summary = "the paper's plain CNN: conv blocks (conv, batch norm, activation, max-pool), flatten or GAP, FC layers"
@@ -109,6 +110,7 @@ class CNNFamily(_Classic):
 class FCNFamily(_Classic):
     name = "fcn"
     spec_type = FCNSpec
+    paper_family = "fcn"
     summary = "the paper's fully connected net: flatten, 1-4 hidden layers (optional batch norm, dropout)"
 
     def count_mult_adds(self, spec: FCNSpec, input_shape: Shape, num_classes: int, batch: int = 1) -> int:

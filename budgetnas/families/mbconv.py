@@ -218,6 +218,7 @@ def _se_width(b: Block) -> int:
 class MBConvFamily(Family):
     name = "mbconv"
     spec_type = MBConvSpec
+    paper_family = "cnn"  # what it has to beat: reports and sweeps draw the paper's CNNs beside it
     channels_last = True
     feature_maps = True
     summary = ("efficient CNN: stem, stages of plain / depthwise-separable / inverted-residual blocks "

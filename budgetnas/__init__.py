@@ -25,6 +25,8 @@ _EXPORTS = {
     "BudgetNASError": "errors", "DataError": "errors", "RunFailure": "errors", "StorageError": "errors",
     "UsageError": "errors",
     "build_model": "model",
+    "Family": "families", "available_families": "families", "family_of": "families", "get_family": "families",
+    "register_family": "families", "MBConvSpec": "families.mbconv", "Stage": "families.mbconv",
     "CNNSpec": "spec", "ConvBlock": "spec", "FCNSpec": "spec", "Spec": "spec", "spec_from_dict": "spec",
     "PAPER_RECIPE": "trainer", "Recipe": "trainer", "TrainResult": "trainer", "train": "trainer",
     "RunConfig": "config", "load_config": "config", "save_config": "config",
@@ -55,6 +57,8 @@ if TYPE_CHECKING:  # static checkers and IDEs see ordinary imports
     from budgetnas.data import Data, load_dataset
     from budgetnas.errors import BudgetNASError, DataError, RunFailure, StorageError, UsageError
     from budgetnas.model import build_model
+    from budgetnas.families import Family, available_families, family_of, get_family, register_family
+    from budgetnas.families.mbconv import MBConvSpec, Stage
     from budgetnas.spec import CNNSpec, ConvBlock, FCNSpec, Spec, spec_from_dict
     from budgetnas.trainer import PAPER_RECIPE, Recipe, TrainResult, train
     from budgetnas.config import RunConfig, load_config, save_config

@@ -417,3 +417,22 @@ def test_reports_compare_each_family_with_the_papers_models(monkeypatch):
     assert {m.family for m in paper_models("mbconv")} == {"cnn"} == {m.family for m in paper_models("cnn")}
     assert {m.family for m in paper_models("fcn")} == {"fcn"}
     assert paper_models(PLUGIN) == ()  # a plug-in names no paper family
+
+
+def test_readme_mbconv_notation_and_toml_are_what_the_code_does():
+    import tomllib
+
+    from budgetnas.families.mbconv import MBConvFamily
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    spec = MBConvSpec(stem=16, stem_stride=2, head=128, activation="silu", dropout=0.1,
+                      stages=(Stage("inverted", 24, depth=2, stride=2, expansion=6, se=True),
+                              Stage("dwsep", 32, kernel_size=5), Stage("plain", 40)))
+    assert spec.describe() in readme
+    assert f"# {count_params(spec, FMNIST, 10)}, exact" in readme
+    assert f"# {count_mult_adds(spec, FMNIST, 10)} at batch 512" in readme
+    toml = next(b for b in re.findall(r"^```toml\n(.*?)^```", readme, re.M | re.S) if '"mbconv"' in b)
+    from_readme = spec_from_dict(tomllib.loads(toml)["spec"])
+    assert from_readme == MBConvSpec(stem=16, stem_stride=2, head=128, activation="silu", dropout=0.1,
+                                     stages=spec.stages[:1])
+    assert MBConvFamily().describe(from_readme) == "stem 16s2 | inv6:24k3x2s2+se | head 128 | silu dropout 0.1"

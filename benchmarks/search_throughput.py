@@ -13,7 +13,8 @@ Each arm gets the same wall-clock time, measured from starting the command (inte
 data loading and worker start-up are part of what a user waits for), then it is stopped with
 SIGINT (Ctrl-C: the trials still running are recorded as interrupted and do not count). The
 result counts the trials each arm finished within that time (trials per hour) and the best
-validation accuracy among them. Everything selects on validation data; the test split is
+validation accuracy among them, and, for the architectures both arms trained, the seconds
+per epoch of each (:func:`paired_epochs`). Everything selects on validation data; the test split is
 never loaded.
 
     nice -n 10 python benchmarks/search_throughput.py --budgets 10k,100k --seconds 150 \\
@@ -26,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import signal
 import subprocess
 import sys
@@ -89,6 +91,36 @@ def run_arm(name: str, budget: str, workers: int, storage: str, args: argparse.N
             "best_val_accuracy": max(accuracies, default=None)}
 
 
+def paired_epochs(budget: str, default_storage: str, per_core_storage: str) -> dict:
+    """The same architectures in both arms (both start from the same sampler seed, so the first
+    worker proposes what the single process proposes): seconds per epoch of each, side by side.
+
+    This isolates the trainer's speed in the two set-ups from what the sampler happened to
+    propose, which dominates trials per hour after a few trials (the runtime objective steers
+    a search towards small, fast candidates sooner the more trials it has seen).
+    """
+    import statistics
+
+    import optuna
+
+    from budgetnas.storage import open_storage
+
+    def epochs(storage: str, study: str) -> dict[str, list[float]]:
+        found: dict[str, list[float]] = {}
+        for t in optuna.load_study(study_name=study, storage=open_storage(storage)).get_trials(deepcopy=False):
+            if t.user_attrs.get("epoch_seconds") and "interrupted" not in t.user_attrs:
+                key = json.dumps([t.user_attrs["spec"], t.user_attrs["recipe"]], sort_keys=True)
+                found.setdefault(key, []).extend(t.user_attrs["epoch_seconds"])
+        return found
+
+    one, many = epochs(default_storage, f"default-{budget}"), epochs(per_core_storage, f"per-core-{budget}")
+    pairs = [{"params_spec": json.loads(key)[0], "default_epoch_seconds": statistics.median(one[key]),
+              "per_core_epoch_seconds": statistics.median(many[key])} for key in one if key in many]
+    ratios = [p["default_epoch_seconds"] / p["per_core_epoch_seconds"] for p in pairs]
+    return {"architectures": len(pairs), "pairs": pairs,
+            "median_default_over_per_core": statistics.median(ratios) if ratios else None}
+
+
 def load_average() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
@@ -110,23 +142,24 @@ def main() -> None:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     workers = args.workers or cores()
 
-    arms = []
+    arms, paired = [], {}
+    storages = {"default": f"sqlite:///{args.workdir}/default.db", "per-core": f"journal:{args.workdir}/per-core.log"}
     for budget in args.budgets.split(","):
-        for name, count, storage in (("default", 1, f"sqlite:///{args.workdir}/default.db"),
-                                     ("per-core", workers, f"journal:{args.workdir}/per-core.log")):
+        for name, count in (("default", 1), ("per-core", workers)):
             before = load_average()
-            arm = run_arm(name, budget, count, storage, args)
+            arm = run_arm(name, budget, count, storages[name], args)
             arm["load_average_before"], arm["load_average_after"] = before, load_average()
             arms.append(arm)
             print(json.dumps(arm), file=sys.stderr, flush=True)
+        paired[budget] = paired_epochs(budget, storages["default"], storages["per-core"])
     import torch
 
-    result = {"command": " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+    result = {"command": shlex.join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cores": cores(), "processor": platform.processor() or platform.machine(),
                           "torch": torch.__version__, "niceness": os.nice(0)},
               "settings": {k: v for k, v in vars(args).items() if k not in ("out", "workdir")} | {"workers": workers},
-              "note": args.note, "arms": arms}
+              "note": args.note, "arms": arms, "same_architecture_in_both_arms": paired}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -160,6 +160,7 @@ def test_ctrl_c_stops_every_worker_and_the_study_resumes(tiny_npz, tmp_path):
     assert total <= len(counted(trials())) <= total + 1
 
 
+@pytest.mark.slow
 def test_workers_auto_keeps_the_exact_total_and_resumes(tiny_npz, tmp_path):
     """--workers auto on a journal file: one worker per core, and the study ends with exactly --trials
     (an odd total on two cores is where two workers finishing together would both start the last trial)."""

@@ -76,7 +76,7 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"bf16 vs fp32 test accuracy ({result['settings']['epochs']} epochs, seeds "
+    lines = [f"bf16 vs fp32 test accuracy ({result['settings']['epochs']} epoch(s), seeds "
              f"{result['settings']['seeds']}, subset {result['settings']['subset'] or 'none (full split)'}; "
              f"native bf16: {result['machine']['native_bf16']})", "",
              "| config | fp32 mean | bf16 mean | bf16 - fp32 per seed (points) | mean |", "|---|---|---|---|---|"]

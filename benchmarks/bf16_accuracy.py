@@ -76,17 +76,18 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"bf16 vs fp32 test accuracy ({result['settings']['epochs']} epoch(s), seeds "
-             f"{result['settings']['seeds']}, subset {result['settings']['subset'] or 'none (full split)'}; "
-             f"native bf16: {result['machine']['native_bf16']})", "",
+    settings = result["settings"]
+    title = (f"bf16 vs fp32 test accuracy ({settings['epochs']} epoch(s), seeds {settings['seeds']}, "
+             f"subset {settings['subset'] or 'none (full split)'}; native bf16: {result['machine']['native_bf16']})")
+    lines = [title, "",
              "| config | fp32 mean | bf16 mean | bf16 - fp32 per seed (points) | mean |", "|---|---|---|---|---|"]
     for name, c in result["summary"]["configs"].items():
         per_seed = ", ".join(f"{d:+.2f}" for d in c["paired_differences_points"])
         lines.append(f"| {name} | {c['fp32_mean']:.2f}% | {c['bf16_mean']:.2f}% | {per_seed} | "
                      f"{c['mean_difference_points']:+.2f} |")
     verdict = ("costs more than" if result["summary"]["bf16_costs_more_than_threshold"] else "costs at most")
-    lines += ["", f"bf16 {verdict} {MAX_COST_POINTS} points (worst config mean "
-                  f"{result['summary']['worst_mean_difference_points']:+.2f})."]
+    worst = result["summary"]["worst_mean_difference_points"]
+    lines += ["", f"bf16 {verdict} {MAX_COST_POINTS} points (worst config mean {worst:+.2f})."]
     return "\n".join(lines) + "\n"
 
 

@@ -30,11 +30,11 @@ PostgreSQL (many). The storage is never switched behind the user's back.
 The budget. ``--trials`` is the study's total, not per worker. :class:`StopAtTotal` (the
 stop rule of every worker) ends a worker when the study has enough finished trials, and
 also does not start a new trial when the finished ones plus those other workers are
-running already reach the total: it waits for them instead. Workers started by one
-``--workers N`` take a file lock (:class:`TrialGate`) from that check until their next
-trial is RUNNING, so two of them never both take the last place: the total is exact. If one of those dies (its
+running already reach the total: it waits for them instead. If one of those dies (its
 heartbeat goes stale, see :mod:`budgetnas.storage`), Optuna fails it and queues a retry,
-and the waiting worker runs the retry, so the study still completes. The only overshoot is
+and the waiting worker runs the retry, so the study still completes. Workers started by
+one ``--workers N`` hold a file lock (:class:`TrialGate`) from that check until their next
+trial is RUNNING, so two of them never both take the last place: the total is exact. The only overshoot is
 a race between separately started commands (other machines on PostgreSQL), which share
 no lock: two that finish at the same moment may both start a trial, so a study can end
 with up to N-1 trials more than asked (rare; usually none). Without a heartbeat

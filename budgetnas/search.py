@@ -189,19 +189,35 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Prog
     guard = _CtrlC()
     objective = Objective(config, data, config.training_recipe(), progress=say, interruptible=guard.training)
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_Reporter(config, say)]
-    if config.trials is not None:
-        callbacks.insert(0, StopAtTotal(config.trials, _counts))
+    total = StopAtTotal(config.trials, _counts) if config.trials is not None else None
+    if total is not None:
+        callbacks.insert(0, total)
     start = time.perf_counter()
     try:
         with guard.installed(study):
-            study.optimize(objective, timeout=config.timeout, catch=(RunFailure,), callbacks=callbacks)
+            # The first trial is checked too: other workers may hold the last places (workers.py).
+            if total is None or total.room(study):
+                study.optimize(_released(objective, total), timeout=config.timeout, catch=(RunFailure,),
+                               callbacks=callbacks)
     except KeyboardInterrupt:
         guard.requested = True
+    finally:
+        if total is not None:
+            total.release()
     summary = summarise(study, config, time.perf_counter() - start)
     if guard.requested:
         summary.interrupted = True
         raise SearchInterrupted(summary)
     return summary
+
+
+def _released(objective: Objective, total: StopAtTotal | None) -> Callable[[optuna.Trial], Any]:
+    """The objective, first releasing the total's gate: the trial is RUNNING in the storage by now."""
+    def run(trial: optuna.Trial) -> Any:
+        if total is not None:
+            total.release()
+        return objective(trial)
+    return run
 
 
 def check_config(config: SearchConfig) -> None:

@@ -7,7 +7,15 @@
 Each worker is a separate Python process (``python -m budgetnas.workers``, so nothing of
 the caller's state is shared and no ``__main__`` guard is needed) running
 :func:`budgetnas.search.run_search` with the same config on the same storage, with
-``cores // N`` torch threads, so N workers do not fight over the cores. Each worker's sampler
+``cores // N`` torch threads, so N workers do not fight over the cores.
+
+``--workers auto`` (:func:`resolve_workers`) is one single-threaded worker per core this
+process may use (its CPU affinity), because a search's candidates are small: one
+intra-op thread per trial keeps every core busy, where two threads on one trial mostly
+wait for each other (measured in ``benchmarks/results/search_throughput.md``). It stays
+one process (with every core as threads) where several would not help or are not safe:
+on SQLite (see Storage), on a GPU (concurrent trials on one GPU are not measured yet),
+and when the study needs fewer trials than there are cores. Each worker's sampler
 seed is offset by its index (the training seed is not), so workers propose different
 architectures. The study is created (and its settings checked) once, in the parent, before
 the workers start. Workers run in their own session: Ctrl-C reaches the parent, which passes
@@ -24,9 +32,12 @@ stop rule of every worker) ends a worker when the study has enough finished tria
 also does not start a new trial when the finished ones plus those other workers are
 running already reach the total: it waits for them instead. If one of those dies (its
 heartbeat goes stale, see :mod:`budgetnas.storage`), Optuna fails it and queues a retry,
-and the waiting worker runs the retry, so the study still completes. The only overshoot is
-a race: two workers that finish at the same moment may both start a trial, so a study can
-end with up to N-1 trials more than asked (rare; usually none). Without a heartbeat
+and the waiting worker runs the retry, so the study still completes. Workers started by
+one ``--workers N`` hold a file lock (:class:`TrialGate`) from that check until their next
+trial is RUNNING, so two of them never both take the last place: the total is exact. The only overshoot is
+a race between separately started commands (other machines on PostgreSQL), which share
+no lock: two that finish at the same moment may both start a trial, so a study can end
+with up to N-1 trials more than asked (rare; usually none). Without a heartbeat
 (journal storage) a worker cannot tell a dead peer from a slow one, so it stops instead of
 waiting; a killed worker's trial then stays RUNNING and the study ends one short, until
 :func:`budgetnas.storage.fail_running_trials` fails it and the search is run again.
@@ -40,6 +51,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -56,12 +68,45 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str], None]
 EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+AUTO = "auto"
+DEFAULT_WORKERS = AUTO  # chosen from benchmarks/results/search_throughput.md
+LOCK_ENV = "BUDGETNAS_TRIAL_LOCK"  # the file TrialGate locks; set by run_workers for its workers
+
+
+def parse_workers(value: int | str) -> int | str:
+    """``--workers``: ``auto`` or a whole number of at least 1 (as given; see :func:`resolve_workers`)."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"--workers must be a whole number of at least 1 or 'auto', got {value!r}")
+    return value
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on: its affinity mask where the OS has one (taskset, cgroups)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def resolve_workers(workers: int | str, storage_url: str | None, device_type: str = "cpu",
+                    cores: int | None = None) -> int:
+    """The number of processes ``workers`` means: ``auto`` is one per core where that is possible.
+
+    ``auto`` is 1 on SQLite (one writer at a time; the storage is never switched) and on a GPU
+    or MPS device (several trials on one GPU are not measured yet); a number is taken as given.
+    """
+    workers = parse_workers(workers)
+    if workers != AUTO:
+        return workers
+    if device_type != "cpu" or storage_kind(storage_url) == "sqlite":
+        return 1
+    return max(1, cores if cores is not None else available_cores())
 
 
 def check_workers(workers: int, storage_url: str | None) -> None:
     """Refuse worker counts below one, and several workers on SQLite (see the module docstring)."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise UsageError(f"--workers must be a whole number of at least 1, got {workers!r}")
+    parse_workers(workers)
     if workers > 1 and storage_kind(storage_url) == "sqlite":
         raise UsageError(f"--workers {workers} cannot share an SQLite file (concurrent writers get 'database is "
                          "locked'); use --storage journal:budgetnas.log on one machine, or a postgresql:// URL")
@@ -69,9 +114,36 @@ def check_workers(workers: int, storage_url: str | None) -> None:
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
     """Each worker's share of the CPU cores this process may use (at least one)."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // workers)
+    return max(1, (cores if cores is not None else available_cores()) // workers)
+
+
+class TrialGate:
+    """An exclusive file lock shared by the workers of one ``--workers N`` (fcntl; none on Windows).
+
+    A worker holds it from counting the study's trials (:meth:`StopAtTotal.room`) until the
+    trial it decided to run is RUNNING in the storage (the objective's first line calls
+    :meth:`release`), so the count of every other worker includes that trial.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def acquire(self) -> None:
+        if self.path is None or self._file is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:  # Windows: no lock, the rare race of the module docstring remains
+            return
+        handle = open(self.path, "a")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            handle, self._file = self._file, None
+            handle.close()  # closing drops the flock
 
 
 class StopAtTotal:
@@ -81,36 +153,50 @@ class StopAtTotal:
     (``retried`` holds the numbers of trials that a heartbeat retry replaced). With a
     heartbeat storage, a worker whose next trial would overshoot (finished + running >= total)
     waits, polling every ``poll`` seconds, until the running trials finish (stop) or one of them
-    is failed as stale and queued again (go on and run the retry).
+    is failed as stale and queued again (go on and run the retry). ``lock`` is the path of the
+    :class:`TrialGate` file (default: ``$BUDGETNAS_TRIAL_LOCK``, set by :func:`run_workers`).
     """
 
-    def __init__(self, total: int, counts: Callable[[Any, set[int]], bool], poll: float = 1.0) -> None:
+    def __init__(self, total: int, counts: Callable[[Any, set[int]], bool], poll: float = 1.0,
+                 lock: str | None = None) -> None:
         self.total = total
         self.counts = counts
         self.poll = poll
+        self.gate = TrialGate(lock if lock is not None else os.environ.get(LOCK_ENV) or None)
 
     def __call__(self, study: "optuna.Study", trial: Any) -> None:
+        if not self.room(study):
+            study.stop()
+
+    def room(self, study: "optuna.Study") -> bool:
+        """Whether this worker may start one more trial. True leaves the gate locked: call
+        :meth:`release` once that trial is RUNNING (or when none is started after all)."""
         import optuna
         from optuna.storages._heartbeat import is_heartbeat_enabled
         from optuna.trial import TrialState
 
         while not study._stop_flag:  # set by Ctrl-C (search.py): stop waiting
+            self.gate.acquire()
             trials = study.get_trials(deepcopy=False)
             retried = retried_numbers(trials)
             finished = sum(1 for t in trials if t.state.is_finished() and self.counts(t, retried))
             running = sum(1 for t in trials if t.state == TrialState.RUNNING)
             if finished >= self.total:
-                study.stop()
-                return
+                break
             if finished + running < self.total:
-                return  # room for one more trial (or for a queued retry)
+                return True  # room for one more trial (or for a queued retry)
             if not is_heartbeat_enabled(study._storage):
-                study.stop()  # cannot tell a dead worker from a slow one: leave the rest to the others
-                return
+                break  # cannot tell a dead worker from a slow one: leave the rest to the others
+            self.gate.release()
             time.sleep(self.poll)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)  # fails dead workers' trials and queues their retries
+        self.gate.release()
+        return False
+
+    def release(self) -> None:
+        self.gate.release()
 
 
 def retried_numbers(trials: list[Any]) -> set[int]:
@@ -125,8 +211,9 @@ def retried_numbers(trials: list[Any]) -> set[int]:
     return numbers
 
 
-def run_workers(config: "SearchConfig", workers: int, progress: Progress | None = None) -> "SearchSummary":
-    """Run the search of ``config`` in ``workers`` processes on its storage; summarise the study.
+def run_workers(config: "SearchConfig", workers: int | str = DEFAULT_WORKERS,
+                progress: Progress | None = None) -> "SearchSummary":
+    """Run the search of ``config`` in ``workers`` processes (or ``auto``) on its storage; summarise the study.
 
     Raises UsageError before starting anything for a bad config or storage (checked once,
     here); SearchInterrupted after Ctrl-C (every worker saves its state first); RunFailure if
@@ -140,12 +227,17 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
     from budgetnas.storage import open_storage
     from budgetnas.study import create_or_load
 
+    say = progress or (lambda message: None)
+    asked = parse_workers(workers)
+    search.check_config(config)
+    placement = resolve_placement(config.device, config.precision)  # a missing GPU fails before any study is made
+    workers = resolve_workers(asked, config.storage, placement.device.type)
     check_workers(workers, config.storage)
+    if asked == AUTO and workers == 1 and available_cores() > 1 and placement.device.type == "cpu":
+        say(f"1 process with {available_cores()} CPU threads: SQLite takes one writer at a time; "
+            "--storage journal:budgetnas.log runs one single-threaded worker per core")
     if workers == 1:
         return search.run_search(config, progress)
-    say = progress or (lambda message: None)
-    search.check_config(config)
-    resolve_placement(config.device, config.precision)  # a missing GPU fails before any study is made
     input_shape, num_classes = dataset_info(config.dataset, config.data_root)
     search.check_budget(config, input_shape, num_classes)
     # Create the study here, once: N processes creating it at the same moment would race.
@@ -156,27 +248,17 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
                                config.sampler, config.seed)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    if config.trials is not None and search.count_finished(study) >= config.trials:
-        return search.run_search(config, progress)  # says that the study is already complete
+    if config.trials is not None:
+        workers = min(workers, config.trials - search.count_finished(study))  # no worker without a trial to run
+    if workers <= 1:
+        return search.run_search(config, progress)  # or says that the study is already complete
 
     threads = threads_per_worker(workers)
     say(f"{workers} workers, {threads} CPU thread(s) each, on {storage_kind(config.storage_url)} storage")
     start = time.perf_counter()
-    processes = [_spawn(config, index, threads, verbose=progress is not None) for index in range(workers)]
-    interrupted = False
-    with _signals_as_ctrl_c():
-        while any(p.poll() is None for p in processes):
-            try:
-                for process in processes:
-                    process.wait()
-            except KeyboardInterrupt:
-                # Workers run in their own session, so Ctrl-C reaches only this process; pass each one
-                # SIGINT once per Ctrl-C: the first lets them stop cleanly, a second interrupts at once.
-                interrupted = True
-                for process in processes:
-                    if process.poll() is None:
-                        process.send_signal(signal.SIGINT)
-    codes = [p.returncode for p in processes]
+    with _lock_file() as lock:
+        processes = [_spawn(config, index, threads, lock, verbose=progress is not None) for index in range(workers)]
+        codes, interrupted = _wait(processes)
     messages = [m for m in (_last_line(p) for p in processes) if m]
     heartbeat = storage_kind(config.storage_url) != "journal"
     for index, code in enumerate(codes):
@@ -197,6 +279,36 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
     if all(code != 0 for code in codes):
         raise RunFailure(messages[0] if messages else f"every worker failed (exit codes {codes})")
     return summary
+
+
+def _wait(processes: list[subprocess.Popen]) -> tuple[list[int], bool]:
+    """Wait for every worker; (exit codes, whether Ctrl-C or SIGTERM came meanwhile)."""
+    interrupted = False
+    with _signals_as_ctrl_c():
+        while any(p.poll() is None for p in processes):
+            try:
+                for process in processes:
+                    process.wait()
+            except KeyboardInterrupt:
+                # Workers run in their own session, so Ctrl-C reaches only this process; pass each one
+                # SIGINT once per Ctrl-C: the first lets them stop cleanly, a second interrupts at once.
+                interrupted = True
+                for process in processes:
+                    if process.poll() is None:
+                        process.send_signal(signal.SIGINT)
+    return [p.returncode for p in processes], interrupted
+
+
+@contextlib.contextmanager
+def _lock_file() -> Iterator[str]:
+    """A fresh empty file for the workers' :class:`TrialGate`, removed when they are done."""
+    handle, path = tempfile.mkstemp(prefix="budgetnas-trials-", suffix=".lock")
+    os.close(handle)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 @contextlib.contextmanager
@@ -223,13 +335,13 @@ def _signals_as_ctrl_c() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _spawn(config: "SearchConfig", index: int, threads: int, verbose: bool) -> subprocess.Popen:
+def _spawn(config: "SearchConfig", index: int, threads: int, lock: str, verbose: bool) -> subprocess.Popen:
     """Start ``python -m budgetnas.workers`` with the pickled job on its stdin.
 
     A fresh interpreter rather than multiprocessing: it does not re-import the caller's main
     module (a script without a ``__main__`` guard, a notebook or stdin would break spawn).
     """
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), LOCK_ENV: lock}
     process = subprocess.Popen([sys.executable, "-m", "budgetnas.workers"], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=None if verbose else subprocess.DEVNULL, env=env,
                                start_new_session=True)

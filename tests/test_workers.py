@@ -7,9 +7,11 @@ and ``python -m budgetnas.storage fail-running`` + rerunning the search finishes
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,14 +21,59 @@ from conftest import REPO, run_cli
 from optuna.trial import TrialState
 from pg import assert_well_formed, counted, kill_a_training_worker, search_args, start_cli
 
+from budgetnas.errors import UsageError
 from budgetnas.storage import open_storage
-from budgetnas.workers import StopAtTotal, threads_per_worker
+from budgetnas.workers import StopAtTotal, available_cores, resolve_workers, threads_per_worker
 
 
 def test_threads_are_shared_out():
     assert threads_per_worker(2, cores=16) == 8
     assert threads_per_worker(3, cores=16) == 5
     assert threads_per_worker(4, cores=2) == 1
+
+
+def test_auto_is_one_worker_per_core_where_the_storage_and_device_allow():
+    assert resolve_workers("auto", "journal:s.log", cores=4) == 4
+    assert resolve_workers("auto", "journal:s.log", cores=1) == 1
+    assert resolve_workers("auto", None, cores=4) == 1  # SQLite: one writer, the storage is never switched
+    assert resolve_workers("auto", "journal:s.log", device_type="cuda", cores=4) == 1
+    assert resolve_workers("3", None) == 3 and resolve_workers(2, "journal:s.log") == 2  # numbers as given
+    assert resolve_workers("auto", "journal:s.log") == available_cores()
+    for bad in ("0", "-1", "two", 0, True):
+        with pytest.raises(UsageError, match="--workers"):
+            resolve_workers(bad, "journal:s.log")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_auto_follows_the_cpu_affinity():
+    """Cores are the ones this process may use (taskset, a container's cpuset), not the machine's."""
+    code = ("from budgetnas.workers import available_cores, resolve_workers; "
+            "print(available_cores(), resolve_workers('auto', 'journal:s.log'))")
+    one = next(iter(os.sched_getaffinity(0)))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)},
+                          preexec_fn=lambda: os.sched_setaffinity(0, {one}))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1", "1"]
+    assert available_cores() == len(os.sched_getaffinity(0))
+
+
+def test_the_last_place_goes_to_one_worker_only(tmp_path):
+    """Two workers counting at the same moment cannot both take the study's last trial (the file lock)."""
+    study = optuna.create_study(storage=open_storage(f"journal:{tmp_path}/s.log"))
+    study.tell(study.ask(), 1.0)  # 1 of 2 finished: one place left
+    lock = str(tmp_path / "trials.lock")
+    first, second = (StopAtTotal(2, lambda trial, retried: True, lock=lock) for _ in range(2))
+    assert first.room(study)  # and holds the lock until its trial is RUNNING
+    answer = []
+    other = threading.Thread(target=lambda: answer.append(second.room(study)))
+    other.start()
+    other.join(timeout=0.5)
+    assert other.is_alive() and not answer  # waits for the lock instead of counting a stale study
+    study.ask()  # the first worker's trial is RUNNING
+    first.release()
+    other.join(timeout=30)
+    assert answer == [False]  # no heartbeat on a journal: it stops instead of taking a second last place
 
 
 @pytest.mark.parametrize("total, runs_here", [(4, 1), (5, 2), (3, 1)])
@@ -111,3 +158,25 @@ def test_ctrl_c_stops_every_worker_and_the_study_resumes(tiny_npz, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert_well_formed(trials())
     assert total <= len(counted(trials())) <= total + 1
+
+
+@pytest.mark.slow
+def test_workers_auto_keeps_the_exact_total_and_resumes(tiny_npz, tmp_path):
+    """--workers auto on a journal file: one worker per core, and the study ends with exactly --trials
+    (an odd total on two cores is where two workers finishing together would both start the last trial)."""
+    url, study = f"journal:{tmp_path}/study.log", "auto-total"
+
+    def trials():
+        return optuna.load_study(study_name=study, storage=open_storage(url)).get_trials(deepcopy=False)
+
+    errors = []
+    for total in (3, 4):  # 4: the second run resumes the study for one more trial
+        proc = run_cli(*search_args(tiny_npz, url, study, trials=total), "--workers", "auto", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        errors.append(proc.stderr)
+        assert_well_formed(trials())
+        assert len(counted(trials())) == total
+        assert not [t for t in trials() if t.state == TrialState.RUNNING]
+    if available_cores() > 1:
+        assert f"{min(available_cores(), 3)} workers, 1 CPU thread(s) each" in errors[0]
+    assert "workers," not in errors[1]  # one trial left: no second process for it

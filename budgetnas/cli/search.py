@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from budgetnas.cli._common import (add_data_options, add_device_options, add_json_option, add_storage_option,
                                    format_table, parse_duration, print_json, progress)
+from budgetnas.workers import DEFAULT_WORKERS
 
 if TYPE_CHECKING:
     from budgetnas.search import SearchConfig, SearchSummary
@@ -68,9 +69,11 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=True,
                         help="stop trials whose learning curve cannot reach the front (default on)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="sampler and training seed (default 0)")
-    parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="local worker processes on the same study, each with cores/N CPU threads (default 1); "
-                             "needs --storage journal:PATH or postgresql://..., not SQLite")
+    parser.add_argument("--workers", default=DEFAULT_WORKERS, metavar="N",
+                        help="local worker processes on the same study, each with cores/N CPU threads; more than 1 "
+                             "needs --storage journal:PATH or postgresql://..., not SQLite. 'auto': one "
+                             "single-threaded worker per core on such a storage, else 1 "
+                             f"(default {DEFAULT_WORKERS})")
     add_json_option(parser)
 
 
@@ -192,6 +195,6 @@ def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
         parts += ["--enqueue", ref]
     if not config.early_stop:
         parts.append("--no-early-stop")
-    if getattr(args, "workers", 1) != 1:
+    if str(getattr(args, "workers", DEFAULT_WORKERS)) != str(DEFAULT_WORKERS):
         parts += ["--workers", str(args.workers)]
     return shlex.join(parts)

@@ -40,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from budgetnas.cli.search import config_from_args
     from budgetnas.errors import UsageError
     from budgetnas.sweep import SweepConfig, parse_budgets, run_sweep
+    from budgetnas.workers import AUTO
 
-    if args.workers != 1:
+    if str(args.workers) not in ("1", AUTO):  # auto: as many as a sweep can use, which is one
         raise UsageError("sweep runs one worker; start extra `budgetnas search --budget B --study NAME` "
                          "workers on the same storage to parallelise a budget")
     budgets = parse_budgets(args.budgets)

@@ -128,6 +128,7 @@ def test_rerun_resumes_the_same_study_and_refuses_other_settings(search, tmp_pat
     assert len(load(tmp_path).trials) == 4
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_trial_leaves_a_resumable_study(small_npz, tmp_path):
     args = ["search", "--budget", "3k", "--dataset", f"npz:{small_npz}", "--epochs", "4", "--trials", "1",
             "--storage", f"sqlite:///{tmp_path}/s.db", "--study", "t", "--device", "cpu", "--no-early-stop"]

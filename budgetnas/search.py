@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import AbstractSet, Any, Callable
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -39,7 +39,7 @@ from budgetnas.space import SPACE_VERSION, check_choices, minimal_spec, smallest
 from budgetnas.storage import normalise_url, open_storage, redact
 from budgetnas.study import create_or_load, default_study_name, parse_objectives
 from budgetnas.trainer import PAPER_RECIPE, Recipe
-from budgetnas.workers import StopAtTotal, retried_numbers
+from budgetnas.trialcount import StopAtTotal, count_finished, counted_trials, counts
 
 Progress = Callable[[str], None]
 
@@ -186,10 +186,12 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Prog
         study.enqueue_trial(values, user_attrs={"enqueued": ref}, skip_if_exists=True)
     data = load_dataset(config.dataset, config.data_root, subset=config.subset)
     guard = _CtrlC()
-    objective = Objective(config, data, config.training_recipe(), progress=say, interruptible=guard.training)
+    objective = Objective(config.settings(), data, config.training_recipe(), device=config.device,
+                          precision=config.precision, early_stop=config.early_stop, progress=say,
+                          interruptible=guard.training)
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_Reporter(config, say)]
     if config.trials is not None:
-        callbacks.insert(0, StopAtTotal(config.trials, _counts))
+        callbacks.insert(0, StopAtTotal(config.trials))
     start = time.perf_counter()
     try:
         with guard.installed(study):
@@ -228,24 +230,8 @@ def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_cl
                          f"use --budget {format_budget(smallest)} or more")
 
 
-def count_finished(study: optuna.Study) -> int:
-    """Trials that count towards ``--trials``: every finished trial except ones cut by Ctrl-C
-    and ones of a killed worker that were queued again (their retry counts instead)."""
-    trials = study.get_trials(deepcopy=False)
-    retried = retried_numbers(trials)
-    return sum(1 for t in trials if _counts(t, retried))
-
-
-def _counts(trial: FrozenTrial, retried: AbstractSet[int] = frozenset()) -> bool:
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return trial.state == TrialState.FAIL and "interrupted" not in trial.user_attrs and trial.number not in retried
-
-
 def summarise(study: optuna.Study, config: SearchConfig, wall_seconds: float) -> SearchSummary:
-    everything = study.get_trials(deepcopy=False)
-    retried = retried_numbers(everything)
-    trials = [t for t in everything if _counts(t, retried)]
+    trials = counted_trials(study)
     rejected = sum(1 for t in trials if "rejected" in t.user_attrs)
     stopped = sum(1 for t in trials if t.state == TrialState.PRUNED and "rejected" not in t.user_attrs)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -278,7 +264,7 @@ class _Reporter:
         self.run_trials = 0
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if not _counts(trial):
+        if not counts(trial):
             return
         self.run_trials += 1
         elapsed = time.perf_counter() - self.start

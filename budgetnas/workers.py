@@ -42,12 +42,12 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from budgetnas.errors import RunFailure, UsageError
 from budgetnas.storage import redact, storage_kind
+from budgetnas.trialcount import StopAtTotal, count_finished, retried_numbers  # noqa: F401  (their old home; tests import them here)
 
 if TYPE_CHECKING:
     import optuna
@@ -72,57 +72,6 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // workers)
-
-
-class StopAtTotal:
-    """Optuna callback: stop a worker when the study holds ``total`` counted trials.
-
-    ``counts(trial, retried)`` says whether a finished trial counts towards the total
-    (``retried`` holds the numbers of trials that a heartbeat retry replaced). With a
-    heartbeat storage, a worker whose next trial would overshoot (finished + running >= total)
-    waits, polling every ``poll`` seconds, until the running trials finish (stop) or one of them
-    is failed as stale and queued again (go on and run the retry).
-    """
-
-    def __init__(self, total: int, counts: Callable[[Any, set[int]], bool], poll: float = 1.0) -> None:
-        self.total = total
-        self.counts = counts
-        self.poll = poll
-
-    def __call__(self, study: "optuna.Study", trial: Any) -> None:
-        import optuna
-        from optuna.storages._heartbeat import is_heartbeat_enabled
-        from optuna.trial import TrialState
-
-        while not study._stop_flag:  # set by Ctrl-C (search.py): stop waiting
-            trials = study.get_trials(deepcopy=False)
-            retried = retried_numbers(trials)
-            finished = sum(1 for t in trials if t.state.is_finished() and self.counts(t, retried))
-            running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-            if finished >= self.total:
-                study.stop()
-                return
-            if finished + running < self.total:
-                return  # room for one more trial (or for a queued retry)
-            if not is_heartbeat_enabled(study._storage):
-                study.stop()  # cannot tell a dead worker from a slow one: leave the rest to the others
-                return
-            time.sleep(self.poll)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)  # fails dead workers' trials and queues their retries
-
-
-def retried_numbers(trials: list[Any]) -> set[int]:
-    """Numbers of trials that failed by a stale heartbeat and were queued again.
-
-    Such a trial is not a result: its retry (system attribute ``retry_history``) replaces it,
-    so it must not count towards ``--trials``.
-    """
-    numbers: set[int] = set()
-    for trial in trials:
-        numbers.update(trial.system_attrs.get("retry_history", ()))
-    return numbers
 
 
 def run_workers(config: "SearchConfig", workers: int, progress: Progress | None = None) -> "SearchSummary":
@@ -156,7 +105,7 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
                                config.sampler, config.seed)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    if config.trials is not None and search.count_finished(study) >= config.trials:
+    if config.trials is not None and count_finished(study) >= config.trials:
         return search.run_search(config, progress)  # says that the study is already complete
 
     threads = threads_per_worker(workers)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from budgetnas.cli._common import (add_data_options, add_device_options, add_json_option, add_storage_option,
                                    format_table, parse_duration, print_json, progress)
+from budgetnas.objectives import NAMES as OBJECTIVE_NAMES
 
 if TYPE_CHECKING:
     from budgetnas.search import SearchConfig, SearchSummary
@@ -46,7 +47,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="study name (default: FAMILY-BUDGET-DATASET, e.g. cnn-100k-fashion-mnist)")
     parser.add_argument("--sampler", default="tpe", choices=("tpe", "nsga2", "random"), help="default tpe")
     parser.add_argument("--objectives", default="accuracy,runtime", metavar="LIST",
-                        help="comma-separated from accuracy, runtime, params, mult_adds (default accuracy,runtime); "
+                        help=f"comma-separated from {', '.join(OBJECTIVE_NAMES)} (default accuracy,runtime); "
                              "'accuracy' alone = single-objective mode with Optuna's median pruner")
     parser.add_argument("--parameterisation", default="fit", choices=("fit", "direct"),
                         help="fit (default): widths scaled so every candidate fits the budget; "

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from budgetnas.config import RunConfig, load_config, save_config
-from budgetnas.errors import UsageError
+from budgetnas.errors import FieldError, UsageError
 from budgetnas.replay import check_writable
 from budgetnas.spec import CNNSpec, FCNSpec
 
@@ -96,16 +96,21 @@ def resolve_config(ref: str) -> RunConfig:
 
 def override(config: RunConfig, *, epochs: int | None = None, seed: int | None = None,
              dataset: str | None = None) -> RunConfig:
-    """A copy of ``config`` with command-line overrides applied (None keeps the config's value)."""
+    """A copy of ``config`` with command-line overrides applied (None keeps the config's value).
+
+    The new recipe validates itself as it is made (``Recipe.__post_init__``, the one recipe check);
+    a bad value raises :class:`FieldError` naming ``epochs`` or ``seed``.
+    """
     from budgetnas.data import check_dataset_name
 
     recipe = config.recipe
-    if epochs is not None:
-        recipe = replace(recipe, epochs=epochs)
-    if seed is not None:
-        recipe = replace(recipe, seed=seed)
-    return replace(config, recipe=type(recipe).from_dict(recipe.to_dict()),  # re-validates the values
-                   dataset=check_dataset_name(dataset) if dataset else config.dataset)
+    for name, value in (("epochs", epochs), ("seed", seed)):
+        if value is not None:
+            try:
+                recipe = replace(recipe, **{name: value})
+            except UsageError as exc:
+                raise FieldError(str(exc).removeprefix("recipe "), name) from None
+    return replace(config, recipe=recipe, dataset=check_dataset_name(dataset) if dataset else config.dataset)
 
 
 # --------------------------------------------------------------------------- count

@@ -29,11 +29,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from budgetnas import records
-from budgetnas.budget import format_budget
+from budgetnas.budget import format_budget, parse_budget
 from budgetnas.counting import human_count
 from budgetnas.data import check_dataset_name, dataset_info, load_dataset
 from budgetnas.device import resolve_placement
-from budgetnas.errors import RunFailure, UsageError
+from budgetnas.errors import FieldError, RunFailure, UsageError
 from budgetnas.objective import Objective
 from budgetnas.space import SPACE_VERSION, check_choices, minimal_spec, smallest_count
 from budgetnas.storage import normalise_url, open_storage, redact
@@ -48,7 +48,7 @@ Progress = Callable[[str], None]
 class SearchConfig:
     """Everything a search needs; the CLI options map one to one onto these fields."""
 
-    budget: int
+    budget: int  # or text such as "100k": parsed (once) when the config is made, like max_mult_adds ("5G")
     family: str = "cnn"
     dataset: str = "fashion-mnist"
     data_root: str | None = None
@@ -130,19 +130,38 @@ class SearchInterrupted(KeyboardInterrupt):
         self.summary = summary
 
 
-def run_search(config: SearchConfig, progress: Progress | None = None) -> SearchSummary:
-    """Run (or resume) the search that ``config`` describes and summarise the study."""
-    say = progress or (lambda message: None)
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`prepare` checked and worked out; picklable, so ``--workers`` pass it on."""
+
+    input_shape: tuple[int, int, int]
+    starts: list[tuple[str, dict[str, Any]]]
+
+
+def prepare(config: SearchConfig) -> Prepared:
+    """The checks that need the machine and the data, before any study exists: device, the budget
+    against the smallest net the space can build, and the ``--enqueue`` starting points. Run once per
+    search (with workers: in the parent, which hands the result to each worker)."""
     resolve_placement(config.device, config.precision)  # a missing GPU fails before any study is made
     input_shape, num_classes = dataset_info(config.dataset, config.data_root)
     check_budget(config, input_shape, num_classes)
-
     starts = start_params(config, input_shape, num_classes)  # bad --enqueue fails before a study exists
+    return Prepared(input_shape, starts)
+
+
+def run_search(config: SearchConfig, progress: Progress | None = None, *,
+               prepared: Prepared | None = None) -> SearchSummary:
+    """Run (or resume) the search that ``config`` describes and summarise the study.
+
+    ``prepared``: the result of :func:`prepare` when the caller already ran it (the workers).
+    """
+    say = progress or (lambda message: None)
+    prepared = prepared or prepare(config)
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's (with tracebacks)
     try:
-        return _optimize(config, input_shape, say, starts)
+        return _optimize(config, prepared.input_shape, say, prepared.starts)
     finally:
         optuna.logging.set_verbosity(verbosity)
 
@@ -206,19 +225,27 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Prog
 
 
 def check_config(config: SearchConfig) -> None:
-    """Fail fast on options that are wrong whatever the data (before anything is loaded)."""
+    """Fail fast on options that are wrong whatever the data (before anything is loaded).
+
+    Runs once, when the config is made (``__post_init__``). ``budget`` and ``max_mult_adds`` may be
+    given as text (``"100k"``, ``"5G"``): they are parsed here, so the CLI passes its flags through.
+    Errors are :class:`FieldError` naming the field; the CLI spells it as the flag.
+    """
     check_choices(config.family, config.parameterisation, config.recipe_space)
     check_dataset_name(config.dataset)
-    if isinstance(config.budget, bool) or not isinstance(config.budget, int) or config.budget <= 0:
-        raise UsageError(f"budget must be a positive number of parameters, got {config.budget!r}")
+    for name in ("budget", "max_mult_adds"):
+        value = getattr(config, name)
+        if value is not None:
+            try:
+                object.__setattr__(config, name, parse_budget(value, what=name))
+            except UsageError as exc:
+                raise FieldError(str(exc), name) from None
     if config.trials is not None and config.trials < 1:
-        raise UsageError(f"--trials must be at least 1, got {config.trials}")
+        raise FieldError(f"trials must be at least 1, got {config.trials}", "trials")
     if config.trials is None and config.timeout is None:
-        raise UsageError("give --trials or --timeout (or both) so the search knows when to stop")
+        raise FieldError("give trials or timeout (or both) so the search knows when to stop", "trials", "timeout")
     if config.epochs < 1:
-        raise UsageError(f"--epochs must be at least 1, got {config.epochs}")
-    if config.max_mult_adds is not None and config.max_mult_adds <= 0:
-        raise UsageError(f"--max-mult-adds must be positive, got {config.max_mult_adds}")
+        raise FieldError(f"epochs must be at least 1, got {config.epochs}", "epochs")
 
 
 def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> None:

@@ -15,10 +15,10 @@ import optuna
 
 from budgetnas import records
 from budgetnas.budget import format_budget
+from budgetnas.choices import SAMPLERS
 from budgetnas.errors import StorageError, UsageError
 from budgetnas.objectives import OBJECTIVES
 
-SAMPLERS = ("tpe", "nsga2", "random")
 NSGA2_POPULATION = 16  # Optuna's default of 50 would leave a 20..50-trial search purely random
 
 

@@ -4,7 +4,8 @@
     from budgetnas.workers import run_workers
     summary = run_workers(SearchConfig(budget=5_000, trials=12, storage="journal:runs/s.log"), workers=2)
 
-Each worker is a separate Python process (``python -m budgetnas.workers``, so nothing of
+Each worker is a separate Python process (``python -m budgetnas.workers``, an internal entry point
+that reads its job from stdin; not a user command; so nothing of
 the caller's state is shared and no ``__main__`` guard is needed) running
 :func:`budgetnas.search.run_search` with the same config on the same storage, with
 ``cores // N`` torch threads, so N workers do not fight over the cores. Each worker's sampler
@@ -45,7 +46,7 @@ import time
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from budgetnas.errors import RunFailure, UsageError
+from budgetnas.errors import FieldError, RunFailure, UsageError
 from budgetnas.storage import redact, storage_kind
 from budgetnas.trialcount import StopAtTotal, count_finished, retried_numbers  # noqa: F401  (their old home; tests import them here)
 
@@ -61,7 +62,7 @@ EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 def check_workers(workers: int, storage_url: str | None) -> None:
     """Refuse worker counts below one, and several workers on SQLite (see the module docstring)."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise UsageError(f"--workers must be a whole number of at least 1, got {workers!r}")
+        raise FieldError(f"workers must be a whole number of at least 1, got {workers!r}", "workers")
     if workers > 1 and storage_kind(storage_url) == "sqlite":
         raise UsageError(f"--workers {workers} cannot share an SQLite file (concurrent writers get 'database is "
                          "locked'); use --storage journal:budgetnas.log on one machine, or a postgresql:// URL")
@@ -84,8 +85,6 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
     import optuna
 
     from budgetnas import search
-    from budgetnas.data import dataset_info
-    from budgetnas.device import resolve_placement
     from budgetnas.storage import open_storage
     from budgetnas.study import create_or_load
 
@@ -93,10 +92,7 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
     if workers == 1:
         return search.run_search(config, progress)
     say = progress or (lambda message: None)
-    search.check_config(config)
-    resolve_placement(config.device, config.precision)  # a missing GPU fails before any study is made
-    input_shape, num_classes = dataset_info(config.dataset, config.data_root)
-    search.check_budget(config, input_shape, num_classes)
+    prepared = search.prepare(config)  # the config checked itself when it was made; these checks need data
     # Create the study here, once: N processes creating it at the same moment would race.
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line among our progress
@@ -106,12 +102,12 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
     finally:
         optuna.logging.set_verbosity(verbosity)
     if config.trials is not None and count_finished(study) >= config.trials:
-        return search.run_search(config, progress)  # says that the study is already complete
+        return search.run_search(config, progress, prepared=prepared)  # says that the study is already complete
 
     threads = threads_per_worker(workers)
     say(f"{workers} workers, {threads} CPU thread(s) each, on {storage_kind(config.storage_url)} storage")
     start = time.perf_counter()
-    processes = [_spawn(config, index, threads, verbose=progress is not None) for index in range(workers)]
+    processes = [_spawn(config, prepared, index, threads, verbose=progress is not None) for index in range(workers)]
     interrupted = False
     with _signals_as_ctrl_c():
         while any(p.poll() is None for p in processes):
@@ -135,7 +131,7 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
         elif code < 0:
             say(f"worker {index} was killed by signal {-code}; journal storage has no heartbeat, so its trial stays "
                 "RUNNING. When no worker of this study runs any more, fail it and queue it again with: "
-                f"python -m budgetnas.storage fail-running --storage {redact(config.storage_url)} "
+                f"budgetnas storage fail-running --storage {redact(config.storage_url)} "
                 f"--study {config.study_name}; then rerun this search to finish the study")
     summary = search.summarise(study, config, time.perf_counter() - start)
     if interrupted or EXIT_INTERRUPTED in codes:
@@ -172,7 +168,7 @@ def _signals_as_ctrl_c() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _spawn(config: "SearchConfig", index: int, threads: int, verbose: bool) -> subprocess.Popen:
+def _spawn(config: "SearchConfig", prepared: Any, index: int, threads: int, verbose: bool) -> subprocess.Popen:
     """Start ``python -m budgetnas.workers`` with the pickled job on its stdin.
 
     A fresh interpreter rather than multiprocessing: it does not re-import the caller's main
@@ -183,7 +179,7 @@ def _spawn(config: "SearchConfig", index: int, threads: int, verbose: bool) -> s
                                stdout=subprocess.PIPE, stderr=None if verbose else subprocess.DEVNULL, env=env,
                                start_new_session=True)
     assert process.stdin is not None
-    process.stdin.write(pickle.dumps((config, index, threads, verbose)))
+    process.stdin.write(pickle.dumps((config, prepared, index, threads, verbose)))
     process.stdin.close()
     return process
 
@@ -201,7 +197,7 @@ def _worker_main() -> int:
     Progress goes to stderr with a ``[worker i]`` prefix; a final one-line error to stdout,
     where the parent reads it.
     """
-    config, index, threads, verbose = pickle.loads(sys.stdin.buffer.read())
+    config, prepared, index, threads, verbose = pickle.loads(sys.stdin.buffer.read())
     import torch
 
     from budgetnas import search
@@ -210,7 +206,7 @@ def _worker_main() -> int:
     if "worker" in {f.name for f in fields(config)}:  # offsets the sampler seed per worker (search.py)
         config = replace(config, worker=index)
     try:
-        search.run_search(config, (lambda message: _say(index, message)) if verbose else None)
+        search.run_search(config, (lambda message: _say(index, message)) if verbose else None, prepared=prepared)
     except KeyboardInterrupt:  # SearchInterrupted is one
         return EXIT_INTERRUPTED
     except UsageError as exc:

@@ -5,7 +5,7 @@
 
 Every ``import budgetnas.X`` / ``from budgetnas.X import ...`` counts, at module level or inside a
 function (a lazy import is still a dependency), except those under ``if TYPE_CHECKING:``, which
-never run. ``budgetnas/__init__.py``'s lazy re-exports are left out: they are the public face, not
+never run, and under ``if __name__ == "__main__":`` (a module's command-line alias, not a dependency). ``budgetnas/__init__.py``'s lazy re-exports are left out: they are the public face, not
 a dependency of any module. The test suite runs :func:`cycles` (tests/test_structure.py).
 """
 
@@ -24,9 +24,11 @@ def _module_name(path: Path) -> str:
 
 
 def _type_checking_lines(tree: ast.AST) -> set[int]:
+    """Lines under ``if TYPE_CHECKING:`` (never run) and ``if __name__ == "__main__":`` (an entry point)."""
     lines: set[int] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        if isinstance(node, ast.If) and ("TYPE_CHECKING" in ast.unparse(node.test)
+                                         or "__main__" in ast.unparse(node.test)):
             for child in node.body:
                 lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
     return lines

@@ -8,6 +8,7 @@ import re
 import sys
 from typing import Any
 
+from budgetnas.choices import DEVICES, PRECISIONS
 from budgetnas.errors import UsageError
 
 
@@ -21,9 +22,9 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+    parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="where to train (default: auto = cuda, then mps, then cpu)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: bf16/mixed where the hardware has it natively, else fp32")
 
 

@@ -40,12 +40,9 @@ def add_epoch_options(parser: argparse.ArgumentParser) -> None:
 
 
 def check_epoch_options(args: argparse.Namespace) -> None:
+    """The options the library does not check before it loads data (--epochs and --seed: the recipe does)."""
     from budgetnas.errors import UsageError
 
-    if args.epochs is not None and args.epochs < 1:
-        raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
-    if getattr(args, "seed", None) is not None and args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if args.subset is not None and args.subset < 20:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from budgetnas.budget import format_budget
 from budgetnas.errors import UsageError
-from budgetnas.paper import paper_models
+from budgetnas.datasets import reference_models
 from budgetnas.search import SearchConfig, run_search
 
 Progress = Callable[[str], None]
@@ -209,7 +209,7 @@ def write_found(row: SweepRow, search: SearchConfig, folder: Path) -> Path:
 
 def render_markdown(family: str, dataset: str, rows: list[SweepRow]) -> str:
     """The sweep table, with the paper's model of the same family and budget beside ours."""
-    paper = {m.budget: m for m in paper_models(family)} if dataset == "fashion-mnist" else {}
+    paper = {m.budget: m for m in reference_models(dataset, family)}
     lines = [f"# Budget sweep: {family.upper()} on {dataset}", "",
              "Test accuracy is from replaying each study's best trial (chosen on validation accuracy only), trained on "
              "the whole training split.", "",
@@ -255,8 +255,8 @@ def render_html(family: str, dataset: str, rows: list[SweepRow]) -> str:
         fig.add_trace(go.Scatter(x=x, y=[r["test_accuracy"] for _, r in ours], mode="lines+markers", text=text,
                                  name="budgetnas (replayed best)", legendgroup="ours", showlegend=col == 1,
                                  marker=dict(size=10, color="#1f77b4")), row=1, col=col)
-    if dataset == "fashion-mnist":
-        ref = paper_models(family)
+    ref = reference_models(dataset, family)
+    if ref:
         fig.add_trace(go.Scatter(x=[m.budget for m in ref], y=[m.test_accuracy for m in ref], mode="markers",
                                  text=[f"paper {m.name}: {m.params:,} params" for m in ref], name="paper",
                                  marker=dict(size=10, symbol="x", color="#d62728")), row=1, col=1)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import optuna
 
 from budgetnas import objectives, records
-from budgetnas.counting import PAPER_BATCH, count_mult_adds, count_params, human_count
+from budgetnas.counting import PAPER_BATCH, count_params, human_count, paper_batch_mult_adds
 from budgetnas.errors import RunFailure
 from budgetnas.space import sample_recipe, sample_spec
 from budgetnas.stopping import FrontRule
@@ -70,8 +70,7 @@ class Objective:
         params = count_params(spec, data.input_shape, data.num_classes)
         trial.set_constraint(CONSTRAINT, params - config.budget)
         trial.set_user_attr("params", params)
-        # torchinfo's mult-adds grow linearly with the batch, so count one sample and scale.
-        mult_adds = count_mult_adds(spec, data.input_shape, data.num_classes, batch=1) * PAPER_BATCH
+        mult_adds = paper_batch_mult_adds(spec, data.input_shape, data.num_classes)
         if config.max_mult_adds is not None:
             # The parameter budget does not bound compute (a wide conv without pooling can cost
             # 10x the paper's CNN-100K at the same count), so a cap is a second constraint.

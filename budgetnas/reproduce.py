@@ -150,27 +150,16 @@ def train_config(config: RunConfig, *, device: str = "auto", precision: str = "a
 
     ``threads`` sets torch's intra-op CPU threads (None keeps the default, one per core).
     """
-    from budgetnas.counting import PAPER_BATCH, count_mult_adds
     from budgetnas.data import load_dataset
-    from budgetnas.trainer import train
+    from budgetnas.runs import train_run
 
     if data is None:
         data = load_dataset(config.dataset, data_root, with_test=True, subset=subset)
-    result = train(config.spec, data, config.recipe, device=device, precision=precision, on_epoch=on_epoch,
-                   evaluate_test=True, threads=threads)
-    summary = result.summary()
-    metrics = {
-        **{k: summary[k] for k in ("params", "val_accuracy", "test_accuracy", "train_seconds", "lowest_loss",
-                                   "lowest_loss_epoch", "epochs_run", "device", "precision", "curve")},
-        # torchinfo's mult-adds are linear in the batch: count one image, quote the paper's batch.
-        "mult_adds": count_mult_adds(config.spec, data.input_shape, data.num_classes, batch=1) * PAPER_BATCH,
-        "name": config.name, "dataset": config.dataset, "subset": subset, "epochs": config.recipe.epochs,
-        "threads": _torch_threads(),
-        "seed": config.recipe.seed, "train_images": len(data.train), "test_images": len(data.require_test()),
-        "spec": config.spec.to_dict(), "recipe": config.recipe.to_dict(),
-        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    return RunReport(config=config, metrics=metrics, model=result.model)
+    run = train_run(config.spec, config.recipe, data, dataset=config.dataset, subset=subset, device=device,
+                    precision=precision, on_epoch=on_epoch, threads=threads)
+    metrics = {**run.metrics, "name": config.name, "threads": _torch_threads(),
+               "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return RunReport(config=config, metrics=metrics, model=run.model)
 
 
 def _torch_threads() -> int:
@@ -181,13 +170,13 @@ def _torch_threads() -> int:
 
 def save_run(report: RunReport, out: str | Path) -> dict[str, Path]:
     """Write ``model.pt`` (state dict), ``metrics.json`` and ``config.toml`` (with ``[result]``) to ``out``."""
-    import torch
+    from budgetnas.runs import save_weights, write_json
 
     out = Path(out)
     check_writable(out)
     paths = {"weights": out / "model.pt", "metrics": out / "metrics.json", "config": out / "config.toml"}
-    torch.save({k: v.detach().cpu() for k, v in report.model.state_dict().items()}, paths["weights"])
-    paths["metrics"].write_text(json.dumps(report.metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    save_weights(report.model, paths["weights"])
+    write_json(paths["metrics"], report.metrics)
     keys = ("params", "val_accuracy", "test_accuracy", "train_seconds", "mult_adds", "lowest_loss",
             "lowest_loss_epoch", "device", "precision")
     result = {k: report.metrics[k] for k in keys if report.metrics.get(k) is not None}

@@ -144,8 +144,8 @@ def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: in
     from budgetnas.data import load_dataset
     from budgetnas.records import recipe_of, settings_of, spec_of
     from budgetnas.replay import trained_trials, val_accuracy_of
+    from budgetnas.runs import train_run
     from budgetnas.studyio import load_existing_study
-    from budgetnas.trainer import train
 
     study, _url = load_existing_study(search.storage_url, study_name)
     settings = settings_of(study)
@@ -161,12 +161,12 @@ def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: in
             say(f"  finalist {n}/{min(count, len(top))} (trial {trial.number}): epoch {e.epoch}/{recipe.epochs} "
                 f"loss {e.train_loss:.4f} val {e.val_accuracy:.4f} ({e.seconds:.1f}s)")
 
-        result = train(spec_of(trial), data, recipe, device=search.device, precision=search.precision,
-                       on_epoch=on_epoch)
+        run = train_run(spec_of(trial), recipe, data, dataset=settings.dataset, subset=subset, device=search.device,
+                        precision=search.precision, on_epoch=on_epoch, evaluate_test=False)
         ranked.append({"trial": trial.number, "search_val": val_accuracy_of(trial, settings),
-                       "val": result.val_accuracy, "params": result.params})
+                       "val": run.metrics["val_accuracy"], "params": run.metrics["params"]})
         say(f"  finalist {n}/{min(count, len(top))}: trial {trial.number}, validation accuracy "
-            f"{ranked[-1]['search_val']:.4f} in the search, {result.val_accuracy:.4f} after {recipe.epochs} epochs")
+            f"{ranked[-1]['search_val']:.4f} in the search, {ranked[-1]['val']:.4f} after {recipe.epochs} epochs")
     return sorted(ranked, key=lambda r: (-r["val"], r["params"]))
 
 

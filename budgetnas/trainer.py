@@ -20,6 +20,7 @@ from torch import nn
 from budgetnas.data import Data, Split
 from budgetnas.device import Placement, resolve_placement
 from budgetnas.errors import TrainingDiverged, UsageError
+from budgetnas.inputs import scale
 from budgetnas.model import build_model, trainable_params
 from budgetnas.recipe import AUGMENTS, OPTIMIZERS, PAPER_RECIPE, SCHEDULES, EpochStats, Recipe  # noqa: F401 (re-exported)
 from budgetnas.spec import CNNSpec, Spec
@@ -293,20 +294,14 @@ class _Inputs:
         self.recipe = recipe
         self.device = device
         self.channels_last = channels_last
-        if recipe.normalize:
-            self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
-            self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-        else:
-            self.mean = self.std = None
+        self.data = data
         self.train_x = self.prepare(data.train.x)
         self.train_y = data.train.y.to(device)
         self.val_x = self.prepare(data.val.x)
         self.gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device).to(torch.float32).div_(255)
-        if self.mean is not None:
-            x = x.sub_(self.mean).div_(self.std)
+        x = scale(images, self.data, self.recipe, self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

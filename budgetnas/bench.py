@@ -24,14 +24,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from budgetnas.errors import UsageError
-from budgetnas.reproduce import RunConfig, resolve_config
+from budgetnas.reproduce import RunConfig, _quiet, resolve_config  # _quiet: the one silent progress function
 
 PAPER_TRAIN_IMAGES = 54_000  # 90% of Fashion-MNIST's 60,000 training images: one epoch of the paper
 ProgressFn = Callable[[str], None]
-
-
-def _quiet(message: str) -> None:
-    return None
 
 
 # --------------------------------------------------------------------------- per-device bench

@@ -104,12 +104,13 @@ def override(config: RunConfig, *, epochs: int | None = None, seed: int | None =
     from budgetnas.data import check_dataset_name
 
     recipe = config.recipe
-    for name, value in (("epochs", epochs), ("seed", seed)):
-        if value is not None:
-            try:
-                recipe = replace(recipe, **{name: value})
-            except UsageError as exc:
-                raise FieldError(str(exc).removeprefix("recipe "), name) from None
+    changes = {name: value for name, value in (("epochs", epochs), ("seed", seed)) if value is not None}
+    if changes:
+        try:
+            recipe = replace(recipe, **changes)
+        except UsageError as exc:
+            named = [name for name in changes if str(exc).startswith(f"recipe {name} ")]
+            raise FieldError(str(exc).removeprefix("recipe "), *named) from None
     return replace(config, recipe=recipe, dataset=check_dataset_name(dataset) if dataset else config.dataset)
 
 

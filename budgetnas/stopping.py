@@ -1,7 +1,7 @@
 """Early stopping for multi-objective searches, where Optuna's pruners do not work.
 
 ``Trial.report``/``should_prune`` raise ``NotImplementedError`` in multi-objective studies
-(see ``shared/optuna-facts.md``), so budgetnas brings its own rule, applied after each epoch
+(Optuna's ``Trial.report`` documentation), so budgetnas brings its own rule, applied after each epoch
 before the last:
 
     Stop a trial at epoch ``k`` when some trial already on the Pareto front

@@ -36,6 +36,7 @@ waiting; a killed worker's trial then stays RUNNING and the study ends one short
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import pickle
 import signal
@@ -43,7 +44,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import fields, replace
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from budgetnas.errors import FieldError, RunFailure, UsageError
@@ -204,7 +205,8 @@ def _worker_main() -> int:
 
     torch.set_num_threads(threads)
     if "worker" in {f.name for f in fields(config)}:  # offsets the sampler seed per worker (search.py)
-        config = replace(config, worker=index)
+        config = copy.copy(config)  # not replace(): the parent checked this config once, no second check here
+        object.__setattr__(config, "worker", index)
     try:
         search.run_search(config, (lambda message: _say(index, message)) if verbose else None, prepared=prepared)
     except KeyboardInterrupt:  # SearchInterrupted is one

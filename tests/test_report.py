@@ -100,6 +100,7 @@ def _script_sources(page: str) -> list[str | None]:
     return found
 
 
+@pytest.mark.slow
 def test_replay_adds_test_accuracy_and_feature_maps(replayed_report):
     study, path = replayed_report
     page = path.read_text(encoding="utf-8")

@@ -4,7 +4,7 @@ Each subcommand lives in its own module of this package with two functions:
 ``register(subparsers)`` (argparse only; no heavy imports, so ``--help`` is instant) and
 the handler it installs with ``set_defaults(handler=...)``, which returns an exit code.
 
-Exit codes (see ``shared/cli.md``): 0 success, 2 bad input (one ``error:`` line on
+Exit codes (as the README and ``budgetnas --help`` state): 0 success, 2 bad input (one ``error:`` line on
 stderr, no traceback), 1 a failure while running, 130 interrupted by Ctrl-C.
 """
 
@@ -52,7 +52,7 @@ def build_parser() -> ArgumentParser:
             module = importlib.import_module(f"budgetnas.cli.{name}")
         except ModuleNotFoundError as exc:
             if exc.name == f"budgetnas.cli.{name}":
-                continue  # command not built yet; tests/test_cli.py requires every COMMANDS entry
+                continue  # command not built yet; tests/test_cli_basics.py requires every COMMANDS entry
             raise
         module.register(subparsers)
     return parser

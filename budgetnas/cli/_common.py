@@ -9,12 +9,13 @@ import sys
 from typing import Any
 
 from budgetnas.choices import DEVICES, PRECISIONS
+from budgetnas.datasets import DATASETS
 from budgetnas.errors import UsageError
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="fashion-mnist",
-                        help="fashion-mnist (default), mnist, kmnist, cifar10 or npz:PATH")
+                        help=f"{', '.join(DATASETS)} or npz:PATH (default fashion-mnist)")
     parser.add_argument("--data-root", metavar="DIR", default=None,
                         help="folder with datasets in torchvision's layout (default: $BUDGETNAS_DATA, else ./data)")
     parser.add_argument("--subset", type=int, default=None, metavar="N",

@@ -24,14 +24,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from budgetnas.errors import UsageError
-from budgetnas.reproduce import RunConfig, resolve_config
+from budgetnas.reproduce import RunConfig, _quiet, resolve_config  # _quiet: the one silent progress function
 
 PAPER_TRAIN_IMAGES = 54_000  # 90% of Fashion-MNIST's 60,000 training images: one epoch of the paper
 ProgressFn = Callable[[str], None]
-
-
-def _quiet(message: str) -> None:
-    return None
 
 
 # --------------------------------------------------------------------------- per-device bench
@@ -225,9 +221,12 @@ def _paper_style_run(config: RunConfig, dataset: Any, steps: int, seed: int) -> 
     from torch import nn
     from torch.utils.data import DataLoader
 
+    from budgetnas.datasets import DATASETS
+
+    entry = DATASETS[config.dataset]
     cpu, start = _cpu_seconds(), time.perf_counter()
     torch.manual_seed(seed)
-    model = paper_style_model(config, (1, 28, 28), 10)
+    model = paper_style_model(config, entry.input_shape, entry.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.recipe.lr)
     criterion = nn.CrossEntropyLoss()
     loader = DataLoader(dataset, batch_size=config.recipe.batch_size, shuffle=True)
@@ -286,17 +285,22 @@ def baseline_comparison(ref: str = "cnn-100k", *, steps: int = 20, repeats: int 
 
     if steps < 1 or repeats < 1:
         raise UsageError(f"--steps and --repeats must be >= 1, got {steps} and {repeats}")
+    from budgetnas.datasets import DATASETS
+    from budgetnas.paper import PAPER_DATASET
+
     config = resolve_config(ref)
     _set_threads(threads)
-    if config.dataset != "fashion-mnist":
-        raise UsageError(f"the baseline benchmark trains on Fashion-MNIST; {config.name} uses {config.dataset}")
+    if config.dataset != PAPER_DATASET:
+        raise UsageError(f"the baseline benchmark trains on the paper's {PAPER_DATASET}; {config.name} uses "
+                         f"{config.dataset}")
+    entry = DATASETS[config.dataset]
     batch = config.recipe.batch_size
-    full = load_dataset("fashion-mnist", data_root)
+    full = load_dataset(entry.name, data_root)
     images = steps * batch
     if images > len(full.train):
         raise UsageError(f"--steps {steps} needs {images} images; the training split has {len(full.train)}")
-    torchvision_set = datasets.FashionMNIST(str(resolve_root(data_root)), train=True, download=False,
-                                            transform=transforms.ToTensor())
+    torchvision_set = getattr(datasets, entry.torchvision)(str(resolve_root(data_root)), train=True, download=False,
+                                                           transform=transforms.ToTensor())
     train_idx = _train_indices(torchvision_set, config.recipe.seed)
     baseline_set = Subset(torchvision_set, train_idx.tolist())
     # (b) trains one epoch over exactly `steps` batches, then validates on one batch.

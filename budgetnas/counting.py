@@ -68,6 +68,15 @@ def torchinfo_mult_adds(spec: Spec, input_shape: tuple[int, int, int], num_class
     return int(stats.total_mult_adds)
 
 
+def paper_batch_mult_adds(spec: Spec, input_shape: tuple[int, int, int], num_classes: int) -> int:
+    """Mult-adds at the paper's batch (:data:`PAPER_BATCH`), as every trial, replay and run records them.
+
+    torchinfo's mult-adds grow linearly with the batch, so one sample is traced and the count
+    scaled: the same number, 512 times less tracing.
+    """
+    return count_mult_adds(spec, input_shape, num_classes, batch=1) * PAPER_BATCH
+
+
 def torchinfo_trainable(spec: Spec, input_shape: tuple[int, int, int], num_classes: int) -> int:
     """torchinfo's trainable-parameter count (used to cross-check :func:`count_params`)."""
     import torchinfo

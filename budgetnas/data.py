@@ -24,21 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from budgetnas.datasets import DATASETS as REGISTRY
 from budgetnas.errors import DataError
 
 DATA_ENV = "BUDGETNAS_DATA"
 
-# name -> (torchvision class, folder torchvision reads, class names)
-_TORCHVISION = {
-    "fashion-mnist": ("FashionMNIST", "FashionMNIST/raw",
-                      ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
-    "mnist": ("MNIST", "MNIST/raw", tuple(str(i) for i in range(10))),
-    "kmnist": ("KMNIST", "KMNIST/raw", ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
-    "cifar10": ("CIFAR10", "cifar-10-batches-py",
-                ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")),
-}
-DATASETS = tuple(_TORCHVISION) + ("npz:PATH",)
+DATASETS = tuple(REGISTRY) + ("npz:PATH",)  # the names; each known dataset is one entry of budgetnas.datasets
 
 
 @dataclass
@@ -81,7 +72,7 @@ def resolve_root(root: str | os.PathLike | None) -> Path:
 
 
 def check_dataset_name(name: str) -> str:
-    if name in _TORCHVISION or name.startswith("npz:"):
+    if name in REGISTRY or name.startswith("npz:"):
         return name
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
@@ -119,10 +110,8 @@ def load_dataset(name: str = "fashion-mnist", root: str | os.PathLike | None = N
 
 def dataset_info(name: str, root: str | os.PathLike | None = None) -> tuple[tuple[int, int, int], int]:
     """(input_shape, num_classes) of a dataset without keeping it in memory."""
-    known = {"fashion-mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
-             "kmnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
-    if name in known:
-        return known[name]
+    if name in REGISTRY:
+        return REGISTRY[name].input_shape, REGISTRY[name].num_classes
     data = load_dataset(name, root, subset=None)
     return data.input_shape, data.num_classes
 
@@ -130,9 +119,9 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> tuple[tupl
 def _load_torchvision(name: str, root: Path, download: bool):
     import torchvision
 
-    cls_name, folder, classes = _TORCHVISION[name]
-    cls = getattr(torchvision.datasets, cls_name)
-    where = root / folder
+    entry = REGISTRY[name]
+    cls, classes = getattr(torchvision.datasets, entry.torchvision), entry.classes
+    where = root / entry.folder
     try:
         train = cls(str(root), train=True, download=False)
         test = cls(str(root), train=False, download=False)

@@ -6,10 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from budgetnas.choices import DEVICES, PRECISIONS
 from budgetnas.errors import UsageError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,18 @@ class UsageError(BudgetNASError, ValueError):
     """Bad input: a malformed option, file or setting. The message says what to do."""
 
 
+class FieldError(UsageError):
+    """Bad value of named settings (``fields``), e.g. ``FieldError("trials must be at least 1, got 0", "trials")``.
+
+    The library names its own fields; the CLI spells each as the flag that sets it
+    (:func:`budgetnas.cli.flag_message`: ``--trials must be at least 1, got 0``).
+    """
+
+    def __init__(self, message: str, *fields: str) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
 class DataError(UsageError):
     """A dataset that is missing, cannot be downloaded, or has the wrong shape."""
 

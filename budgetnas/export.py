@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from budgetnas.data import Data
+from budgetnas.inputs import input_stats
 from budgetnas.trainer import Recipe
 
 
@@ -36,8 +37,7 @@ class Deployable(nn.Module):
 
 def deployable(model: nn.Module, data: Data, recipe: Recipe) -> Deployable:
     """A CPU, eval-mode copy of ``model`` that takes [0, 1] images (the trained model is untouched)."""
-    channels = data.input_shape[0]
-    mean, std = (data.mean, data.std) if recipe.normalize else ((0.0,) * channels, (1.0,) * channels)
+    mean, std = input_stats(data, recipe)
     net = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).float().eval()
     return Deployable(net, mean, std).eval()
 

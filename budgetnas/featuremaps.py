@@ -26,6 +26,7 @@ from torch import nn
 
 from budgetnas.data import Data
 from budgetnas.errors import UsageError
+from budgetnas.inputs import scale
 from budgetnas.figures import png_bytes, stack_with_titles, tile
 from budgetnas.trainer import Recipe
 
@@ -48,10 +49,7 @@ class FeatureMaps:
 
 def prepare(images: torch.Tensor, data: Data, recipe: Recipe) -> torch.Tensor:
     """uint8 (N, C, H, W) images -> the float inputs the model was trained on."""
-    x = images.to(torch.float32) / 255
-    if recipe.normalize:
-        x = (x - torch.tensor(data.mean).view(1, -1, 1, 1)) / torch.tensor(data.std).view(1, -1, 1, 1)
-    return x
+    return scale(images, data, recipe)
 
 
 def one_per_class(labels: torch.Tensor) -> list[int]:

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 
-from budgetnas import records
-from budgetnas.counting import PAPER_BATCH, count_mult_adds, count_params, human_count
+from budgetnas import objectives, records
+from budgetnas.counting import PAPER_BATCH, count_params, human_count, paper_batch_mult_adds
 from budgetnas.errors import RunFailure
 from budgetnas.families import get_family
 from budgetnas.space import sample_recipe
@@ -37,40 +37,42 @@ from budgetnas.trainer import EpochStats, Recipe, StopTraining, train
 
 if TYPE_CHECKING:
     from budgetnas.data import Data
-    from budgetnas.search import SearchConfig
 
-OBJECTIVES = ("accuracy", "runtime", "params", "mult_adds")
-DIRECTIONS = {"accuracy": "maximize", "runtime": "minimize", "params": "minimize", "mult_adds": "minimize"}
-METRIC_NAMES = {"accuracy": "val_accuracy", "runtime": "train_seconds", "params": "params", "mult_adds": "mult_adds"}
+OBJECTIVES = objectives.NAMES  # kept for importers; the registry is budgetnas.objectives
 CONSTRAINT = "params_over_budget"
 COMPUTE_CONSTRAINT = "mult_adds_over_cap"
 
 
 class Objective:
-    """``Objective(config, data)(trial)`` trains one candidate and returns its objective values."""
+    """``Objective(settings, data, recipe)(trial)`` trains one candidate and returns its objective values.
 
-    def __init__(self, config: "SearchConfig", data: "Data", recipe: Recipe, *,
+    ``settings`` are the study's stored settings (family, budget, objectives, space, cap): the
+    objective needs nothing of the search's run options but where to train and whether to stop early.
+    """
+
+    def __init__(self, settings: records.StudySettings, data: "Data", recipe: Recipe, *,
+                 device: str = "auto", precision: str = "auto", early_stop: bool = True,
                  progress: Callable[[str], None] | None = None,
                  interruptible: Callable[[bool], None] | None = None) -> None:
-        self.config = config
+        self.settings = settings
+        self.device, self.precision = device, precision
         self.data = data
         self.recipe = recipe
         self.progress = progress or (lambda message: None)
         # Told True while training runs: only then may Ctrl-C interrupt immediately (see search.py).
         self.interruptible = interruptible or (lambda flag: None)
-        self.single = len(config.objectives) == 1
-        self.rule = FrontRule(config.objectives, recipe.epochs) if config.early_stop and not self.single else None
+        self.single = len(settings.objectives) == 1
+        self.rule = FrontRule(settings.objectives, recipe.epochs) if early_stop and not self.single else None
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        config, data = self.config, self.data
+        config, data = self.settings, self.data
         spec = get_family(config.family).sample(trial, config.budget, data.input_shape, data.num_classes,
                                                 config.parameterisation)
         recipe = sample_recipe(trial, self.recipe) if config.recipe_space == "search" else self.recipe
         params = count_params(spec, data.input_shape, data.num_classes)
         trial.set_constraint(CONSTRAINT, params - config.budget)
         trial.set_user_attr("params", params)
-        # torchinfo's mult-adds grow linearly with the batch, so count one sample and scale.
-        mult_adds = count_mult_adds(spec, data.input_shape, data.num_classes, batch=1) * PAPER_BATCH
+        mult_adds = paper_batch_mult_adds(spec, data.input_shape, data.num_classes)
         if config.max_mult_adds is not None:
             # The parameter budget does not bound compute (a wide conv without pooling can cost
             # 10x the paper's CNN-100K at the same count), so a cap is a second constraint.
@@ -90,6 +92,10 @@ class Objective:
         trial.set_user_attr("mult_adds_batch", PAPER_BATCH)
         trial.set_user_attr("spec", spec_to_dict(spec))
         trial.set_user_attr("recipe", recipe.to_dict())
+        candidate = objectives.Candidate(spec, data.input_shape, data.num_classes, self.device, self.precision)
+        measured = {o.name: o.measure(candidate) for o in map(objectives.objective, config.objectives) if o.measure}
+        for name, value in measured.items():
+            trial.set_user_attr(objectives.objective(name).metric, value)
         self.progress(f"trial {trial.number}: {params:,} params, {spec.describe()}")
 
         curve: list[EpochStats] = []
@@ -109,13 +115,13 @@ class Objective:
                     raise StopTraining(f"pruned by the median rule after epoch {stats.epoch}")
             elif self.rule is not None:
                 reason = self.rule.should_stop(stats, front, params=params, mult_adds=mult_adds,
-                                               elapsed=time.perf_counter() - started)
+                                               elapsed=time.perf_counter() - started, measured=measured)
                 if reason:
                     raise StopTraining(reason)
 
         try:
             self.interruptible(True)
-            result = train(spec, data, recipe, device=config.device, precision=config.precision,
+            result = train(spec, data, recipe, device=self.device, precision=self.precision,
                            on_epoch=on_epoch)
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", f"interrupted by Ctrl-C during epoch {len(curve) + 1}")
@@ -139,13 +145,9 @@ class Objective:
         if result.stopped_early:
             self.progress(f"trial {trial.number}: {result.stopped_early}")
             raise optuna.TrialPruned(result.stopped_early)
-        values = [self._value(name, result.val_accuracy, result.train_seconds, params, mult_adds)
-                  for name in config.objectives]
+        values = objectives.values(config.objectives, objectives.Outcome(
+            params, mult_adds, accuracy=result.val_accuracy, seconds=result.train_seconds, measured=measured))
         return values[0] if self.single else values
-
-    @staticmethod
-    def _value(name: str, accuracy: float, seconds: float, params: int, mult_adds: int) -> float:
-        return float({"accuracy": accuracy, "runtime": seconds, "params": params, "mult_adds": mult_adds}[name])
 
     @staticmethod
     def _front(study: optuna.Study) -> list[Any]:

@@ -1,7 +1,8 @@
 """The figures the paper reported for its hand-designed models (Fashion-MNIST, 20 epochs).
 
 One table, used as reference points in reports and by ``reproduce``/``sweep`` to compare
-against. Source: ``shared/paper/cnn-fashion-mnist-cpu-gpu.md``, Tables 2, 4 and 5. The
+against. Source: E. Li, *Use CNN to distinguish images with CPU and GPU performance analysis*,
+Tables 2, 4 and 5 (see ``studies/paper/README.md``; the text is not in this repository). The
 accuracies are **test** accuracies (the paper had no separate validation score), the
 times are the paper's own CPU-only and GPU wall times for 20 epochs on its hardware, and
 the lowest loss is the lowest epoch training loss with its 1-based epoch.

@@ -36,11 +36,14 @@ from __future__ import annotations
 
 import platform
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from budgetnas.errors import StorageError
+from budgetnas.recipe import Recipe
 from budgetnas.spec import Spec, spec_from_dict, spec_to_dict
-from budgetnas.trainer import Recipe, TrainResult
+
+if TYPE_CHECKING:
+    from budgetnas.trainer import TrainResult
 
 SETTINGS_ATTR = "budgetnas"
 REPLAY_PREFIX = "replay:"
@@ -92,7 +95,7 @@ def library_versions() -> dict[str, str]:
             "optuna": optuna.__version__, "python": platform.python_version()}
 
 
-def training_attrs(spec: Spec, recipe: Recipe, result: TrainResult, mult_adds: int) -> dict[str, Any]:
+def training_attrs(spec: Spec, recipe: Recipe, result: "TrainResult", mult_adds: int) -> dict[str, Any]:
     """The user attributes of a trained trial (see the table above)."""
     attrs: dict[str, Any] = {
         "spec": spec_to_dict(spec),

@@ -20,7 +20,6 @@ and records its metrics in the study as user attribute ``replay:<trial number>``
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 from budgetnas.errors import StorageError, UsageError
 from budgetnas.records import StudySettings, recipe_of, replay_key, settings_of, spec_of
+from budgetnas.runs import TrainedRun, write_json
 
 ProgressFn = Callable[[str], None]
 
@@ -147,13 +147,14 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
     out = out.resolve()  # metrics.json and the study record absolute paths, valid from any folder
     say(f"replaying {choice.reason}")
     say(f"  spec {spec.describe()}; {recipe.epochs} epochs, seed {recipe.seed}")
-    result = retrain(spec, recipe, settings, device=device, precision=precision, data_root=data_root,
-                     subset=settings.subset if subset == "study" else subset, out=out, images=images,
-                     name=f"{loaded.study_name}-trial{choice.trial.number}", progress=say)
-    result.study, result.trial, result.reason = loaded.study_name, choice.trial.number, choice.reason
-    result.metrics.update(study=loaded.study_name, trial=choice.trial.number,
-                          search_val_accuracy=val_accuracy_of(choice.trial, settings))
-    _write_json(out / "metrics.json", result.to_dict())
+    run = retrain(spec, recipe, settings, device=device, precision=precision, data_root=data_root,
+                  subset=settings.subset if subset == "study" else subset, out=out, images=images,
+                  name=f"{loaded.study_name}-trial{choice.trial.number}", progress=say)
+    run.metrics.update(study=loaded.study_name, trial=choice.trial.number,
+                       search_val_accuracy=val_accuracy_of(choice.trial, settings))
+    result = ReplayResult(study=loaded.study_name, trial=choice.trial.number, reason=choice.reason, out=out,
+                          metrics=run.metrics, artifacts=run.artifacts, model=run.model)
+    write_json(run.artifacts["metrics"], result.to_dict())  # written once, with everything above
     if record:
         loaded.set_user_attr(replay_key(choice.trial.number), _recorded(result))
     return result
@@ -161,19 +162,16 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
 
 def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, precision: str,
             data_root: Any, subset: int | None, out: Path, images: Sequence[int] | None, name: str,
-            progress: ProgressFn) -> ReplayResult:
-    """Train ``spec`` with ``recipe`` on the study's dataset (with test split) and write artifacts."""
+            progress: ProgressFn) -> TrainedRun:
+    """Train ``spec`` with ``recipe`` on the study's dataset (with test split) and write its artifacts
+    (all but ``metrics.json``, whose path is ``artifacts["metrics"]``: the caller writes it once)."""
     from budgetnas.config import RunConfig, save_config
-    from budgetnas.counting import PAPER_BATCH, count_mult_adds
     from budgetnas.data import load_dataset
     from budgetnas.export import export_model
     from budgetnas.featuremaps import render_feature_maps, save_feature_maps
     from budgetnas.figures import line_panels
     from budgetnas.families import family_of
-    from budgetnas.spec import spec_to_dict
-    from budgetnas.trainer import train
-
-    import torch
+    from budgetnas.runs import save_weights, train_run
 
     data = load_dataset(settings.dataset, data_root, with_test=True, subset=subset, seed=settings.split_seed)
     if subset is not None:
@@ -190,19 +188,11 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
         progress(f"  epoch {e.epoch}/{recipe.epochs}  loss {e.train_loss:.4f}  val {e.val_accuracy:.4f}  "
                  f"({e.seconds:.1f}s)")
 
-    trained = train(spec, data, recipe, device=device, precision=precision, on_epoch=on_epoch, evaluate_test=True)
-    summary = trained.summary()
-    metrics = {**{k: summary[k] for k in ("params", "val_accuracy", "test_accuracy", "train_seconds",
-                                          "lowest_loss", "lowest_loss_epoch", "epochs_run", "device", "precision")},
-               # torchinfo's mult-adds grow linearly with the batch: count one sample, quote the paper's batch.
-               "mult_adds": count_mult_adds(spec, data.input_shape, data.num_classes, batch=1) * PAPER_BATCH,
-               "epochs": recipe.epochs, "seed": recipe.seed, "dataset": settings.dataset, "subset": subset,
-               "train_images": len(data.train), "test_images": len(data.require_test()),
-               "spec": spec_to_dict(spec), "recipe": recipe.to_dict(), "curve": summary["curve"],
-               "replayed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    artifacts: dict[str, Path] = {}
-    artifacts["weights"] = out / "model.pt"
-    torch.save({k: v.cpu() for k, v in trained.model.state_dict().items()}, artifacts["weights"])
+    run = train_run(spec, recipe, data, dataset=settings.dataset, subset=subset, device=device, precision=precision,
+                    on_epoch=on_epoch)
+    trained, metrics, artifacts = run.result, run.metrics, run.artifacts
+    metrics["replayed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    artifacts["weights"] = save_weights(trained.model, out / "model.pt")
     header = (f"Replayed {name}: test accuracy {metrics['test_accuracy']:.4f}, {metrics['params']} params.\n"
               "Retrain with: budgetnas train spec.toml")
     artifacts["config"] = save_config(RunConfig(name=name, spec=spec, recipe=recipe, dataset=settings.dataset,
@@ -221,10 +211,8 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
         progress(f"  feature maps of {len(paths)} test images in {artifacts['featuremaps']}")
     artifacts["export"] = export_model(trained.model, data, recipe, out / "model.pt2")
     artifacts["metrics"] = out / "metrics.json"
-    _write_json(artifacts["metrics"], {**metrics, "artifacts": {k: str(v) for k, v in artifacts.items()}})
     progress(f"  test accuracy {metrics['test_accuracy']:.4f}; artifacts in {out}")
-    return ReplayResult(study="", trial=-1, reason="", out=out.resolve(), metrics=metrics,
-                        artifacts=artifacts, model=trained.model)
+    return run
 
 
 def load_trained(folder: str | Path) -> tuple[Any, Any]:
@@ -293,7 +281,3 @@ def _recorded(result: ReplayResult) -> dict[str, Any]:
     keys = ("test_accuracy", "val_accuracy", "params", "mult_adds", "train_seconds", "lowest_loss",
             "lowest_loss_epoch", "epochs", "seed", "device", "precision", "subset", "replayed_at")
     return {**{k: result.metrics[k] for k in keys}, "out": str(result.out)}
-
-
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    path.write_text(json.dumps(document, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")

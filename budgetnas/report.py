@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from budgetnas.datasets import reference_models
 from budgetnas.errors import StorageError, UsageError
 from budgetnas.paper import PaperModel, paper_models
 from budgetnas.records import StudySettings, replays_of, settings_of
@@ -167,7 +168,7 @@ def _params_figure(info: ReportInfo) -> Any:
                                                                                           color="#2ca02c"),
                                  hovertext=[f"trial {n} replayed<br>test acc {r['test_accuracy']:.4f}<br>"
                                             f"{r.get('epochs')} epochs" for n, r in replays], hoverinfo="text"))
-    if info.paper and info.settings.dataset == "fashion-mnist":
+    if info.paper and reference_models(info.settings.dataset):
         fig.add_trace(go.Scatter(x=[m.params for m in info.paper], y=[m.test_accuracy for m in info.paper],
                                  mode="markers+text", name="paper: test accuracy, 20 epochs",
                                  text=[m.name for m in info.paper], textposition="top center",

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from budgetnas.config import RunConfig, load_config, save_config
-from budgetnas.errors import UsageError
+from budgetnas.errors import FieldError, UsageError
 from budgetnas.replay import check_writable
 from budgetnas.families import family_of
-from budgetnas.spec import spec_to_dict
 
 PAPER_DIR_ENV = "BUDGETNAS_PAPER_DIR"
 BN_SUFFIX = "+bn"
@@ -93,16 +92,22 @@ def resolve_config(ref: str) -> RunConfig:
 
 def override(config: RunConfig, *, epochs: int | None = None, seed: int | None = None,
              dataset: str | None = None) -> RunConfig:
-    """A copy of ``config`` with command-line overrides applied (None keeps the config's value)."""
+    """A copy of ``config`` with command-line overrides applied (None keeps the config's value).
+
+    The new recipe validates itself as it is made (``Recipe.__post_init__``, the one recipe check);
+    a bad value raises :class:`FieldError` naming ``epochs`` or ``seed``.
+    """
     from budgetnas.data import check_dataset_name
 
     recipe = config.recipe
-    if epochs is not None:
-        recipe = replace(recipe, epochs=epochs)
-    if seed is not None:
-        recipe = replace(recipe, seed=seed)
-    return replace(config, recipe=type(recipe).from_dict(recipe.to_dict()),  # re-validates the values
-                   dataset=check_dataset_name(dataset) if dataset else config.dataset)
+    changes = {name: value for name, value in (("epochs", epochs), ("seed", seed)) if value is not None}
+    if changes:
+        try:
+            recipe = replace(recipe, **changes)
+        except UsageError as exc:
+            named = [name for name in changes if str(exc).startswith(f"recipe {name} ")]
+            raise FieldError(str(exc).removeprefix("recipe "), *named) from None
+    return replace(config, recipe=recipe, dataset=check_dataset_name(dataset) if dataset else config.dataset)
 
 
 # --------------------------------------------------------------------------- count
@@ -142,27 +147,16 @@ def train_config(config: RunConfig, *, device: str = "auto", precision: str = "a
 
     ``threads`` sets torch's intra-op CPU threads (None keeps the default, one per core).
     """
-    from budgetnas.counting import PAPER_BATCH, count_mult_adds
     from budgetnas.data import load_dataset
-    from budgetnas.trainer import train
+    from budgetnas.runs import train_run
 
     if data is None:
         data = load_dataset(config.dataset, data_root, with_test=True, subset=subset)
-    result = train(config.spec, data, config.recipe, device=device, precision=precision, on_epoch=on_epoch,
-                   evaluate_test=True, threads=threads)
-    summary = result.summary()
-    metrics = {
-        **{k: summary[k] for k in ("params", "val_accuracy", "test_accuracy", "train_seconds", "lowest_loss",
-                                   "lowest_loss_epoch", "epochs_run", "device", "precision", "curve")},
-        # torchinfo's mult-adds are linear in the batch: count one image, quote the paper's batch.
-        "mult_adds": count_mult_adds(config.spec, data.input_shape, data.num_classes, batch=1) * PAPER_BATCH,
-        "name": config.name, "dataset": config.dataset, "subset": subset, "epochs": config.recipe.epochs,
-        "threads": _torch_threads(),
-        "seed": config.recipe.seed, "train_images": len(data.train), "test_images": len(data.require_test()),
-        "spec": spec_to_dict(config.spec), "recipe": config.recipe.to_dict(),
-        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    return RunReport(config=config, metrics=metrics, model=result.model)
+    run = train_run(config.spec, config.recipe, data, dataset=config.dataset, subset=subset, device=device,
+                    precision=precision, on_epoch=on_epoch, threads=threads)
+    metrics = {**run.metrics, "name": config.name, "threads": _torch_threads(),
+               "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return RunReport(config=config, metrics=metrics, model=run.model)
 
 
 def _torch_threads() -> int:
@@ -173,13 +167,13 @@ def _torch_threads() -> int:
 
 def save_run(report: RunReport, out: str | Path) -> dict[str, Path]:
     """Write ``model.pt`` (state dict), ``metrics.json`` and ``config.toml`` (with ``[result]``) to ``out``."""
-    import torch
+    from budgetnas.runs import save_weights, write_json
 
     out = Path(out)
     check_writable(out)
     paths = {"weights": out / "model.pt", "metrics": out / "metrics.json", "config": out / "config.toml"}
-    torch.save({k: v.detach().cpu() for k, v in report.model.state_dict().items()}, paths["weights"])
-    paths["metrics"].write_text(json.dumps(report.metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    save_weights(report.model, paths["weights"])
+    write_json(paths["metrics"], report.metrics)
     keys = ("params", "val_accuracy", "test_accuracy", "train_seconds", "mult_adds", "lowest_loss",
             "lowest_loss_epoch", "device", "precision")
     result = {k: report.metrics[k] for k in keys if report.metrics.get(k) is not None}

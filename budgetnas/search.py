@@ -23,23 +23,23 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import AbstractSet, Any, Callable
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from budgetnas import records
-from budgetnas.budget import format_budget
+from budgetnas.budget import format_budget, parse_budget
 from budgetnas.counting import human_count
 from budgetnas.data import check_dataset_name, dataset_info, load_dataset
 from budgetnas.device import resolve_placement
-from budgetnas.errors import RunFailure, UsageError
+from budgetnas.errors import FieldError, RunFailure, UsageError
 from budgetnas.objective import Objective
 from budgetnas.families import check_choices, family_key, get_family
 from budgetnas.storage import normalise_url, open_storage, redact
 from budgetnas.study import create_or_load, default_study_name, parse_objectives
 from budgetnas.trainer import PAPER_RECIPE, Recipe
-from budgetnas.workers import StopAtTotal, retried_numbers
+from budgetnas.trialcount import StopAtTotal, count_finished, counted_trials, counts
 
 Progress = Callable[[str], None]
 
@@ -48,7 +48,7 @@ Progress = Callable[[str], None]
 class SearchConfig:
     """Everything a search needs; the CLI options map one to one onto these fields."""
 
-    budget: int
+    budget: int  # or text such as "100k": parsed (once) when the config is made, like max_mult_adds ("5G")
     family: str = "cnn"
     dataset: str = "fashion-mnist"
     data_root: str | None = None
@@ -131,19 +131,38 @@ class SearchInterrupted(KeyboardInterrupt):
         self.summary = summary
 
 
-def run_search(config: SearchConfig, progress: Progress | None = None) -> SearchSummary:
-    """Run (or resume) the search that ``config`` describes and summarise the study."""
-    say = progress or (lambda message: None)
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`prepare` checked and worked out; picklable, so ``--workers`` pass it on."""
+
+    input_shape: tuple[int, int, int]
+    starts: list[tuple[str, dict[str, Any]]]
+
+
+def prepare(config: SearchConfig) -> Prepared:
+    """The checks that need the machine and the data, before any study exists: device, the budget
+    against the smallest net the space can build, and the ``--enqueue`` starting points. Run once per
+    search (with workers: in the parent, which hands the result to each worker)."""
     resolve_placement(config.device, config.precision)  # a missing GPU fails before any study is made
     input_shape, num_classes = dataset_info(config.dataset, config.data_root)
     check_budget(config, input_shape, num_classes)
-
     starts = start_params(config, input_shape, num_classes)  # bad --enqueue fails before a study exists
+    return Prepared(input_shape, starts)
+
+
+def run_search(config: SearchConfig, progress: Progress | None = None, *,
+               prepared: Prepared | None = None) -> SearchSummary:
+    """Run (or resume) the search that ``config`` describes and summarise the study.
+
+    ``prepared``: the result of :func:`prepare` when the caller already ran it (the workers).
+    """
+    say = progress or (lambda message: None)
+    prepared = prepared or prepare(config)
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's (with tracebacks)
     try:
-        return _optimize(config, input_shape, say, starts)
+        return _optimize(config, prepared.input_shape, say, prepared.starts)
     finally:
         optuna.logging.set_verbosity(verbosity)
 
@@ -187,9 +206,11 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Prog
         study.enqueue_trial(values, user_attrs={"enqueued": ref}, skip_if_exists=True)
     data = load_dataset(config.dataset, config.data_root, subset=config.subset)
     guard = _CtrlC()
-    objective = Objective(config, data, config.training_recipe(), progress=say, interruptible=guard.training)
+    objective = Objective(config.settings(), data, config.training_recipe(), device=config.device,
+                          precision=config.precision, early_stop=config.early_stop, progress=say,
+                          interruptible=guard.training)
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_Reporter(config, say)]
-    total = StopAtTotal(config.trials, _counts) if config.trials is not None else None
+    total = StopAtTotal(config.trials) if config.trials is not None else None
     if total is not None:
         callbacks.insert(0, total)
     start = time.perf_counter()
@@ -221,19 +242,27 @@ def _released(objective: Objective, total: StopAtTotal | None) -> Callable[[optu
 
 
 def check_config(config: SearchConfig) -> None:
-    """Fail fast on options that are wrong whatever the data (before anything is loaded)."""
+    """Fail fast on options that are wrong whatever the data (before anything is loaded).
+
+    Runs once, when the config is made (``__post_init__``). ``budget`` and ``max_mult_adds`` may be
+    given as text (``"100k"``, ``"5G"``): they are parsed here, so the CLI passes its flags through.
+    Errors are :class:`FieldError` naming the field; the CLI spells it as the flag.
+    """
     check_choices(config.family, config.parameterisation, config.recipe_space)
     check_dataset_name(config.dataset)
-    if isinstance(config.budget, bool) or not isinstance(config.budget, int) or config.budget <= 0:
-        raise UsageError(f"budget must be a positive number of parameters, got {config.budget!r}")
+    for name in ("budget", "max_mult_adds"):
+        value = getattr(config, name)
+        if value is not None:
+            try:
+                object.__setattr__(config, name, parse_budget(value, what=name))
+            except UsageError as exc:
+                raise FieldError(str(exc), name) from None
     if config.trials is not None and config.trials < 1:
-        raise UsageError(f"--trials must be at least 1, got {config.trials}")
+        raise FieldError(f"trials must be at least 1, got {config.trials}", "trials")
     if config.trials is None and config.timeout is None:
-        raise UsageError("give --trials or --timeout (or both) so the search knows when to stop")
+        raise FieldError("give trials or timeout (or both) so the search knows when to stop", "trials", "timeout")
     if config.epochs < 1:
-        raise UsageError(f"--epochs must be at least 1, got {config.epochs}")
-    if config.max_mult_adds is not None and config.max_mult_adds <= 0:
-        raise UsageError(f"--max-mult-adds must be positive, got {config.max_mult_adds}")
+        raise FieldError(f"epochs must be at least 1, got {config.epochs}", "epochs")
 
 
 def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> None:
@@ -246,24 +275,8 @@ def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_cl
                          f"use --budget {format_budget(smallest)} or more")
 
 
-def count_finished(study: optuna.Study) -> int:
-    """Trials that count towards ``--trials``: every finished trial except ones cut by Ctrl-C
-    and ones of a killed worker that were queued again (their retry counts instead)."""
-    trials = study.get_trials(deepcopy=False)
-    retried = retried_numbers(trials)
-    return sum(1 for t in trials if _counts(t, retried))
-
-
-def _counts(trial: FrozenTrial, retried: AbstractSet[int] = frozenset()) -> bool:
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return trial.state == TrialState.FAIL and "interrupted" not in trial.user_attrs and trial.number not in retried
-
-
 def summarise(study: optuna.Study, config: SearchConfig, wall_seconds: float) -> SearchSummary:
-    everything = study.get_trials(deepcopy=False)
-    retried = retried_numbers(everything)
-    trials = [t for t in everything if _counts(t, retried)]
+    trials = counted_trials(study)
     rejected = sum(1 for t in trials if "rejected" in t.user_attrs)
     stopped = sum(1 for t in trials if t.state == TrialState.PRUNED and "rejected" not in t.user_attrs)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -296,7 +309,7 @@ class _Reporter:
         self.run_trials = 0
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if not _counts(trial):
+        if not counts(trial):
             return
         self.run_trials += 1
         elapsed = time.perf_counter() - self.start

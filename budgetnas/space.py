@@ -39,17 +39,18 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Callable
 
+from budgetnas.choices import PARAMETERISATIONS, RECIPE_SPACES
 from budgetnas.counting import count_params
 from budgetnas.errors import UsageError
 from budgetnas.spec import ACTIVATIONS, INITS, CNNSpec, ConvBlock, FCNSpec, Spec
+from budgetnas.spec import FAMILIES as SPEC_FAMILIES
 from budgetnas.trainer import AUGMENTS, SCHEDULES, Recipe
 
 if TYPE_CHECKING:
     from optuna.trial import BaseTrial
 
 SPACE_VERSION = 1  # bump whenever a name, range or rule below changes: old studies then refuse to resume
-PARAMETERISATIONS = ("fit", "direct")
-FAMILIES = ("cnn", "fcn")
+FAMILIES = tuple(SPEC_FAMILIES)  # the one list of families is spec.FAMILIES (issue 14 makes it a registry)
 
 MAX_CONV_BLOCKS = 4
 MAX_FC_LAYERS = 3  # hidden FC layers of a CNN head
@@ -68,7 +69,6 @@ DROPOUT = (0.0, 0.5)
 _MAX_WIDTH = 1 << 16  # bisection ceiling for any single layer width
 
 # recipe space (recipe_space="search"); each range contains the paper's choice where it has one
-RECIPE_SPACES = ("paper", "search")
 LR = (3e-4, 1e-2)  # paper: 1e-3
 WEIGHT_DECAY = (1e-5, 1e-1)  # AdamW's decoupled decay; 1e-5 is as good as none at 20 epochs
 LABEL_SMOOTHING = (0.0, 0.15)

@@ -1,7 +1,7 @@
 """Early stopping for multi-objective searches, where Optuna's pruners do not work.
 
 ``Trial.report``/``should_prune`` raise ``NotImplementedError`` in multi-objective studies
-(see ``shared/optuna-facts.md``), so budgetnas brings its own rule, applied after each epoch
+(Optuna's ``Trial.report`` documentation), so budgetnas brings its own rule, applied after each epoch
 before the last:
 
     Stop a trial at epoch ``k`` when some trial already on the Pareto front
@@ -26,8 +26,9 @@ search uses Optuna's ``MedianPruner`` instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from budgetnas import objectives
 from budgetnas.trainer import EpochStats
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class FrontRule:
     min_front: int = 1
 
     def should_stop(self, stats: EpochStats, front: Sequence[Any], *, params: int, mult_adds: int,
-                    elapsed: float) -> str | None:
+                    elapsed: float, measured: Mapping[str, float] | None = None) -> str | None:
         """Decide after epoch ``stats.epoch`` of the running trial.
 
         Args:
@@ -52,6 +53,8 @@ class FrontRule:
                 order of ``objectives`` and a ``val_accuracy_curve`` user attribute).
             params, mult_adds:
                 the running trial's exact counts (known before training).
+            measured:
+                values of objectives measured before training (``latency``), by name.
             elapsed:
                 training seconds so far.
         """
@@ -59,10 +62,13 @@ class FrontRule:
             return None
         if len(front) < self.min_front:
             return None
-        mine = {"runtime": elapsed * self.epochs / stats.epoch, "params": params, "mult_adds": mult_adds}
+        costs = [objectives.objective(name) for name in self.objectives if name != "accuracy"]
+        outcome = objectives.Outcome(params, mult_adds, seconds=elapsed * self.epochs / stats.epoch,
+                                     measured=measured or {})
+        mine = {o.name: float(o.value_of(outcome)) for o in costs}
         for other in front:
             values = dict(zip(self.objectives, other.values or ()))
-            if any(values.get(name, float("inf")) > mine[name] for name in self.objectives if name != "accuracy"):
+            if any(not o.at_least_as_good(values.get(o.name, float("nan")), mine[o.name]) for o in costs):
                 continue  # cheaper than this front member on some objective: it may still join the front
             curve = other.user_attrs.get("val_accuracy_curve") or []
             if len(curve) < stats.epoch:

@@ -15,10 +15,10 @@ import optuna
 
 from budgetnas import records
 from budgetnas.budget import format_budget
+from budgetnas.choices import SAMPLERS
 from budgetnas.errors import StorageError, UsageError
-from budgetnas.objective import DIRECTIONS, METRIC_NAMES, OBJECTIVES
+from budgetnas.objectives import OBJECTIVES
 
-SAMPLERS = ("tpe", "nsga2", "random")
 NSGA2_POPULATION = 16  # Optuna's default of 50 would leave a 20..50-trial search purely random
 
 
@@ -68,7 +68,7 @@ def create_or_load(storage: Any, name: str, settings: records.StudySettings, sam
     """
     if sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    directions = [DIRECTIONS[o] for o in settings.objectives]
+    directions = [OBJECTIVES[o].direction for o in settings.objectives]
     try:
         study = optuna.create_study(storage=storage, study_name=name, directions=directions,
                                     load_if_exists=True, pruner=pruner)
@@ -81,7 +81,7 @@ def create_or_load(storage: Any, name: str, settings: records.StudySettings, sam
         study.set_user_attr(records.SETTINGS_ATTR, settings.to_dict())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([METRIC_NAMES[o] for o in settings.objectives])
+            study.set_metric_names([OBJECTIVES[o].metric for o in settings.objectives])
     else:
         differences = records.StudySettings.from_dict(stored).differences(settings)
         if differences:

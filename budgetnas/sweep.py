@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from budgetnas.budget import format_budget
 from budgetnas.errors import UsageError
-from budgetnas.paper import paper_models
+from budgetnas.datasets import reference_models
 from budgetnas.search import SearchConfig, run_search
 
 Progress = Callable[[str], None]
@@ -144,8 +144,8 @@ def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: in
     from budgetnas.data import load_dataset
     from budgetnas.records import recipe_of, settings_of, spec_of
     from budgetnas.replay import trained_trials, val_accuracy_of
+    from budgetnas.runs import train_run
     from budgetnas.studyio import load_existing_study
-    from budgetnas.trainer import train
 
     study, _url = load_existing_study(search.storage_url, study_name)
     settings = settings_of(study)
@@ -161,12 +161,12 @@ def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: in
             say(f"  finalist {n}/{min(count, len(top))} (trial {trial.number}): epoch {e.epoch}/{recipe.epochs} "
                 f"loss {e.train_loss:.4f} val {e.val_accuracy:.4f} ({e.seconds:.1f}s)")
 
-        result = train(spec_of(trial), data, recipe, device=search.device, precision=search.precision,
-                       on_epoch=on_epoch)
+        run = train_run(spec_of(trial), recipe, data, dataset=settings.dataset, subset=subset, device=search.device,
+                        precision=search.precision, on_epoch=on_epoch, evaluate_test=False)
         ranked.append({"trial": trial.number, "search_val": val_accuracy_of(trial, settings),
-                       "val": result.val_accuracy, "params": result.params})
+                       "val": run.metrics["val_accuracy"], "params": run.metrics["params"]})
         say(f"  finalist {n}/{min(count, len(top))}: trial {trial.number}, validation accuracy "
-            f"{ranked[-1]['search_val']:.4f} in the search, {result.val_accuracy:.4f} after {recipe.epochs} epochs")
+            f"{ranked[-1]['search_val']:.4f} in the search, {ranked[-1]['val']:.4f} after {recipe.epochs} epochs")
     return sorted(ranked, key=lambda r: (-r["val"], r["params"]))
 
 
@@ -211,7 +211,7 @@ def write_found(row: SweepRow, search: SearchConfig, folder: Path) -> Path:
 
 def render_markdown(family: str, dataset: str, rows: list[SweepRow]) -> str:
     """The sweep table, with the paper's model of the same family and budget beside ours."""
-    paper = {m.budget: m for m in paper_models(family)} if dataset == "fashion-mnist" else {}
+    paper = {m.budget: m for m in reference_models(dataset, family)}
     lines = [f"# Budget sweep: {family.upper()} on {dataset}", "",
              "Test accuracy is from replaying each study's best trial (chosen on validation accuracy only), trained on "
              "the whole training split.", "",
@@ -257,8 +257,8 @@ def render_html(family: str, dataset: str, rows: list[SweepRow]) -> str:
         fig.add_trace(go.Scatter(x=x, y=[r["test_accuracy"] for _, r in ours], mode="lines+markers", text=text,
                                  name="budgetnas (replayed best)", legendgroup="ours", showlegend=col == 1,
                                  marker=dict(size=10, color="#1f77b4")), row=1, col=col)
-    if dataset == "fashion-mnist":
-        ref = paper_models(family)
+    ref = reference_models(dataset, family)
+    if ref:
         fig.add_trace(go.Scatter(x=[m.budget for m in ref], y=[m.test_accuracy for m in ref], mode="markers",
                                  text=[f"paper {m.name}: {m.params:,} params" for m in ref], name="paper",
                                  marker=dict(size=10, symbol="x", color="#d62728")), row=1, col=1)

@@ -10,92 +10,21 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from budgetnas.data import Data, Split
+from budgetnas.data import Data
 from budgetnas.device import Placement, resolve_placement
 from budgetnas.errors import TrainingDiverged, UsageError
+from budgetnas.inputs import scale
 from budgetnas.model import build_model, trainable_params
 from budgetnas.families import family_of
+from budgetnas.recipe import AUGMENTS, OPTIMIZERS, PAPER_RECIPE, SCHEDULES, EpochStats, Recipe  # noqa: F401 (re-exported)
 from budgetnas.spec import Spec
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "onecycle")
-AUGMENTS = ("none", "flip", "shift", "flip-shift")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How a spec is trained. The defaults are the paper's recipe (Adam 1e-3, batch 512, 20 epochs)."""
-
-    epochs: int = 20
-    batch_size: int = 512
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    label_smoothing: float = 0.0
-    augment: str = "none"
-    normalize: bool = True  # standardise with train-split mean/std; False = ToTensor's 0..1 scaling
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise UsageError(f"recipe {name} must be an integer >= {minimum}, got {value!r}")
-        for name, low, high in (("lr", 0.0, 10.0), ("weight_decay", 0.0, 1.0), ("label_smoothing", 0.0, 0.5)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise UsageError(f"recipe {name} must be a number in [{low}, {high}], got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if self.lr == 0:
-            raise UsageError("recipe lr must be positive")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENTS)):
-            if getattr(self, name) not in allowed:
-                raise UsageError(f"unknown recipe {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
-        if not isinstance(self.normalize, bool):
-            raise UsageError(f"recipe normalize must be true or false, got {self.normalize!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def describe(self) -> str:
-        """One-line summary such as ``adamw lr 0.003 onecycle wd 0.0005 ls 0.1 flip batch 128``."""
-        parts = [self.optimizer, f"lr {self.lr:.2g}", self.schedule]
-        if self.weight_decay:
-            parts.append(f"wd {self.weight_decay:.2g}")
-        if self.label_smoothing:
-            parts.append(f"ls {self.label_smoothing:.2g}")
-        if self.augment != "none":
-            parts.append(self.augment)
-        parts.append(f"batch {self.batch_size}")
-        return " ".join(parts)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise UsageError(f"unknown key(s) {', '.join(unknown)} in recipe; allowed: {', '.join(sorted(allowed))}")
-        return cls(**data)
-
-
-PAPER_RECIPE = Recipe(normalize=False)
-
-
-@dataclass
-class EpochStats:
-    epoch: int  # 1-based, as the paper counts
-    train_loss: float
-    val_accuracy: float
-    seconds: float  # wall time of this epoch: its training steps and its validation pass
-
 
 @dataclass
 class TrainResult:
@@ -360,20 +289,14 @@ class _Inputs:
         self.recipe = recipe
         self.device = device
         self.channels_last = channels_last
-        if recipe.normalize:
-            self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
-            self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-        else:
-            self.mean = self.std = None
+        self.data = data
         self.train_x = self.prepare(data.train.x)
         self.train_y = data.train.y.to(device)
         self.val_x = self.prepare(data.val.x)
         self.gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device).to(torch.float32).div_(255)
-        if self.mean is not None:
-            x = x.sub_(self.mean).div_(self.std)
+        x = scale(images, self.data, self.recipe, self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

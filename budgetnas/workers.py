@@ -4,7 +4,8 @@
     from budgetnas.workers import run_workers
     summary = run_workers(SearchConfig(budget=5_000, trials=12, storage="journal:runs/s.log"), workers=2)
 
-Each worker is a separate Python process (``python -m budgetnas.workers``, so nothing of
+Each worker is a separate Python process (``python -m budgetnas.workers``, an internal entry point
+that reads its job from stdin; not a user command; so nothing of
 the caller's state is shared and no ``__main__`` guard is needed) running
 :func:`budgetnas.search.run_search` with the same config on the same storage, with
 ``cores // N`` torch threads, so N workers do not fight over the cores.
@@ -46,6 +47,7 @@ waiting; a killed worker's trial then stays RUNNING and the study ends one short
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import pickle
 import signal
@@ -54,15 +56,14 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
-from dataclasses import fields, replace
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from budgetnas.errors import RunFailure, UsageError
 from budgetnas.storage import redact, storage_kind
+from budgetnas.trialcount import LOCK_ENV, StopAtTotal, TrialGate, count_finished, retried_numbers  # noqa: F401  (their old home; tests import them here)
 
 if TYPE_CHECKING:
-    import optuna
 
     from budgetnas.search import SearchConfig, SearchSummary
 
@@ -70,7 +71,6 @@ Progress = Callable[[str], None]
 EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 AUTO = "auto"
 DEFAULT_WORKERS = AUTO  # chosen from benchmarks/results/search_throughput.md
-LOCK_ENV = "BUDGETNAS_TRIAL_LOCK"  # the file TrialGate locks; set by run_workers for its workers
 
 
 def parse_workers(value: int | str) -> int | str:
@@ -117,100 +117,6 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, (cores if cores is not None else available_cores()) // workers)
 
 
-class TrialGate:
-    """An exclusive file lock shared by the workers of one ``--workers N`` (fcntl; none on Windows).
-
-    A worker holds it from counting the study's trials (:meth:`StopAtTotal.room`) until the
-    trial it decided to run is RUNNING in the storage (the objective's first line calls
-    :meth:`release`), so the count of every other worker includes that trial.
-    """
-
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self._file: Any = None
-
-    def acquire(self) -> None:
-        if self.path is None or self._file is not None:
-            return
-        try:
-            import fcntl
-        except ImportError:  # Windows: no lock, the rare race of the module docstring remains
-            return
-        handle = open(self.path, "a")
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        self._file = handle
-
-    def release(self) -> None:
-        if self._file is not None:
-            handle, self._file = self._file, None
-            handle.close()  # closing drops the flock
-
-
-class StopAtTotal:
-    """Optuna callback: stop a worker when the study holds ``total`` counted trials.
-
-    ``counts(trial, retried)`` says whether a finished trial counts towards the total
-    (``retried`` holds the numbers of trials that a heartbeat retry replaced). With a
-    heartbeat storage, a worker whose next trial would overshoot (finished + running >= total)
-    waits, polling every ``poll`` seconds, until the running trials finish (stop) or one of them
-    is failed as stale and queued again (go on and run the retry). ``lock`` is the path of the
-    :class:`TrialGate` file (default: ``$BUDGETNAS_TRIAL_LOCK``, set by :func:`run_workers`).
-    """
-
-    def __init__(self, total: int, counts: Callable[[Any, set[int]], bool], poll: float = 1.0,
-                 lock: str | None = None) -> None:
-        self.total = total
-        self.counts = counts
-        self.poll = poll
-        self.gate = TrialGate(lock if lock is not None else os.environ.get(LOCK_ENV) or None)
-
-    def __call__(self, study: "optuna.Study", trial: Any) -> None:
-        if not self.room(study):
-            study.stop()
-
-    def room(self, study: "optuna.Study") -> bool:
-        """Whether this worker may start one more trial. True leaves the gate locked: call
-        :meth:`release` once that trial is RUNNING (or when none is started after all)."""
-        import optuna
-        from optuna.storages._heartbeat import is_heartbeat_enabled
-        from optuna.trial import TrialState
-
-        while not study._stop_flag:  # set by Ctrl-C (search.py): stop waiting
-            self.gate.acquire()
-            trials = study.get_trials(deepcopy=False)
-            retried = retried_numbers(trials)
-            finished = sum(1 for t in trials if t.state.is_finished() and self.counts(t, retried))
-            running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-            if finished >= self.total:
-                break
-            if finished + running < self.total:
-                return True  # room for one more trial (or for a queued retry)
-            if not is_heartbeat_enabled(study._storage):
-                break  # cannot tell a dead worker from a slow one: leave the rest to the others
-            self.gate.release()
-            time.sleep(self.poll)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)  # fails dead workers' trials and queues their retries
-        self.gate.release()
-        return False
-
-    def release(self) -> None:
-        self.gate.release()
-
-
-def retried_numbers(trials: list[Any]) -> set[int]:
-    """Numbers of trials that failed by a stale heartbeat and were queued again.
-
-    Such a trial is not a result: its retry (system attribute ``retry_history``) replaces it,
-    so it must not count towards ``--trials``.
-    """
-    numbers: set[int] = set()
-    for trial in trials:
-        numbers.update(trial.system_attrs.get("retry_history", ()))
-    return numbers
-
-
 def run_workers(config: "SearchConfig", workers: int | str = DEFAULT_WORKERS,
                 progress: Progress | None = None) -> "SearchSummary":
     """Run the search of ``config`` in ``workers`` processes (or ``auto``) on its storage; summarise the study.
@@ -222,14 +128,12 @@ def run_workers(config: "SearchConfig", workers: int | str = DEFAULT_WORKERS,
     import optuna
 
     from budgetnas import search
-    from budgetnas.data import dataset_info
     from budgetnas.device import resolve_placement
     from budgetnas.storage import open_storage
     from budgetnas.study import create_or_load
 
     say = progress or (lambda message: None)
     asked = parse_workers(workers)
-    search.check_config(config)
     placement = resolve_placement(config.device, config.precision)  # a missing GPU fails before any study is made
     workers = resolve_workers(asked, config.storage, placement.device.type)
     check_workers(workers, config.storage)
@@ -238,8 +142,7 @@ def run_workers(config: "SearchConfig", workers: int | str = DEFAULT_WORKERS,
             "--storage journal:budgetnas.log runs one single-threaded worker per core")
     if workers == 1:
         return search.run_search(config, progress)
-    input_shape, num_classes = dataset_info(config.dataset, config.data_root)
-    search.check_budget(config, input_shape, num_classes)
+    prepared = search.prepare(config)  # the config checked itself when it was made; these checks need data
     # Create the study here, once: N processes creating it at the same moment would race.
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line among our progress
@@ -249,15 +152,16 @@ def run_workers(config: "SearchConfig", workers: int | str = DEFAULT_WORKERS,
     finally:
         optuna.logging.set_verbosity(verbosity)
     if config.trials is not None:
-        workers = min(workers, config.trials - search.count_finished(study))  # no worker without a trial to run
+        workers = min(workers, config.trials - count_finished(study))  # no worker without a trial to run
     if workers <= 1:
-        return search.run_search(config, progress)  # or says that the study is already complete
+        return search.run_search(config, progress, prepared=prepared)  # or says that the study is already complete
 
     threads = threads_per_worker(workers)
     say(f"{workers} workers, {threads} CPU thread(s) each, on {storage_kind(config.storage_url)} storage")
     start = time.perf_counter()
     with _lock_file() as lock:
-        processes = [_spawn(config, index, threads, lock, verbose=progress is not None) for index in range(workers)]
+        processes = [_spawn(config, prepared, index, threads, lock, verbose=progress is not None)
+                     for index in range(workers)]
         codes, interrupted = _wait(processes)
     messages = [m for m in (_last_line(p) for p in processes) if m]
     heartbeat = storage_kind(config.storage_url) != "journal"
@@ -268,7 +172,7 @@ def run_workers(config: "SearchConfig", workers: int | str = DEFAULT_WORKERS,
         elif code < 0:
             say(f"worker {index} was killed by signal {-code}; journal storage has no heartbeat, so its trial stays "
                 "RUNNING. When no worker of this study runs any more, fail it and queue it again with: "
-                f"python -m budgetnas.storage fail-running --storage {redact(config.storage_url)} "
+                f"budgetnas storage fail-running --storage {redact(config.storage_url)} "
                 f"--study {config.study_name}; then rerun this search to finish the study")
     summary = search.summarise(study, config, time.perf_counter() - start)
     if interrupted or EXIT_INTERRUPTED in codes:
@@ -335,7 +239,8 @@ def _signals_as_ctrl_c() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _spawn(config: "SearchConfig", index: int, threads: int, lock: str, verbose: bool) -> subprocess.Popen:
+def _spawn(config: "SearchConfig", prepared: Any, index: int, threads: int, lock: str,
+           verbose: bool) -> subprocess.Popen:
     """Start ``python -m budgetnas.workers`` with the pickled job on its stdin.
 
     A fresh interpreter rather than multiprocessing: it does not re-import the caller's main
@@ -346,7 +251,7 @@ def _spawn(config: "SearchConfig", index: int, threads: int, lock: str, verbose:
                                stdout=subprocess.PIPE, stderr=None if verbose else subprocess.DEVNULL, env=env,
                                start_new_session=True)
     assert process.stdin is not None
-    process.stdin.write(pickle.dumps((config, index, threads, verbose)))
+    process.stdin.write(pickle.dumps((config, prepared, index, threads, verbose)))
     process.stdin.close()
     return process
 
@@ -364,16 +269,17 @@ def _worker_main() -> int:
     Progress goes to stderr with a ``[worker i]`` prefix; a final one-line error to stdout,
     where the parent reads it.
     """
-    config, index, threads, verbose = pickle.loads(sys.stdin.buffer.read())
+    config, prepared, index, threads, verbose = pickle.loads(sys.stdin.buffer.read())
     import torch
 
     from budgetnas import search
 
     torch.set_num_threads(threads)
     if "worker" in {f.name for f in fields(config)}:  # offsets the sampler seed per worker (search.py)
-        config = replace(config, worker=index)
+        config = copy.copy(config)  # not replace(): the parent checked this config once, no second check here
+        object.__setattr__(config, "worker", index)
     try:
-        search.run_search(config, (lambda message: _say(index, message)) if verbose else None)
+        search.run_search(config, (lambda message: _say(index, message)) if verbose else None, prepared=prepared)
     except KeyboardInterrupt:  # SearchInterrupted is one
         return EXIT_INTERRUPTED
     except UsageError as exc:

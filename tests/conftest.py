@@ -67,6 +67,14 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
                           capture_output=True, text=True, timeout=timeout, input=input)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that run the real CLI (the ``cli`` fixture) are marked ``cli``: each call starts Python and
+    torch in a subprocess (seconds), so the quick tier (``-m "not slow and not cli"``) leaves them out."""
+    for item in items:
+        if "cli" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cli)
+
+
 @pytest.fixture
 def cli(tmp_path):
     """``cli(*args)`` runs the real CLI in a subprocess with cwd = a fresh temporary folder."""

@@ -3,7 +3,7 @@
 ``postgres_url`` (session fixture) is ``$BUDGETNAS_TEST_POSTGRES_URL`` when set (``.ci/run``
 starts a server with ``.ci/postgres.sh``); otherwise it starts a throwaway cluster itself with
 that same script when PostgreSQL's binaries are installed (never installs packages), and
-skips with the reason when they are not. ``pg_study_url`` gives each test a URL plus a
+skips with the reason when they are not (fails instead under ``CI=true``). ``pg_study_url`` gives each test a URL plus a
 unique study name prefix, so tests share one database without seeing each other's studies.
 
 Use it from a test module with ``from pg import postgres_url, pg_storage_url  # noqa: F401``.
@@ -29,12 +29,19 @@ from optuna.trial import TrialState
 SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "postgres.sh"
 
 
+def _skip_or_fail_in_ci(reason: str) -> None:
+    """Skip locally; under CI (``CI=true``, as ``.ci/run`` sets) a missing server is a failure, not a skip."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
 def _start_server() -> tuple[str, str]:
     """Start a throwaway cluster with .ci/postgres.sh; returns (url, folder to stop)."""
     env = {**os.environ, "BUDGETNAS_PG_INSTALL": "0"}
     proc = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, env=env, timeout=180)
     if proc.returncode == 3:
-        pytest.skip("PostgreSQL tests need a server: set BUDGETNAS_TEST_POSTGRES_URL or install Debian's "
+        _skip_or_fail_in_ci("PostgreSQL tests need a server: set BUDGETNAS_TEST_POSTGRES_URL or install Debian's "
                     "postgresql package (.ci/postgres.sh starts one)")
     if proc.returncode != 0:
         pytest.fail(f".ci/postgres.sh could not start PostgreSQL:\n{proc.stderr}")

@@ -29,6 +29,8 @@ import torch
 from conftest import assert_one_line_error, run_cli
 from studyfactory import BUDGET, make_study
 
+pytestmark = pytest.mark.cli  # every row runs the real CLI in a subprocess (the quick tier leaves them out)
+
 SECRET = "s3cret-pw"
 
 

@@ -40,6 +40,7 @@ def test_bench_table_and_bad_devices(cli):
     assert_one_line_error(cli("bench", "fcn-50k", "--steps", "0"), 2, "--steps")
 
 
+@pytest.mark.slow
 def test_baseline_comparison_runs_both_loops(cli):
     proc = cli("bench", "--baseline", "cnn-10k", "--steps", "2", "--repeats", "2", "--json")
     assert proc.returncode == 0, proc.stderr

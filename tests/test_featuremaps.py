@@ -66,6 +66,7 @@ def test_chosen_indices_and_errors(trained):
         render_feature_maps(fcn, data, recipe)
 
 
+@pytest.mark.slow
 def test_feature_maps_of_a_model_from_budgetnas_train(tiny_npz, cli, tmp_path):
     # Any trained CNN: here one written by the real `budgetnas train --out`, reloaded from its folder.
     from budgetnas.config import RunConfig, save_config

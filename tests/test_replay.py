@@ -140,6 +140,7 @@ def test_overrides_and_bad_image_indices(made, tmp_path):
         replay(made.url, device="cpu", out=tmp_path / "x", images=[5000], record=False)
 
 
+@pytest.mark.slow
 def test_cli_replay_json(made, cli, tmp_path):
     study = made.copy_to(tmp_path / "db")
     proc = cli("replay", "--storage", study.url, "--trial", str(made.trained[0]), "--epochs", "1", "--seed", "3",

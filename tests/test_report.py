@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -99,6 +100,7 @@ def _script_sources(page: str) -> list[str | None]:
     return found
 
 
+@pytest.mark.slow
 def test_replay_adds_test_accuracy_and_feature_maps(replayed_report):
     study, path = replayed_report
     page = path.read_text(encoding="utf-8")
@@ -132,7 +134,10 @@ def _chromium() -> str | None:
 def _headless(tmp_path, *args: str) -> subprocess.CompletedProcess:
     browser = _chromium()
     if browser is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
+        reason = "Chromium is not installed (apt-get install chromium; .ci/run installs it)"
+        if os.environ.get("CI", "").lower() == "true":  # CI promises a browser: its absence fails, never skips
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
              "--virtual-time-budget=20000", "--hide-scrollbars"]

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from conftest import assert_one_line_error
 
 
+@pytest.mark.slow
 def test_reproduce_writes_markdown_and_html_with_ours_next_to_the_paper(cli, tiny_npz, tmp_path):
     out = tmp_path / "rep"
     proc = cli("reproduce", "fcn-50k", "cnn-10k+bn", "--dataset", f"npz:{tiny_npz}", "--epochs", "1",

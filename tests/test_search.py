@@ -47,6 +47,7 @@ def load(tmp_path, name="t") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/s.db")
 
 
+@pytest.mark.slow
 def test_search_completes_and_trials_carry_their_attributes(search, tmp_path):
     proc = search("--trials", "3", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -82,6 +83,7 @@ def test_budget_smaller_than_any_architecture_is_refused(search, tmp_path):
     assert not (tmp_path / "s.db").exists()  # nothing was created
 
 
+@pytest.mark.slow
 def test_over_budget_candidates_are_rejected_without_training(search, tmp_path):
     proc = search("--trials", "4", "--parameterisation", "direct", "--sampler", "random", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
@@ -95,6 +97,7 @@ def test_over_budget_candidates_are_rejected_without_training(search, tmp_path):
     assert "rejection rate:" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_mult_adds_cap_rejects_costly_candidates_before_training(search, tmp_path):
     proc = search("--trials", "3", "--sampler", "random", "--max-mult-adds", "500k")
     assert proc.returncode == 0, proc.stderr
@@ -111,6 +114,7 @@ def test_a_mult_adds_cap_rejects_costly_candidates_before_training(search, tmp_p
     assert load(tmp_path).user_attrs["budgetnas"]["max_mult_adds"] == 500_000
 
 
+@pytest.mark.slow
 def test_rerun_resumes_the_same_study_and_refuses_other_settings(search, tmp_path):
     assert search("--trials", "2").returncode == 0
     proc = search("--trials", "4")
@@ -128,6 +132,7 @@ def test_rerun_resumes_the_same_study_and_refuses_other_settings(search, tmp_pat
     assert len(load(tmp_path).trials) == 4
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_trial_leaves_a_resumable_study(small_npz, tmp_path):
     args = ["search", "--budget", "3k", "--dataset", f"npz:{small_npz}", "--epochs", "4", "--trials", "1",
             "--storage", f"sqlite:///{tmp_path}/s.db", "--study", "t", "--device", "cpu", "--no-early-stop"]
@@ -160,6 +165,7 @@ def test_ctrl_c_during_a_trial_leaves_a_resumable_study(small_npz, tmp_path):
     assert len(states) == 2  # the interrupted trial does not count towards --trials 1
 
 
+@pytest.mark.slow
 def test_single_objective_mode_reports_every_epoch_to_a_pruner(search, tmp_path):
     proc = search("--trials", "4", "--objectives", "accuracy", epochs="2")
     assert proc.returncode == 0, proc.stderr
@@ -215,6 +221,7 @@ def test_front_rule_stops_only_trials_that_cannot_reach_the_front():
     assert rule.should_stop(behind, front[:1], params=1, mult_adds=1, elapsed=6.0) is None
 
 
+@pytest.mark.slow
 def test_recipe_space_search_samples_and_stores_a_recipe_per_trial(search, tmp_path):
     proc = search("--trials", "3", "--recipe-space", "search", "--sampler", "random", "--objectives", "accuracy")
     assert proc.returncode == 0, proc.stderr
@@ -236,6 +243,7 @@ def test_recipe_space_search_samples_and_stores_a_recipe_per_trial(search, tmp_p
     assert_one_line_error(other, 2, "recipe_space: study has 'search', asked for 'paper'")
 
 
+@pytest.mark.slow
 def test_the_paper_recipe_space_trains_every_candidate_with_the_paper_recipe(search, tmp_path):
     from budgetnas.trainer import PAPER_RECIPE
 
@@ -247,6 +255,7 @@ def test_the_paper_recipe_space_trains_every_candidate_with_the_paper_recipe(sea
         assert trial.user_attrs["recipe"] == {**PAPER_RECIPE.to_dict(), "epochs": 1, "seed": 0}
 
 
+@pytest.mark.slow
 def test_enqueued_configs_train_first_and_are_queued_once(search, tmp_path):
     config = tmp_path / "start.toml"
     config.write_text('name = "start"\n[spec]\nfamily = "cnn"\nfc = []\n'  # 2,762 parameters on 8x8 images

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import optuna
+import pytest
 
 from conftest import assert_one_line_error
 
 
+@pytest.mark.slow
 def test_sweep_searches_replays_and_reports_each_budget(cli, tiny_npz, tmp_path):
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
     args = ["sweep", "--family", "cnn", "--budgets", "3k,6k", "--dataset", f"npz:{tiny_npz}", "--trials", "2",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from budgetnas.config import load_config
@@ -11,6 +12,7 @@ from budgetnas.reproduce import format_duration, paper_dir
 from conftest import assert_one_line_error
 
 
+@pytest.mark.slow
 def test_train_json_and_out(cli, tiny_npz, tmp_path):
     out = tmp_path / "run"
     proc = cli("train", "cnn-10k", "--dataset", f"npz:{tiny_npz}", "--epochs", "2", "--seed", "3",
@@ -33,6 +35,7 @@ def test_train_json_and_out(cli, tiny_npz, tmp_path):
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
 
 
+@pytest.mark.slow
 def test_train_prints_a_row_in_the_papers_columns(cli, tiny_npz, tmp_path):
     config = tmp_path / "mine.toml"
     config.write_text((paper_dir() / "fcn-50k.toml").read_text().replace("epochs = 20", "epochs = 1"))
@@ -44,6 +47,7 @@ def test_train_prints_a_row_in_the_papers_columns(cli, tiny_npz, tmp_path):
     assert "fcn-50k" in row and "46,580" in row and "(epoch 1)" in row and "%" in row
 
 
+@pytest.mark.slow
 def test_train_bn_variant_on_a_subset(cli):
     proc = cli("train", "fcn-100k+bn", "--subset", "300", "--epochs", "1", "--device", "cpu", "--threads", "1",
                "--json")

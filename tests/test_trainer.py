@@ -29,6 +29,13 @@ def tiny(tiny_npz: Path) -> Data:
     return load_dataset(f"npz:{tiny_npz}", with_test=True)
 
 
+def above_chance(accuracy: float, data: Data) -> bool:
+    """Clearly above guessing: chance plus three standard errors of a guesser on the validation split
+    (10 classes, 100 images: 0.1 + 3 * 0.03 = 0.19), so only a net that learned something passes."""
+    chance = 1 / data.num_classes
+    return accuracy > chance + 3 * math.sqrt(chance * (1 - chance) / len(data.val))
+
+
 def fp32(spec, data, recipe=QUICK, **kwargs) -> TrainResult:
     return train(spec, data, recipe, device="cpu", precision="fp32", **kwargs)
 
@@ -99,14 +106,16 @@ def test_nan_loss_raises_training_diverged(tiny: Data):
     assert isinstance(exc.value, RunFailure)  # the CLI maps it to exit code 1, not 2
 
 
-def test_huge_learning_rate_either_diverges_cleanly_or_finishes_finite(tiny: Data):
-    """lr=10 with SGD blows up; whatever happens, no NaN may leak into a result."""
-    try:
-        result = fp32(SMALL_FCN, tiny, Recipe(epochs=2, batch_size=64, lr=10.0, optimizer="sgd"))
-    except TrainingDiverged as exc:
-        assert "lower the learning rate" in str(exc)
-    else:
-        assert all(math.isfinite(e.train_loss) for e in result.epochs)
+def test_huge_learning_rate_diverges_cleanly(tiny: Data):
+    """lr=10 with SGD blows the FCN up (seeded CPU runs are deterministic): a one-line TrainingDiverged."""
+    with pytest.raises(TrainingDiverged, match="lower the learning rate"):
+        fp32(SMALL_FCN, tiny, Recipe(epochs=2, batch_size=64, lr=10.0, optimizer="sgd"))
+
+
+def test_huge_learning_rate_that_survives_leaks_no_nan(tiny: Data):
+    """The same lr on the CNN with seed 2 survives (loss in the millions, then back): its result is all finite."""
+    result = fp32(SMALL_CNN, tiny, Recipe(epochs=2, batch_size=64, lr=10.0, optimizer="sgd", seed=2))
+    assert len(result.epochs) == 2 and all(math.isfinite(e.train_loss) for e in result.epochs)
 
 
 def test_test_accuracy_only_when_asked(tiny: Data, tiny_npz: Path):
@@ -156,7 +165,7 @@ def test_recipe_dict_round_trip_and_unknown_keys():
 @pytest.mark.parametrize("augment", AUGMENTS)
 def test_augmentation_modes_train(tiny: Data, augment: str):
     result = fp32(SMALL_CNN, tiny, Recipe(epochs=1, batch_size=128, augment=augment))
-    assert math.isfinite(result.epochs[0].train_loss) and result.val_accuracy > 0.1
+    assert math.isfinite(result.epochs[0].train_loss) and above_chance(result.val_accuracy, tiny)
 
 
 def test_random_shift_is_a_translation_with_zero_fill():
@@ -186,7 +195,7 @@ def test_schedules_and_optimizers_run(tiny: Data, schedule: str, optimizer: str)
     recipe = Recipe(epochs=2, batch_size=256, schedule=schedule, optimizer=optimizer, lr=3e-3,
                     weight_decay=1e-4, label_smoothing=0.1)
     result = fp32(SMALL_FCN, tiny, recipe)
-    assert all(math.isfinite(e.train_loss) for e in result.epochs) and result.val_accuracy > 0.1
+    assert all(math.isfinite(e.train_loss) for e in result.epochs) and above_chance(result.val_accuracy, tiny)
 
 
 def test_schedules_change_the_result(tiny: Data):

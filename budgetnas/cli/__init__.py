@@ -4,7 +4,7 @@ Each subcommand lives in its own module of this package with two functions:
 ``register(subparsers)`` (argparse only; no heavy imports, so ``--help`` is instant) and
 the handler it installs with ``set_defaults(handler=...)``, which returns an exit code.
 
-Exit codes (see ``shared/cli.md``): 0 success, 2 bad input (one ``error:`` line on
+Exit codes (as the README and ``budgetnas --help`` state): 0 success, 2 bad input (one ``error:`` line on
 stderr, no traceback), 1 a failure while running, 130 interrupted by Ctrl-C.
 """
 
@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import textwrap
 
 from budgetnas.errors import RunFailure, UsageError
 
-COMMANDS = ("search", "dashboard", "replay", "report", "count", "train", "reproduce", "bench", "sweep")
+COMMANDS = ("search", "dashboard", "replay", "report", "count", "train", "reproduce", "bench", "sweep", "storage")
 
 EPILOG = textwrap.dedent("""\
     examples:
@@ -51,7 +52,7 @@ def build_parser() -> ArgumentParser:
             module = importlib.import_module(f"budgetnas.cli.{name}")
         except ModuleNotFoundError as exc:
             if exc.name == f"budgetnas.cli.{name}":
-                continue  # command not built yet; tests/test_cli.py requires every COMMANDS entry
+                continue  # command not built yet; tests/test_cli_basics.py requires every COMMANDS entry
             raise
         module.register(subparsers)
     return parser
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except UsageError as exc:
-        _fail(exc, 2)
+        _fail(flag_message(exc), 2)
         return 2
     except RunFailure as exc:
         _fail(exc, 1)
@@ -84,6 +85,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with BUDGETNAS_DEBUG=1 for a traceback)", 1)
         return 1
+
+
+def flag_message(exc: UsageError) -> str:
+    """The message of ``exc`` with each field it names (:class:`~budgetnas.errors.FieldError`) spelled as
+    its flag: ``max_mult_adds must be positive`` -> ``--max-mult-adds must be positive``."""
+    text = str(exc)
+    for name in getattr(exc, "fields", ()):
+        text = re.sub(rf"(?<![\w-]){re.escape(name)}\b", "--" + name.replace("_", "-"), text, count=1)
+    return text
 
 
 def _fail(message: object, code: int) -> None:

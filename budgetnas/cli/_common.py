@@ -8,12 +8,14 @@ import re
 import sys
 from typing import Any
 
+from budgetnas.choices import DEVICES, PRECISIONS
+from budgetnas.datasets import DATASETS
 from budgetnas.errors import UsageError
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="fashion-mnist",
-                        help="fashion-mnist (default), mnist, kmnist, cifar10 or npz:PATH")
+                        help=f"{', '.join(DATASETS)} or npz:PATH (default fashion-mnist)")
     parser.add_argument("--data-root", metavar="DIR", default=None,
                         help="folder with datasets in torchvision's layout (default: $BUDGETNAS_DATA, else ./data)")
     parser.add_argument("--subset", type=int, default=None, metavar="N",
@@ -21,9 +23,9 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+    parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="where to train (default: auto = cuda, then mps, then cpu)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: bf16/mixed where the hardware has it natively, else fp32")
 
 

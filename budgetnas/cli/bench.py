@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from budgetnas.choices import PRECISIONS
 from budgetnas.cli._common import add_json_option, set_examples
 
 HELP = "time training per epoch on each device (CPU, CUDA), or --baseline against a paper-style loop"
@@ -23,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="comma-separated devices to time (default cpu,cuda; missing ones are reported)")
     parser.add_argument("--steps", type=int, default=20, metavar="N", help="timed training steps (default 20)")
     parser.add_argument("--warmup", type=int, default=3, metavar="W", help="untimed steps first (default 3)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: bf16/mixed where the hardware has it natively, else fp32")
     parser.add_argument("--baseline", action="store_true",
                         help="compare the budgetnas trainer with a paper-style DataLoader/ToTensor/fp32 loop "

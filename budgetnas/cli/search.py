@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from budgetnas.cli._common import (add_data_options, add_device_options, add_json_option, add_storage_option,
                                    format_table, parse_duration, print_json, progress)
 from budgetnas.workers import DEFAULT_WORKERS
+from budgetnas.choices import PARAMETERISATIONS, RECIPE_SPACES, SAMPLERS
+from budgetnas.objectives import NAMES as OBJECTIVE_NAMES
 
 if TYPE_CHECKING:
     from budgetnas.search import SearchConfig, SearchSummary
@@ -50,17 +52,17 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     add_storage_option(parser)
     parser.add_argument("--study", default=None, metavar="NAME",
                         help="study name (default: FAMILY-BUDGET-DATASET, e.g. cnn-100k-fashion-mnist)")
-    parser.add_argument("--sampler", default="tpe", choices=("tpe", "nsga2", "random"), help="default tpe")
+    parser.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="default tpe")
     parser.add_argument("--objectives", default="accuracy,runtime", metavar="LIST",
-                        help="comma-separated from accuracy, runtime, params, mult_adds (default accuracy,runtime); "
+                        help=f"comma-separated from {', '.join(OBJECTIVE_NAMES)} (default accuracy,runtime); "
                              "'accuracy' alone = single-objective mode with Optuna's median pruner")
-    parser.add_argument("--parameterisation", default="fit", choices=("fit", "direct"),
+    parser.add_argument("--parameterisation", default="fit", choices=PARAMETERISATIONS,
                         help="fit (default): widths scaled so every candidate fits the budget; "
                              "direct: widths sampled as such, over-budget candidates rejected")
     parser.add_argument("--max-mult-adds", default=None, metavar="N",
                         help="also reject, before training, candidates above N mult-adds at batch 512 "
                              "(e.g. 5G; the paper's CNN-100K has 2.37G): the budget bounds parameters, not compute")
-    parser.add_argument("--recipe-space", default="paper", choices=("paper", "search"),
+    parser.add_argument("--recipe-space", default="paper", choices=RECIPE_SPACES,
                         help="paper (default): train every candidate with the paper's recipe; search: also sample "
                              "lr, schedule, weight decay, label smoothing, augmentation and batch size per trial")
     parser.add_argument("--enqueue", action="append", default=[], metavar="CONFIG",
@@ -88,19 +90,17 @@ def family_arg(text: str) -> str:
 
 
 def config_from_args(args: argparse.Namespace, budget: int | None = None) -> "SearchConfig":
-    from budgetnas.budget import parse_budget
     from budgetnas.search import SearchConfig
 
     timeout = parse_duration(args.timeout) if args.timeout is not None else None
     trials = args.trials if args.trials is not None or timeout is not None else 20
-    budget = budget if budget is not None else parse_budget(args.budget)
+    budget = budget if budget is not None else args.budget  # the library parses and checks it
     return SearchConfig(budget=budget, family=args.family, dataset=args.dataset,
                         data_root=args.data_root, subset=args.subset, trials=trials, timeout=timeout,
                         epochs=args.epochs, device=args.device, precision=args.precision, storage=args.storage,
                         study=args.study, sampler=args.sampler, objectives=args.objectives,
                         parameterisation=args.parameterisation, seed=args.seed, early_stop=args.early_stop,
-                        max_mult_adds=parse_budget(args.max_mult_adds, what="--max-mult-adds")
-                        if args.max_mult_adds else None, recipe_space=args.recipe_space,
+                        max_mult_adds=args.max_mult_adds, recipe_space=args.recipe_space,
                         enqueue=tuple(args.enqueue))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from budgetnas.cli._common import add_device_options, add_json_option, set_examples
+from budgetnas.datasets import DATASETS
 
 HELP = "train a config and print weights, test accuracy, time, mult-adds and lowest loss"
 
@@ -30,7 +31,7 @@ def add_epoch_options(parser: argparse.ArgumentParser) -> None:
     """--epochs and the data overrides shared by train and reproduce."""
     parser.add_argument("--epochs", type=int, default=None, metavar="E", help="override the recipe's epochs")
     parser.add_argument("--dataset", default=None, metavar="NAME",
-                        help="override the config's dataset (fashion-mnist, mnist, kmnist, cifar10, npz:PATH)")
+                        help=f"override the config's dataset ({', '.join(DATASETS)}, npz:PATH)")
     parser.add_argument("--data-root", metavar="DIR", default=None,
                         help="folder with datasets in torchvision's layout (default: $BUDGETNAS_DATA, else ./data)")
     parser.add_argument("--subset", type=int, default=None, metavar="N",
@@ -40,12 +41,9 @@ def add_epoch_options(parser: argparse.ArgumentParser) -> None:
 
 
 def check_epoch_options(args: argparse.Namespace) -> None:
+    """The options the library does not check before it loads data (--epochs and --seed: the recipe does)."""
     from budgetnas.errors import UsageError
 
-    if args.epochs is not None and args.epochs < 1:
-        raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
-    if getattr(args, "seed", None) is not None and args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if args.subset is not None and args.subset < 20:

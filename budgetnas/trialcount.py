@@ -1,0 +1,142 @@
+"""Which trials count toward ``--trials``, and the stop rule built on that count.
+
+``--trials`` is the study's total, finished trials of earlier runs included, so rerunning an
+interrupted search finishes the same study. A finished trial counts when it is COMPLETE or
+PRUNED (stopped early or rejected before training), or FAIL for a reason of its own. Two
+kinds of FAIL do not count: a trial cut by Ctrl-C (user attribute ``interrupted``), and a
+trial of a killed worker that was queued again (its retry counts instead; Optuna's heartbeat
+lists the replaced numbers in the retry's system attribute ``retry_history``).
+
+This module is the one place that rule lives: the search's start check and summary, the
+per-trial progress line, and every worker's stop rule (:class:`StopAtTotal`) read it. It
+imports neither torch nor the search, so the search and the workers both build on it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable
+
+if TYPE_CHECKING:
+    import optuna
+
+LOCK_ENV = "BUDGETNAS_TRIAL_LOCK"  # the file TrialGate locks; set by run_workers for its workers
+
+
+def retried_numbers(trials: list[Any]) -> set[int]:
+    """Numbers of trials that failed by a stale heartbeat and were queued again.
+
+    Such a trial is not a result: its retry (system attribute ``retry_history``) replaces it,
+    so it must not count towards ``--trials``.
+    """
+    numbers: set[int] = set()
+    for trial in trials:
+        numbers.update(trial.system_attrs.get("retry_history", ()))
+    return numbers
+
+
+def counts(trial: Any, retried: AbstractSet[int] = frozenset()) -> bool:
+    """Whether a finished ``trial`` counts toward ``--trials`` (see the module docstring)."""
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and "interrupted" not in trial.user_attrs and trial.number not in retried
+
+
+def counted_trials(study: "optuna.Study") -> list[Any]:
+    """The study's trials that count toward ``--trials``, in trial order."""
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    return [t for t in trials if counts(t, retried)]
+
+
+def count_finished(study: "optuna.Study") -> int:
+    """How many trials count toward ``--trials`` so far."""
+    return len(counted_trials(study))
+
+
+class TrialGate:
+    """An exclusive file lock shared by the workers of one ``--workers N`` (fcntl; none on Windows).
+
+    A worker holds it from counting the study's trials (:meth:`StopAtTotal.room`) until the
+    trial it decided to run is RUNNING in the storage (the objective's first line calls
+    :meth:`release`), so the count of every other worker includes that trial.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def acquire(self) -> None:
+        if self.path is None or self._file is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:  # Windows: no lock, the rare race of the module docstring remains
+            return
+        handle = open(self.path, "a")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            handle, self._file = self._file, None
+            handle.close()  # closing drops the flock
+
+
+class StopAtTotal:
+    """Optuna callback: stop a worker when the study holds ``total`` counted trials.
+
+    ``counts(trial, retried)`` says whether a finished trial counts towards the total
+    (default: :func:`counts`). With a heartbeat storage, a worker whose next trial would
+    overshoot (finished + running >= total) waits, polling every ``poll`` seconds, until the
+    running trials finish (stop) or one of them is failed as stale and queued again (go on and
+    run the retry). ``lock`` is the path of the :class:`TrialGate` file (default:
+    ``$BUDGETNAS_TRIAL_LOCK``, set by :func:`budgetnas.workers.run_workers`). Optuna's
+    ``MaxTrialsCallback`` counts trials by state alone, so it would count interrupted and
+    replaced trials and never wait for running ones; hence this class.
+    """
+
+    def __init__(self, total: int, counts: Callable[[Any, AbstractSet[int]], bool] = counts,
+                 poll: float = 1.0, lock: str | None = None) -> None:
+        self.total = total
+        self.counts = counts
+        self.poll = poll
+        self.gate = TrialGate(lock if lock is not None else os.environ.get(LOCK_ENV) or None)
+
+    def __call__(self, study: "optuna.Study", trial: Any) -> None:
+        if not self.room(study):
+            study.stop()
+
+    def room(self, study: "optuna.Study") -> bool:
+        """Whether this worker may start one more trial. True leaves the gate locked: call
+        :meth:`release` once that trial is RUNNING (or when none is started after all)."""
+        import optuna
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+        from optuna.trial import TrialState
+
+        while not study._stop_flag:  # set by Ctrl-C (search.py): stop waiting
+            self.gate.acquire()
+            trials = study.get_trials(deepcopy=False)
+            retried = retried_numbers(trials)
+            finished = sum(1 for t in trials if t.state.is_finished() and self.counts(t, retried))
+            running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+            if finished >= self.total:
+                break
+            if finished + running < self.total:
+                return True  # room for one more trial (or for a queued retry)
+            if not is_heartbeat_enabled(study._storage):
+                break  # cannot tell a dead worker from a slow one: leave the rest to the others
+            self.gate.release()
+            time.sleep(self.poll)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # fails dead workers' trials and queues their retries
+        self.gate.release()
+        return False
+
+    def release(self) -> None:
+        self.gate.release()

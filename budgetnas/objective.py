@@ -49,13 +49,16 @@ class Objective:
 
     def __init__(self, config: "SearchConfig", data: "Data", recipe: Recipe, *,
                  progress: Callable[[str], None] | None = None,
-                 interruptible: Callable[[bool], None] | None = None) -> None:
+                 interruptible: Callable[[bool], None] | None = None,
+                 on_step: Callable[..., None] | None = None) -> None:
         self.config = config
         self.data = data
         self.recipe = recipe
         self.progress = progress or (lambda message: None)
         # Told True while training runs: only then may Ctrl-C interrupt immediately (see search.py).
         self.interruptible = interruptible or (lambda flag: None)
+        # (trial, epoch, epochs, step, steps, images, epoch images) after every training step: the live display.
+        self.on_step = on_step
         self.single = len(config.objectives) == 1
         self.rule = FrontRule(config.objectives, recipe.epochs) if config.early_stop and not self.single else None
 
@@ -111,10 +114,13 @@ class Objective:
                 if reason:
                     raise StopTraining(reason)
 
+        def on_step(epoch: int, step: int, steps: int, images: int) -> None:
+            self.on_step(trial.number, epoch, recipe.epochs, step, steps, images, len(data.train))
+
         try:
             self.interruptible(True)
             result = train(spec, data, recipe, device=config.device, precision=config.precision,
-                           on_epoch=on_epoch)
+                           on_epoch=on_epoch, on_step=on_step if self.on_step else None)
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", f"interrupted by Ctrl-C during epoch {len(curve) + 1}")
             raise

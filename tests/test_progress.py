@@ -1,0 +1,140 @@
+"""What a search shows while it runs: plain lines off a terminal, a live display on one, --quiet,
+"resuming: ...", and --config / --threads / printed commands that paste (real CLI subprocesses)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from conftest import REPO, assert_one_line_error
+from test_search import small_npz  # noqa: F401  (the 8x8 slice: cheap convolutions)
+
+from budgetnas.progress import Monitor, monitor
+
+ANSI_ESCAPE = "\x1b["
+
+
+@pytest.fixture
+def search(cli, small_npz, tmp_path):
+    def run(*extra, epochs="1"):
+        return cli("search", "--budget", "3k", "--dataset", f"npz:{small_npz}", "--epochs", epochs,
+                   "--storage", f"sqlite:///{tmp_path}/s.db", "--study", "t", "--device", "cpu", *extra)
+    return run
+
+
+def test_the_monitor_advances_the_search_by_training_steps_and_caps_the_eta_by_the_time_budget():
+    out = io.StringIO()
+    shown = Monitor(stream=out)  # plain: lines only, the bars tracked without drawing
+    shown.start(total=4, done=1, timeout=3600)
+    for step in range(1, 5):
+        shown.step(trial=1, epoch=1, epochs=2, step=step, steps=4, images=100, epoch_images=400)
+        time.sleep(0.01)
+    search = shown._task(shown.search)
+    assert 1.4 < search.completed < 1.6  # trial 1 is half trained: one of its two epochs
+    assert shown._task(shown.trial).completed == 400 and "step 4/4" in shown._task(shown.trial).fields["detail"]
+    eta = shown.trial_finished(2)
+    assert eta is not None and 0 < eta <= 3600  # measured from the steps, never past the --timeout deadline
+    shown("a message")
+    shown.stop()
+    assert out.getvalue() == "a message\n"  # nothing drawn off a terminal
+    quiet = io.StringIO()
+    Monitor(stream=quiet, quiet=True)("not shown")
+    assert quiet.getvalue() == ""
+    assert not monitor(stream=io.StringIO()).live  # a StringIO is not a terminal
+
+
+def test_off_a_terminal_each_event_is_one_plain_line_and_quiet_prints_nothing(search):
+    proc = search("--trials", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert ANSI_ESCAPE not in proc.stderr and "\r" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert any(line.startswith("[1/2] trial 0") for line in lines)
+    assert any(line.startswith("[2/2] trial 1") and "ETA" in line for line in lines)
+    again = search("--trials", "3", "--quiet")
+    assert again.returncode == 0 and again.stderr == ""
+    assert "3 finished trials" in again.stdout
+
+
+def test_a_resumed_search_says_so(search):
+    assert search("--trials", "1", "--quiet").returncode == 0
+    proc = search("--trials", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming: 1 of 2 trials finished" in proc.stderr
+
+
+def test_printed_commands_run_as_printed(search, tmp_path):
+    proc = search("--trials", "1")
+    assert proc.returncode == 0, proc.stderr
+    commands = dict(line.split(": ", 1) for line in proc.stdout.splitlines()
+                    if line.startswith(("dashboard: ", "replay: ")))
+    assert shlex.split(commands["dashboard"])[:3] == [sys.executable, "-m", "budgetnas"]  # what is running
+    assert f"sqlite:///{tmp_path}/s.db" in commands["dashboard"]
+    if "replay" in commands:  # a front exists: the replay command pastes too (from another folder)
+        replay = shlex.split(commands["replay"]) + ["--epochs", "1", "--out", str(tmp_path / "r"), "--json"]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        done = subprocess.run(replay, cwd=tmp_path.parent, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["test_accuracy"] >= 0
+
+
+def test_config_file_sets_options_and_flags_override_it(cli, small_npz, tmp_path):
+    (tmp_path / "search.toml").write_text(
+        f'budget = "3k"\ndataset = "npz:{small_npz}"\ntrials = 1\nepochs = 1\ndevice = "cpu"\n'
+        f'storage = "sqlite:///{tmp_path}/s.db"\nstudy = "from-file"\nearly-stop = false\nthreads = 1\n'
+        'sampler = "random"\n')
+    proc = cli("search", "--config", "search.toml", "--study", "flag-wins", "--json")
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(proc.stdout)
+    assert document["study"] == "flag-wins"
+    config = document["config"]  # the resolved options, printed back
+    assert config["budget"] == "3k" and config["trials"] == 1 and config["threads"] == 1
+    assert config["early-stop"] is False and config["sampler"] == "random" and config["study"] == "flag-wins"
+    names = optuna.get_all_study_names(f"sqlite:///{tmp_path}/s.db")
+    assert names == ["flag-wins"]
+
+
+@pytest.mark.parametrize("body, contains", [
+    ('budget = "3k"\nbogus = 1\n', "unknown key 'bogus'"),
+    ('budget = "3k"\nsampler = "grid"\n', "sampler must be one of tpe, nsga2, random"),
+    ('budget = "3k"\ntrials = "many"\n', "trials: invalid value"),
+    ('budget = [\n', "not a readable TOML file"),
+])
+def test_a_bad_config_file_is_one_error_line(cli, tmp_path, body, contains):
+    (tmp_path / "bad.toml").write_text(body)
+    assert_one_line_error(cli("search", "--config", "bad.toml"), 2, contains)
+
+
+def test_threads_below_one_is_refused(search):
+    assert_one_line_error(search("--trials", "1", "--threads", "0"), 2, "--threads must be at least 1")
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None and os.environ.get("CI") != "true", reason="tmux not installed")
+def test_on_a_terminal_the_search_is_drawn_live(small_npz, tmp_path):
+    """In a real terminal (tmux): the trials bar, the running trial's epoch, step and images/s."""
+    session = f"budgetnas-test-{os.getpid()}"
+    command = shlex.join([sys.executable, "-m", "budgetnas", "search", "--budget", "3k", "--dataset",
+                          f"npz:{small_npz}", "--epochs", "30", "--trials", "1", "--no-early-stop",
+                          "--storage", f"sqlite:///{tmp_path}/s.db", "--device", "cpu", "--threads", "1"])
+    env = f"PYTHONPATH={shlex.quote(str(REPO))} OMP_NUM_THREADS=1"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "150", "-y", "30",
+                    f"cd {shlex.quote(str(tmp_path))} && env {env} {command}; sleep 30"], check=True)
+    try:
+        screen, deadline = "", time.time() + 120
+        while time.time() < deadline:
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                                    text=True).stdout
+            if "img/s" in screen and "step " in screen and "trial 0 epoch" in screen and "━" in screen:
+                break
+            time.sleep(0.5)
+        assert "trials" in screen and "0/1" in screen, screen
+        assert "trial 0 epoch" in screen and "img/s" in screen and "ETA" in screen, screen
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

@@ -75,7 +75,3 @@ def human_count(n: float) -> str:
             return f"{n / scale:.2f}{unit}"
     return str(int(n))
 
-
-def percent(accuracy: float) -> str:
-    """0.91274 -> '91.27%': how every command prints an accuracy (the paper's tables use percent)."""
-    return f"{100 * accuracy:.2f}%"

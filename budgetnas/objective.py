@@ -29,6 +29,7 @@ import optuna
 from budgetnas import records
 from budgetnas.counting import PAPER_BATCH, count_mult_adds, count_params, human_count
 from budgetnas.errors import RunFailure
+from budgetnas.fmt import percent
 from budgetnas.space import sample_recipe, sample_spec
 from budgetnas.stopping import FrontRule
 from budgetnas.trainer import EpochStats, Recipe, StopTraining, train
@@ -103,7 +104,7 @@ class Objective:
             trial.set_user_attr("val_accuracy_curve", [e.val_accuracy for e in curve])
             trial.set_user_attr("train_loss_curve", [e.train_loss for e in curve])
             self.progress(f"trial {trial.number}: epoch {stats.epoch}/{self.recipe.epochs} "
-                          f"loss {stats.train_loss:.4f} val acc {stats.val_accuracy:.4f} ({stats.seconds:.1f}s)")
+                          f"loss {stats.train_loss:.4f} val acc {percent(stats.val_accuracy)} ({stats.seconds:.1f}s)")
             if self.single:
                 trial.report(stats.val_accuracy, stats.epoch)
                 if stats.epoch < self.recipe.epochs and trial.should_prune():

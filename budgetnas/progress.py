@@ -140,6 +140,20 @@ class Monitor:
         return left if estimate is None else min(estimate, left)
 
 
+class Remaining:
+    """ETA of a known amount of work (e.g. ``reproduce``'s models, weighted by their cost) from the
+    progress measured so far; rich tracks the samples. None until two updates have been timed."""
+
+    def __init__(self, total: float) -> None:
+        self._bars = Progress(disable=True, speed_estimate_period=SPEED_WINDOW_S)
+        self._task = self._bars.add_task("work", total=total)
+
+    def at(self, completed: float) -> float | None:
+        """Seconds left once ``completed`` of the total is done."""
+        self._bars.update(self._task, completed=completed)
+        return self._bars.tasks[0].time_remaining
+
+
 def monitor(quiet: bool = False, stream: IO[str] | None = None) -> Monitor:
     """The monitor that suits ``stream`` (stderr): live on a terminal, plain lines elsewhere."""
     stream = stream or sys.stderr

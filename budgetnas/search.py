@@ -30,10 +30,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from budgetnas import records
 from budgetnas.budget import format_budget
-from budgetnas.counting import human_count, percent
+from budgetnas.counting import human_count
 from budgetnas.data import check_dataset_name, dataset_info, load_dataset
 from budgetnas.device import resolve_placement
 from budgetnas.errors import RunFailure, UsageError
+from budgetnas.fmt import percent
 from budgetnas.objective import Objective
 from budgetnas.progress import Monitor, as_monitor, clock
 from budgetnas.space import SPACE_VERSION, check_choices, minimal_spec, smallest_count

@@ -14,10 +14,12 @@ import time
 
 import optuna
 import pytest
+import test_search
 from conftest import REPO, assert_one_line_error
-from test_search import small_npz  # noqa: F401  (the 8x8 slice: cheap convolutions)
 
-from budgetnas.progress import Monitor, monitor
+from budgetnas.progress import Monitor, Remaining, monitor
+
+small_npz = test_search.small_npz  # the 8x8 slice (cheap convolutions), shared with tests/test_search.py
 
 ANSI_ESCAPE = "\x1b["
 
@@ -138,3 +140,32 @@ def test_on_a_terminal_the_search_is_drawn_live(small_npz, tmp_path):
         assert "trial 0 epoch" in screen and "img/s" in screen and "ETA" in screen, screen
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_remaining_work_eta_comes_from_measured_progress():
+    left = Remaining(total=10.0)
+    assert left.at(1.0) is None  # one timed update: no speed yet
+    time.sleep(0.05)
+    eta = left.at(2.0)
+    assert eta is not None and eta > 0  # 8 units left at the measured rate
+    assert left.at(10.0) == 0.0
+
+
+def test_accuracies_and_counts_read_the_same_everywhere():
+    from budgetnas.fmt import chance_hint, percent, plural
+
+    assert percent(0.91274) == "91.27%" and percent(None) == "-"
+    assert plural(1, "epoch") == "1 epoch" and plural(3, "epoch") == "3 epochs"
+    assert "too short" in chance_hint(0.1, 10, 1) and "--epochs" in chance_hint(0.1, 10, 1)
+    assert "learning rate" in chance_hint(0.11, 10, 20)
+    assert chance_hint(0.6, 10, 1) is None
+
+
+def test_bench_says_its_no_gpu_note_once(cli):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the note is about a missing GPU")
+    proc = cli("bench", "fcn-50k", "--steps", "1", "--warmup", "0", "--devices", "cpu,cuda", "--subset", "600")
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout + proc.stderr).count("no CUDA GPU is visible") == 1

@@ -224,7 +224,7 @@ def test_end_to_end_search_then_replay_then_report(tiny_npz, cli, tmp_path):
     report = cli("report", "--storage", url, "--out", "r.html")
     assert report.returncode == 0, report.stderr
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
-    assert f"{doc['test_accuracy']:.4f}" in page and "data:image/png;base64," in page
+    assert f"{doc['test_accuracy'] * 100:.2f}%" in page and "data:image/png;base64," in page
 
 
 def test_a_subset_study_trains_on_its_slice_but_tests_on_the_whole_test_split(made, tmp_path):

@@ -55,13 +55,10 @@ def progress(message: str) -> None:
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
-    """A plain-text table; ``columns`` is [(key, header)]. Values are str()-ed as given."""
-    cells = [[str(row.get(key, "")) for key, _ in columns] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, (_, h) in enumerate(columns)]
-    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(columns, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
+    """A plain-text table; ``columns`` is [(key, header)]. Values are str()-ed as given (see budgetnas.tables)."""
+    from budgetnas import tables
+
+    return tables.text(*tables.select(rows, columns))
 
 
 def set_examples(parser: argparse.ArgumentParser, *lines: str) -> None:

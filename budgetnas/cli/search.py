@@ -43,7 +43,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--config", default=None, metavar="FILE.toml",
                         help="read options from a TOML file (keys as the long options: budget = \"100k\", "
                              "trials = 30, early-stop = false); flags on the command line override it")
-    parser.add_argument("--quiet", action="store_true", help="print nothing while searching (errors and the result only)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print nothing while searching (errors and the result only)")
     add_search_options(parser)
     parser.reads_config_file = True  # see cli/__init__.ArgumentParser and cli/_configfile.py
     parser.set_defaults(handler=run, parser=parser)
@@ -85,8 +86,8 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="local worker processes on the same study, each with cores/N CPU threads (default 1); "
                              "needs --storage journal:PATH or postgresql://..., not SQLite")
     parser.add_argument("--threads", type=int, default=None, metavar="T",
-                        help="CPU threads per worker process (default: torch's, one per core; cores/N with --workers N)."
-                             " On a small shared machine --threads 1 is often fastest")
+                        help="CPU threads per worker process (default: torch's, one per core; cores/N with "
+                             "--workers N). On a small shared machine --threads 1 is often fastest")
     add_json_option(parser)
 
 
@@ -136,9 +137,10 @@ def run(args: argparse.Namespace) -> int:
 
 def render(summary: "SearchSummary", config: "SearchConfig") -> str:
     from budgetnas.counting import human_count
+    from budgetnas.fmt import percent
     from budgetnas.trainer import PAPER_RECIPE
 
-    rows = [{"trial": r["trial"], "params": f"{r['params']:,}", "acc": f"{r['val_accuracy']:.4f}",
+    rows = [{"trial": r["trial"], "params": f"{r['params']:,}", "acc": percent(r["val_accuracy"]),
              "secs": f"{r['train_seconds']:.1f}", "madds": human_count(r["mult_adds"]), "spec": r["spec"],
              "recipe": r.get("recipe", "")}
             for r in summary.front]

@@ -168,6 +168,7 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
     from budgetnas.counting import PAPER_BATCH, count_mult_adds
     from budgetnas.data import load_dataset
     from budgetnas.export import export_model
+    from budgetnas.onnxexport import export_onnx
     from budgetnas.featuremaps import render_feature_maps, save_feature_maps
     from budgetnas.figures import line_panels
     from budgetnas.spec import CNNSpec
@@ -220,6 +221,8 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
         artifacts["featuremaps"] = out / "featuremaps"
         progress(f"  feature maps of {len(paths)} test images in {artifacts['featuremaps']}")
     artifacts["export"] = export_model(trained.model, data, recipe, out / "model.pt2")
+    artifacts["onnx"] = export_onnx(trained.model, data, recipe, out / "model.onnx",  # checked with onnxruntime
+                                    images=data.require_test().x[:64])
     artifacts["metrics"] = out / "metrics.json"
     _write_json(artifacts["metrics"], {**metrics, "artifacts": {k: str(v) for k, v in artifacts.items()}})
     progress(f"  test accuracy {percent(metrics['test_accuracy'])}; artifacts in {out}")

@@ -169,3 +169,27 @@ def test_bench_says_its_no_gpu_note_once(cli):
     proc = cli("bench", "fcn-50k", "--steps", "1", "--warmup", "0", "--devices", "cpu,cuda", "--subset", "600")
     assert proc.returncode == 0, proc.stderr
     assert (proc.stdout + proc.stderr).count("no CUDA GPU is visible") == 1
+
+
+def test_an_onnx_export_that_differs_from_the_model_is_refused(tmp_path, monkeypatch):
+    """The check is real: a file whose outputs differ from the model's is deleted and reported."""
+    import torch
+
+    from budgetnas import onnxexport
+    from budgetnas.data import Data, Split
+    from budgetnas.errors import RunFailure
+    from budgetnas.model import build_model
+    from budgetnas.spec import FCNSpec
+    from budgetnas.trainer import Recipe
+
+    x = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8)
+    y = torch.arange(40) % 2
+    data = Data(name="toy", input_shape=(1, 4, 4), num_classes=2, classes=("a", "b"), mean=(0.5,), std=(0.25,),
+                train=Split(x, y), val=Split(x[:20], y[:20]))
+    model = build_model(FCNSpec(hidden=(8,)), (1, 4, 4), 2)
+    good = onnxexport.export_onnx(model, data, Recipe(), tmp_path / "m.onnx")
+    assert good.exists()
+    monkeypatch.setattr(onnxexport, "TOLERANCE", -1.0)  # nothing can pass: the file must go
+    with pytest.raises(RunFailure, match="ONNX export"):
+        onnxexport.export_onnx(model, data, Recipe(), tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()

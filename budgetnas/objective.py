@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 
-from budgetnas import records
+from budgetnas import records, trialnotes
 from budgetnas.counting import PAPER_BATCH, count_mult_adds, count_params, human_count
 from budgetnas.errors import RunFailure
 from budgetnas.fmt import percent
@@ -141,6 +141,10 @@ class Objective:
 
         for key, value in records.training_attrs(spec, recipe, result, mult_adds).items():
             trial.set_user_attr(key, value)
+        # The dashboard's view of it: readable attributes, a Markdown note, the learning curve as an artifact.
+        trialnotes.annotate(trial, config.storage_url, spec, recipe, params, config.budget, mult_adds,
+                            [e.val_accuracy for e in result.epochs], [e.train_loss for e in result.epochs],
+                            result.train_seconds, result.stopped_early)
         if result.stopped_early:
             self.progress(f"trial {trial.number}: {result.stopped_early}")
             raise optuna.TrialPruned(result.stopped_early)

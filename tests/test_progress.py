@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -119,27 +120,46 @@ def test_threads_below_one_is_refused(search):
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None and os.environ.get("CI") != "true", reason="tmux not installed")
-def test_on_a_terminal_the_search_is_drawn_live(small_npz, tmp_path):
-    """In a real terminal (tmux): the trials bar, the running trial's epoch, step and images/s."""
-    session = f"budgetnas-test-{os.getpid()}"
+def test_on_a_terminal_the_search_is_drawn_live_in_colour_unless_no_color(small_npz, tmp_path):
+    """In a real terminal (tmux): the trials bar, the running trial's epoch, step, images/s and ETA, in colour;
+    with NO_COLOR set, the same display without colour."""
+    colour = re.compile(r"\x1b\[[0-9;]*?(?:3[0-8]|9[0-7])(?:;[0-9;]*)?m")  # an SGR foreground colour
+    screen = _live_screen(small_npz, tmp_path / "colour", "")
+    plain = _strip(screen)
+    assert "trials" in plain and "0/1" in plain, plain
+    assert "trial 0 epoch" in plain and "step " in plain and "img/s" in plain and "ETA" in plain, plain
+    assert colour.search(screen), plain
+    no_colour = _live_screen(small_npz, tmp_path / "no-colour", "NO_COLOR=1")
+    assert "trial 0 epoch" in _strip(no_colour) and not colour.search(no_colour), repr(no_colour[:2000])
+
+
+def _live_screen(npz, folder, env_extra: str) -> str:
+    """The tmux screen (with its escape codes) once a search's live display shows a training step."""
+    folder.mkdir()
+    session = f"budgetnas-test-{os.getpid()}-{folder.name}"
     command = shlex.join([sys.executable, "-m", "budgetnas", "search", "--budget", "3k", "--dataset",
-                          f"npz:{small_npz}", "--epochs", "30", "--trials", "1", "--no-early-stop",
-                          "--storage", f"sqlite:///{tmp_path}/s.db", "--device", "cpu", "--threads", "1"])
-    env = f"PYTHONPATH={shlex.quote(str(REPO))} OMP_NUM_THREADS=1"
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "150", "-y", "30",
-                    f"cd {shlex.quote(str(tmp_path))} && env {env} {command}; sleep 30"], check=True)
+                          f"npz:{npz}", "--epochs", "30", "--trials", "1", "--no-early-stop",
+                          "--storage", f"sqlite:///{folder}/s.db", "--device", "cpu", "--threads", "1"])
+    env = f"PYTHONPATH={shlex.quote(str(REPO))} OMP_NUM_THREADS=1 {env_extra}"
+    tmux = ["tmux", "-L", session]  # a server of its own: no race with another session's shutdown
+    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "150", "-y", "30",
+                    f"cd {shlex.quote(str(folder))} && env {env} {command}; sleep 30"], check=True)
     try:
         screen, deadline = "", time.time() + 120
         while time.time() < deadline:
-            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+            screen = subprocess.run([*tmux, "capture-pane", "-e", "-p", "-t", session], capture_output=True,
                                     text=True).stdout
-            if "img/s" in screen and "step " in screen and "trial 0 epoch" in screen and "━" in screen:
+            plain = _strip(screen)
+            if "img/s" in plain and "step " in plain and "trial 0 epoch" in plain and "━" in plain:
                 break
             time.sleep(0.5)
-        assert "trials" in screen and "0/1" in screen, screen
-        assert "trial 0 epoch" in screen and "img/s" in screen and "ETA" in screen, screen
+        return screen
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+def _strip(screen: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", screen)
 
 
 def test_remaining_work_eta_comes_from_measured_progress():

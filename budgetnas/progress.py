@@ -96,6 +96,8 @@ class Monitor:
 
     def step(self, trial: int, epoch: int, epochs: int, step: int, steps: int, images: int, epoch_images: int) -> None:
         """One training step of ``trial`` finished (``images`` in this step, ``epoch_images`` per epoch)."""
+        if self.quiet:
+            return  # nothing will be shown: keep the training loop's hook free
         if self.trial is None or self._task(self.trial).fields.get("key") != (trial, epoch):
             if self.trial is not None:
                 self.bars.remove_task(self.trial)

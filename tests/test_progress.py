@@ -213,3 +213,19 @@ def test_an_onnx_export_that_differs_from_the_model_is_refused(tmp_path, monkeyp
     with pytest.raises(RunFailure, match="ONNX export"):
         onnxexport.export_onnx(model, data, Recipe(), tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_the_trainer_reports_every_step_of_every_epoch(tiny_npz):
+    from budgetnas.data import load_dataset
+    from budgetnas.spec import FCNSpec
+    from budgetnas.trainer import Recipe, train
+
+    data = load_dataset(f"npz:{tiny_npz}", subset=300)
+    steps = []
+    train(FCNSpec(hidden=(8,)), data, Recipe(epochs=2, batch_size=128), device="cpu", precision="fp32",
+          on_step=lambda *call: steps.append(call))
+    n = len(data.train)
+    per_epoch = -(-n // 128)
+    assert [(e, s) for e, s, _, _ in steps] == [(e, s) for e in (1, 2) for s in range(1, per_epoch + 1)]
+    assert all(total == per_epoch for _, _, total, _ in steps)
+    assert sum(images for e, _, _, images in steps if e == 1) == n

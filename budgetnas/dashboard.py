@@ -1,17 +1,21 @@
 """Serve optuna-dashboard on a budgetnas storage (SQLite, any RDB URL, or a journal file).
 
 The dashboard shows the trials, the Pareto front of multi-objective studies, the per-epoch
-curves and every user attribute the search stores (spec, params, mult-adds, ...). It binds to
+curves and every user attribute the search stores (spec, params, mult-adds, ...), each trained
+trial's note (its architecture, counts and recipe) and its learning curve as an artifact
+(see :mod:`budgetnas.trialnotes`). It binds to
 the loopback address by default: optuna-dashboard has no authentication.
 """
 
 from __future__ import annotations
 
 import socket
+import warnings
 from pathlib import Path
 
 from budgetnas.errors import StorageError, UsageError
 from budgetnas.storage import normalise_url, open_storage
+from budgetnas.trialnotes import artifact_dir
 
 
 def check_storage_exists(url: str) -> None:
@@ -49,7 +53,18 @@ def serve(storage: str | None = None, host: str = "127.0.0.1", port: int = 8080)
     url = normalise_url(storage)
     check_storage_exists(url)
     check_port(host, port)
-    optuna_dashboard.run_server(open_storage(url), host=host, port=port)
+    folder = artifact_dir(url)  # the trials' learning curves (budgetnas/trialnotes.py), when there are any
+    store = None
+    if folder is not None and folder.is_dir():
+        from optuna.artifacts import FileSystemArtifactStore
+
+        store = FileSystemArtifactStore(str(folder))
+    with warnings.catch_warnings():
+        # Optuna's notes to a developer (e.g. "Some regimes for parameter ... have less than 2 trials" from
+        # the importance panel on every page load) would flood the console the user started the server in.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"optuna(\.|$)")
+        warnings.filterwarnings("ignore", category=UserWarning, message=r"Some regimes for parameter")
+        optuna_dashboard.run_server(open_storage(url), host=host, port=port, artifact_store=store)
 
 
 def dashboard_url(host: str, port: int) -> str:

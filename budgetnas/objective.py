@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 
-from budgetnas import objectives, records
+from budgetnas import objectives, records, trialnotes
 from budgetnas.counting import PAPER_BATCH, count_params, human_count, paper_batch_mult_adds
 from budgetnas.errors import RunFailure
 from budgetnas.families import get_family
+from budgetnas.fmt import percent
 from budgetnas.space import sample_recipe
 from budgetnas.spec import spec_to_dict
 from budgetnas.stopping import FrontRule
@@ -52,15 +53,20 @@ class Objective:
 
     def __init__(self, settings: records.StudySettings, data: "Data", recipe: Recipe, *,
                  device: str = "auto", precision: str = "auto", early_stop: bool = True,
+                 storage_url: str | None = None,
                  progress: Callable[[str], None] | None = None,
-                 interruptible: Callable[[bool], None] | None = None) -> None:
+                 interruptible: Callable[[bool], None] | None = None,
+                 on_step: Callable[..., None] | None = None) -> None:
         self.settings = settings
         self.device, self.precision = device, precision
+        self.storage_url = storage_url  # where the dashboard's artifacts go (trialnotes); None: none
         self.data = data
         self.recipe = recipe
         self.progress = progress or (lambda message: None)
         # Told True while training runs: only then may Ctrl-C interrupt immediately (see search.py).
         self.interruptible = interruptible or (lambda flag: None)
+        # (trial, epoch, epochs, step, steps, images, epoch images) after every training step: the live display.
+        self.on_step = on_step
         self.single = len(settings.objectives) == 1
         self.rule = FrontRule(settings.objectives, recipe.epochs) if early_stop and not self.single else None
 
@@ -108,7 +114,7 @@ class Objective:
             trial.set_user_attr("val_accuracy_curve", [e.val_accuracy for e in curve])
             trial.set_user_attr("train_loss_curve", [e.train_loss for e in curve])
             self.progress(f"trial {trial.number}: epoch {stats.epoch}/{self.recipe.epochs} "
-                          f"loss {stats.train_loss:.4f} val acc {stats.val_accuracy:.4f} ({stats.seconds:.1f}s)")
+                          f"loss {stats.train_loss:.4f} val acc {percent(stats.val_accuracy)} ({stats.seconds:.1f}s)")
             if self.single:
                 trial.report(stats.val_accuracy, stats.epoch)
                 if stats.epoch < self.recipe.epochs and trial.should_prune():
@@ -119,10 +125,13 @@ class Objective:
                 if reason:
                     raise StopTraining(reason)
 
+        def on_step(epoch: int, step: int, steps: int, images: int) -> None:
+            self.on_step(trial.number, epoch, recipe.epochs, step, steps, images, len(data.train))
+
         try:
             self.interruptible(True)
             result = train(spec, data, recipe, device=self.device, precision=self.precision,
-                           on_epoch=on_epoch)
+                           on_epoch=on_epoch, on_step=on_step if self.on_step else None)
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", f"interrupted by Ctrl-C during epoch {len(curve) + 1}")
             raise
@@ -142,6 +151,10 @@ class Objective:
 
         for key, value in records.training_attrs(spec, recipe, result, mult_adds).items():
             trial.set_user_attr(key, value)
+        # The dashboard's view of it: readable attributes, a Markdown note, the learning curve as an artifact.
+        trialnotes.annotate(trial, self.storage_url, spec, recipe, params, config.budget, mult_adds,
+                            [e.val_accuracy for e in result.epochs], [e.train_loss for e in result.epochs],
+                            result.train_seconds, result.stopped_early)
         if result.stopped_early:
             self.progress(f"trial {trial.number}: {result.stopped_early}")
             raise optuna.TrialPruned(result.stopped_early)

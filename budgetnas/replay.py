@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from budgetnas.errors import StorageError, UsageError
+from budgetnas.fmt import percent, plural
 from budgetnas.records import StudySettings, recipe_of, replay_key, settings_of, spec_of
 from budgetnas.runs import TrainedRun, write_json
 
@@ -104,7 +105,7 @@ def choose_trial(study: Any, which: str | int = "best") -> Choice:
     best = max(candidates, key=lambda t: (val_accuracy_of(t, settings), -int(t.user_attrs.get("params", 0))))
     accuracy = val_accuracy_of(best, settings)
     tied = [t for t in candidates if val_accuracy_of(t, settings) == accuracy]
-    reason = (f"trial {best.number}: highest validation accuracy {accuracy:.4f} among the "
+    reason = (f"trial {best.number}: highest validation accuracy {percent(accuracy)} among the "
               f"{len(candidates)} {where}")
     if len(tied) > 1:
         reason += f"; {len(tied)} tied, the one with the fewest parameters ({best.user_attrs.get('params')}) wins"
@@ -146,7 +147,7 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
     check_writable(out)
     out = out.resolve()  # metrics.json and the study record absolute paths, valid from any folder
     say(f"replaying {choice.reason}")
-    say(f"  spec {spec.describe()}; {recipe.epochs} epochs, seed {recipe.seed}")
+    say(f"  spec {spec.describe()}; {plural(recipe.epochs, 'epoch')}, seed {recipe.seed}")
     run = retrain(spec, recipe, settings, device=device, precision=precision, data_root=data_root,
                   subset=settings.subset if subset == "study" else subset, out=out, images=images,
                   name=f"{loaded.study_name}-trial{choice.trial.number}", progress=say)
@@ -168,6 +169,7 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
     from budgetnas.config import RunConfig, save_config
     from budgetnas.data import load_dataset
     from budgetnas.export import export_model
+    from budgetnas.onnxexport import export_onnx
     from budgetnas.featuremaps import render_feature_maps, save_feature_maps
     from budgetnas.figures import line_panels
     from budgetnas.families import family_of
@@ -185,7 +187,7 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
         raise UsageError(f"image index {bad[0]} is outside the test split (0..{len(data.require_test()) - 1})")
 
     def on_epoch(e: Any) -> None:
-        progress(f"  epoch {e.epoch}/{recipe.epochs}  loss {e.train_loss:.4f}  val {e.val_accuracy:.4f}  "
+        progress(f"  epoch {e.epoch}/{recipe.epochs}  loss {e.train_loss:.4f}  val acc {percent(e.val_accuracy)}  "
                  f"({e.seconds:.1f}s)")
 
     run = train_run(spec, recipe, data, dataset=settings.dataset, subset=subset, device=device, precision=precision,
@@ -210,8 +212,10 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
         artifacts["featuremaps"] = out / "featuremaps"
         progress(f"  feature maps of {len(paths)} test images in {artifacts['featuremaps']}")
     artifacts["export"] = export_model(trained.model, data, recipe, out / "model.pt2")
+    artifacts["onnx"] = export_onnx(trained.model, data, recipe, out / "model.onnx",  # checked with onnxruntime
+                                    images=data.require_test().x[:64])
     artifacts["metrics"] = out / "metrics.json"
-    progress(f"  test accuracy {metrics['test_accuracy']:.4f}; artifacts in {out}")
+    progress(f"  test accuracy {percent(metrics['test_accuracy'])}; artifacts in {out}")
     return run
 
 

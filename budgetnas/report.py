@@ -22,8 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from budgetnas import tables
+from budgetnas.counting import human_count
 from budgetnas.datasets import reference_models
 from budgetnas.errors import StorageError, UsageError
+from budgetnas.fmt import percent
 from budgetnas.paper import PaperModel, paper_models
 from budgetnas.records import StudySettings, replays_of, settings_of
 from budgetnas.replay import choose_trial, trained_trials, val_accuracy_of
@@ -121,7 +124,7 @@ def figures(info: ReportInfo) -> dict[str, Any]:
 
 
 def _hover(p: Point) -> str:
-    return (f"trial {p.number}<br>val acc {p.accuracy:.4f}<br>{p.seconds:.1f}s<br>{p.params:,} params"
+    return (f"trial {p.number}<br>val acc {percent(p.accuracy)}<br>{p.seconds:.1f}s<br>{p.params:,} params"
             f"<br>{p.mult_adds:,} mult-adds<br>{html.escape(p.spec)}")
 
 
@@ -166,14 +169,15 @@ def _params_figure(info: ReportInfo) -> Any:
         fig.add_trace(go.Scatter(x=[r["params"] for _, r in replays], y=[r["test_accuracy"] for _, r in replays],
                                  mode="markers", name="replays: test accuracy", marker=dict(symbol="star", size=15,
                                                                                           color="#2ca02c"),
-                                 hovertext=[f"trial {n} replayed<br>test acc {r['test_accuracy']:.4f}<br>"
+                                 hovertext=[f"trial {n} replayed<br>test acc {percent(r['test_accuracy'])}<br>"
                                             f"{r.get('epochs')} epochs" for n, r in replays], hoverinfo="text"))
     if info.paper and reference_models(info.settings.dataset):
         fig.add_trace(go.Scatter(x=[m.params for m in info.paper], y=[m.test_accuracy for m in info.paper],
                                  mode="markers+text", name="paper: test accuracy, 20 epochs",
                                  text=[m.name for m in info.paper], textposition="top center",
                                  marker=dict(symbol="diamond", size=12, color="#ff7f0e"),
-                                 hovertext=[f"paper {m.name}<br>{m.params:,} params<br>test acc {m.test_accuracy:.4f}"
+                                 hovertext=[f"paper {m.name}<br>{m.params:,} params<br>"
+                                            f"test acc {percent(m.test_accuracy)}"
                                             for m in info.paper], hoverinfo="text"))
     fig.add_vline(x=info.settings.budget, line=dict(color="black", dash="dash"),
                   annotation_text=f"budget {info.settings.budget:,}", annotation_position="bottom left")
@@ -252,7 +256,7 @@ def render_html(info: ReportInfo) -> str:
                      ("best", info.best_reason)]
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>budgetnas report: {_e(info.study)}</title>",
              f"<style>{_CSS}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
-             f"<h1>budgetnas study {_e(info.study)}</h1>", _table(["setting", "value"], settings_rows)]
+             f"<h1>budgetnas study {_e(info.study)}</h1>", tables.html(["setting", "value"], settings_rows)]
     figs = figures(info)
     for key in ("pareto", "params", "history", "curves"):
         parts.append(f"<div class='figure'>{figs[key].to_html(full_html=False, include_plotlyjs=False, div_id=key)}"
@@ -262,14 +266,15 @@ def render_html(info: ReportInfo) -> str:
                          "points and replays show test accuracy.</p>")
     front = sorted((p for p in info.points if p.on_front), key=lambda p: (-p.accuracy, p.params))
     parts.append("<h2>Trials on the Pareto front</h2>")
-    parts.append(_table(["trial", "val accuracy", "train s", "params", "mult-adds", "spec", "replay test acc"],
-                        [(p.number, f"{p.accuracy:.4f}", f"{p.seconds:.1f}", f"{p.params:,}", f"{p.mult_adds:,}",
-                          p.spec, _fmt(info.replays.get(p.number, {}).get("test_accuracy"))) for p in front]))
+    parts.append(tables.html(["trial", "val accuracy", "train s", "params", "mult-adds", "spec", "replay test acc"],
+                        [(p.number, percent(p.accuracy), f"{p.seconds:.1f}", f"{p.params:,}", human_count(p.mult_adds),
+                          p.spec, percent(info.replays.get(p.number, {}).get("test_accuracy"))) for p in front]))
     parts.append("<h2>Replays</h2>")
     if info.replays:
-        parts.append(_table(["trial", "test accuracy", "val accuracy", "params", "epochs", "seed", "device",
+        parts.append(tables.html(["trial", "test accuracy", "val accuracy", "params", "epochs", "seed", "device",
                              "train s", "artifacts"],
-                            [(n, _fmt(r.get("test_accuracy")), _fmt(r.get("val_accuracy")), f"{r.get('params', 0):,}",
+                            [(n, percent(r.get("test_accuracy")), percent(r.get("val_accuracy")),
+                              f"{r.get('params', 0):,}",
                               r.get("epochs"), r.get("seed"), f"{r.get('device')} {r.get('precision')}",
                               _fmt(r.get("train_seconds"), ".1f"), r.get("out"))
                              for n, r in sorted(info.replays.items())]))
@@ -309,11 +314,5 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fmt(value: Any, spec: str = ".4f") -> str:
+def _fmt(value: Any, spec: str) -> str:
     return "" if value is None else format(value, spec)
-
-
-def _table(headers: list[str], rows: list[tuple[Any, ...]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"

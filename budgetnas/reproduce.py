@@ -17,14 +17,16 @@ import html
 import json
 import os
 import platform
-import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from budgetnas import tables
 from budgetnas.config import RunConfig, load_config, save_config
 from budgetnas.errors import FieldError, UsageError
+from budgetnas.fmt import percent, plural
+from budgetnas.progress import Remaining
 from budgetnas.replay import check_writable
 from budgetnas.families import family_of
 
@@ -213,7 +215,7 @@ def paper_row(metrics: dict[str, Any]) -> dict[str, str]:
     return {
         "model": metrics.get("name", ""),
         "weights": format_count(metrics.get("params")),
-        "test_acc": "-" if acc is None else f"{acc * 100:.4f}%",
+        "test_acc": percent(acc),
         "time": format_duration(metrics.get("train_seconds")),
         "device": metrics.get("device", ""),
         "mult_adds": format_mult_adds(metrics.get("mult_adds")),
@@ -239,7 +241,7 @@ def comparison_row(metrics: dict[str, Any], paper: dict[str, Any]) -> dict[str, 
         "model": ours["model"],
         "weights": ours["weights"], "paper_weights": format_count(paper_weights), "weights_diff": weight_diff,
         "test_acc": ours["test_acc"],
-        "paper_test_acc": "-" if paper_acc is None else f"{paper_acc:.4f}%", "test_acc_diff": diff,
+        "paper_test_acc": "-" if paper_acc is None else percent(paper_acc / 100), "test_acc_diff": diff,
         "time": f"{ours['time']} ({ours['device']})",
         "paper_cpu": format_duration(paper_cpu), "paper_gpu": format_duration(paper.get("gpu_seconds")),
         "speedup": speed,
@@ -256,19 +258,6 @@ COMPARISON_COLUMNS = [
     ("speedup", "Paper CPU / ours"), ("mult_adds", "Mult-adds"), ("paper_mult_adds", "Paper mult-adds"),
     ("lowest_loss", "Lowest loss"), ("paper_lowest_loss", "Paper lowest loss"),
 ]
-
-
-def markdown_table(rows: Sequence[dict[str, str]], columns: Sequence[tuple[str, str]]) -> str:
-    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r.get(k, "")).replace("|", "\\|") for k, _ in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def html_table(rows: Sequence[dict[str, str]], columns: Sequence[tuple[str, str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for k, _ in columns) + "</tr>\n"
-                   for r in rows)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
 
 
 # --------------------------------------------------------------------------- reproduce
@@ -322,22 +311,21 @@ def reproduce(names: Sequence[str] | None = None, *, epochs: int | None = None, 
     check_writable(out)
     datasets: dict[str, Any] = {}
     cost = [_cost(c) for c in configs]
-    done_cost, started = 0.0, time.perf_counter()
+    done_cost, remaining = 0.0, Remaining(sum(cost))
     runs, rows = [], []
     for i, config in enumerate(configs, start=1):
         if config.dataset not in datasets:
             datasets[config.dataset] = load_dataset(config.dataset, data_root, with_test=True, subset=subset)
         data = datasets[config.dataset]
         per_epoch = cost[i - 1] / config.recipe.epochs
-        progress(f"[{i}/{len(configs)}] {config.name}: {config.spec.describe()} ({config.recipe.epochs} epochs, "
-                 f"{len(data.train)} train images)")
+        progress(f"[{i}/{len(configs)}] {config.name}: {config.spec.describe()} "
+                 f"({plural(config.recipe.epochs, 'epoch')}, {len(data.train)} train images)")
 
         def on_epoch(e: Any, i: int = i, per_epoch: float = per_epoch, config: RunConfig = config) -> None:
-            spent = done_cost + per_epoch * e.epoch
-            remaining = sum(cost[i:]) + per_epoch * (config.recipe.epochs - e.epoch)
-            eta = (time.perf_counter() - started) / spent * remaining
+            eta = remaining.at(done_cost + per_epoch * e.epoch)
             progress(f"[{i}/{len(configs)}] {config.name} epoch {e.epoch}/{config.recipe.epochs}  loss "
-                     f"{e.train_loss:.4f}  val {e.val_accuracy:.4f}  ({e.seconds:.1f}s)  ETA ~{format_duration(eta)}")
+                     f"{e.train_loss:.4f}  val acc {percent(e.val_accuracy)}  ({e.seconds:.1f}s)"
+                     + (f"  ETA ~{format_duration(eta)}" if eta is not None else ""))
 
         report = train_config(config, device=device, precision=precision, data=data, on_epoch=on_epoch,
                               threads=threads)
@@ -346,7 +334,7 @@ def reproduce(names: Sequence[str] | None = None, *, epochs: int | None = None, 
         save_run(report, out / "models" / config.name)
         runs.append({**report.metrics, "paper": dict(config.paper)})
         rows.append(comparison_row(report.metrics, config.paper))
-        progress(f"[{i}/{len(configs)}] {config.name}: test accuracy {report.metrics['test_accuracy']:.4f} "
+        progress(f"[{i}/{len(configs)}] {config.name}: test accuracy {percent(report.metrics['test_accuracy'])} "
                  f"in {format_duration(report.metrics['train_seconds'])}")
     return _write_reproduction(rows, runs, out, command=command, subset=subset)
 
@@ -385,7 +373,7 @@ def _write_reproduction(rows: list[dict[str, str]], runs: list[dict[str, Any]], 
     if command:
         facts.append(f"Command: `{command}`")
     markdown = "\n".join(["# Reproducing the paper's models", "", *[f"- {f}" for f in facts], "",
-                          markdown_table(rows, COMPARISON_COLUMNS), "", *[f"> {n}\n" for n in notes]])
+                          tables.markdown(*tables.select(rows, COMPARISON_COLUMNS)), "", *[f"> {n}\n" for n in notes]])
     page = "\n".join([
         "<!doctype html>", "<html><head><meta charset='utf-8'><title>budgetnas reproduce</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -393,7 +381,7 @@ def _write_reproduction(rows: list[dict[str, str]], runs: list[dict[str, Any]], 
         "td:first-child{text-align:left}</style></head><body>",
         "<h1>Reproducing the paper's models</h1>",
         "<ul>" + "".join(f"<li>{html.escape(f.replace('`', ''))}</li>" for f in facts) + "</ul>",
-        html_table(rows, COMPARISON_COLUMNS),
+        tables.html(*tables.select(rows, COMPARISON_COLUMNS)),
         *[f"<p>{html.escape(n)}</p>" for n in notes], "</body></html>"])
     files = {"markdown": out / "RESULTS.md", "html": out / "results.html", "json": out / "results.json"}
     files["markdown"].write_text(markdown + "\n", encoding="utf-8")

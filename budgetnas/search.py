@@ -34,8 +34,10 @@ from budgetnas.counting import human_count
 from budgetnas.data import check_dataset_name, dataset_info, load_dataset
 from budgetnas.device import resolve_placement
 from budgetnas.errors import FieldError, RunFailure, UsageError
-from budgetnas.objective import Objective
 from budgetnas.families import check_choices, family_key, get_family
+from budgetnas.fmt import percent
+from budgetnas.objective import Objective
+from budgetnas.progress import Monitor, as_monitor, clock
 from budgetnas.storage import normalise_url, open_storage, redact
 from budgetnas.study import create_or_load, default_study_name, parse_objectives
 from budgetnas.trainer import PAPER_RECIPE, Recipe
@@ -69,6 +71,7 @@ class SearchConfig:
     max_mult_adds: int | None = None  # reject candidates above this many mult-adds (batch 512) before training
     recipe_space: str = "paper"  # "search": sample lr, schedule, decay, smoothing, augment, batch per trial
     enqueue: tuple[str, ...] = ()  # run configs (paths or paper names) to train first, e.g. ("cnn-50k+bn",)
+    threads: int | None = None  # CPU threads for training (torch.set_num_threads); None = torch's default
     worker: int = 0  # index among --workers N processes; offsets the sampler seed so workers differ (workers.py)
 
     def __post_init__(self) -> None:
@@ -156,7 +159,11 @@ def run_search(config: SearchConfig, progress: Progress | None = None, *,
 
     ``prepared``: the result of :func:`prepare` when the caller already ran it (the workers).
     """
-    say = progress or (lambda message: None)
+    say = as_monitor(progress)
+    if config.threads:  # in this process: each --workers worker applies it to itself
+        import torch
+
+        torch.set_num_threads(config.threads)
     prepared = prepared or prepare(config)
 
     verbosity = optuna.logging.get_verbosity()
@@ -187,7 +194,7 @@ def start_params(config: SearchConfig, input_shape: tuple[int, int, int],
     return starts
 
 
-def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Progress,
+def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Monitor,
               starts: list[tuple[str, dict[str, Any]]] = ()) -> SearchSummary:
     storage = open_storage(config.storage_url)
     # No verdict before half the epochs: an annealed schedule (cosine, one-cycle) or augmentation learns
@@ -201,19 +208,23 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Prog
         say(f"study {config.study_name} already has {done_before} finished trials (--trials {config.trials}); "
             "raise --trials to continue it")
         return summarise(study, config, 0.0)
+    if done_before:
+        say(f"resuming: {done_before} of {config.trials if config.trials is not None else '?'} trials finished")
 
     for ref, values in starts:  # skip_if_exists: rerunning the command does not queue them again
         study.enqueue_trial(values, user_attrs={"enqueued": ref}, skip_if_exists=True)
     data = load_dataset(config.dataset, config.data_root, subset=config.subset)
     guard = _CtrlC()
     objective = Objective(config.settings(), data, config.training_recipe(), device=config.device,
-                          precision=config.precision, early_stop=config.early_stop, progress=say,
-                          interruptible=guard.training)
+                          precision=config.precision, early_stop=config.early_stop,
+                          storage_url=config.storage_url, progress=say, interruptible=guard.training,
+                          on_step=say.step)
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_Reporter(config, say)]
     total = StopAtTotal(config.trials) if config.trials is not None else None
     if total is not None:
         callbacks.insert(0, total)
     start = time.perf_counter()
+    say.start(config.trials, done_before, config.timeout)
     try:
         with guard.installed(study):
             # The first trial is checked too: other workers may hold the last places (workers.py).
@@ -225,6 +236,7 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Prog
     finally:
         if total is not None:
             total.release()
+        say.stop()
     summary = summarise(study, config, time.perf_counter() - start)
     if guard.requested:
         summary.interrupted = True
@@ -263,6 +275,8 @@ def check_config(config: SearchConfig) -> None:
         raise FieldError("give trials or timeout (or both) so the search knows when to stop", "trials", "timeout")
     if config.epochs < 1:
         raise FieldError(f"epochs must be at least 1, got {config.epochs}", "epochs")
+    if config.threads is not None and config.threads < 1:
+        raise FieldError(f"threads must be at least 1, got {config.threads}", "threads")
 
 
 def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> None:
@@ -300,29 +314,22 @@ def front_row(trial: FrozenTrial) -> dict[str, Any]:
 
 
 class _Reporter:
-    """One progress line per finished trial: i of N, outcome, best so far, elapsed and ETA."""
+    """One progress line per finished trial: i of N, outcome, best so far, elapsed and ETA (from the monitor)."""
 
-    def __init__(self, config: SearchConfig, say: Progress) -> None:
+    def __init__(self, config: SearchConfig, say: Monitor) -> None:
         self.config = config
         self.say = say
         self.start = time.perf_counter()
-        self.run_trials = 0
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if not counts(trial):
             return
-        self.run_trials += 1
         elapsed = time.perf_counter() - self.start
         done = count_finished(study)
         total = self.config.trials
-        eta = math.inf
-        if total is not None:
-            eta = elapsed / self.run_trials * max(total - done, 0)
-        if self.config.timeout is not None:
-            eta = min(eta, max(self.config.timeout - elapsed, 0.0))
         attrs = trial.user_attrs
         if trial.state == TrialState.COMPLETE:
-            outcome = f"val acc {attrs['val_accuracy_curve'][-1]:.4f}, {attrs['train_seconds']:.1f}s"
+            outcome = f"val acc {percent(attrs['val_accuracy_curve'][-1])}, {attrs['train_seconds']:.1f}s"
         elif "rejected" in attrs:
             outcome = "rejected before training"
         elif trial.state == TrialState.PRUNED:
@@ -331,11 +338,12 @@ class _Reporter:
             outcome = f"failed: {attrs.get('failed', 'error')}"
         best = max((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
                    key=lambda t: t.user_attrs["val_accuracy_curve"][-1], default=None)
-        best_text = (f"best val acc {best.user_attrs['val_accuracy_curve'][-1]:.4f} (trial {best.number}, "
+        best_text = (f"best val acc {percent(best.user_attrs['val_accuracy_curve'][-1])} (trial {best.number}, "
                      f"{human_count(best.user_attrs['params'])} params)" if best else "no complete trial yet")
         of = f"/{total}" if total is not None else ""
-        self.say(f"[{done}{of}] trial {trial.number} {outcome} | {best_text} | elapsed {_clock(elapsed)}"
-                 + (f", ETA {_clock(eta)}" if math.isfinite(eta) else ""))
+        eta = self.say.trial_finished(done, best_text.split(" (")[0])
+        self.say(f"[{done}{of}] trial {trial.number} {outcome} | {best_text} | elapsed {clock(elapsed)}"
+                 + (f", ETA {clock(eta)}" if eta is not None else ""))
 
 
 class _CtrlC:
@@ -375,9 +383,3 @@ class _CtrlC:
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from budgetnas.budget import format_budget
 from budgetnas.errors import UsageError
 from budgetnas.datasets import reference_models
+from budgetnas.fmt import percent, plural
 from budgetnas.search import SearchConfig, run_search
 
 Progress = Callable[[str], None]
@@ -110,7 +111,7 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
                              finalists=finalists))
         path = write_found(rows[-1], search, config.out / "found")
         say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: test accuracy "
-            f"{result.metrics['test_accuracy']:.4f}; config {path}")
+            f"{percent(result.metrics['test_accuracy'])}; config {path}")
     family, dataset = config.search.family, config.search.dataset
     markdown = config.out / "SWEEP.md"
     markdown.write_text(render_markdown(family, dataset, rows), encoding="utf-8")
@@ -159,14 +160,15 @@ def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: in
 
         def on_epoch(e: Any) -> None:  # called during train(), so the loop variables are current
             say(f"  finalist {n}/{min(count, len(top))} (trial {trial.number}): epoch {e.epoch}/{recipe.epochs} "
-                f"loss {e.train_loss:.4f} val {e.val_accuracy:.4f} ({e.seconds:.1f}s)")
+                f"loss {e.train_loss:.4f} val acc {percent(e.val_accuracy)} ({e.seconds:.1f}s)")
 
         run = train_run(spec_of(trial), recipe, data, dataset=settings.dataset, subset=subset, device=search.device,
                         precision=search.precision, on_epoch=on_epoch, evaluate_test=False)
         ranked.append({"trial": trial.number, "search_val": val_accuracy_of(trial, settings),
                        "val": run.metrics["val_accuracy"], "params": run.metrics["params"]})
         say(f"  finalist {n}/{min(count, len(top))}: trial {trial.number}, validation accuracy "
-            f"{ranked[-1]['search_val']:.4f} in the search, {ranked[-1]['val']:.4f} after {recipe.epochs} epochs")
+            f"{percent(ranked[-1]['search_val'])} in the search, {percent(ranked[-1]['val'])} after "
+            f"{plural(recipe.epochs, 'epoch')}")
     return sorted(ranked, key=lambda r: (-r["val"], r["params"]))
 
 
@@ -203,7 +205,8 @@ def write_found(row: SweepRow, search: SearchConfig, folder: Path) -> Path:
     r = row.replay
     header = (f"{config.description}.\n"
               f"Replayed for {r.get('epochs')} epochs (seed {r.get('seed')}): validation accuracy "
-              f"{r['val_accuracy']:.4f}, test accuracy {r['test_accuracy']:.4f}, {r['params']:,} parameters.\n"
+              f"{percent(r['val_accuracy'])}, test accuracy {percent(r['test_accuracy'])}, "
+              f"{r['params']:,} parameters.\n"
               "[result] holds the replayed figures and the search that found it (selected on validation only).\n"
               f"Retrain with: budgetnas train {config.name.removeprefix('found-')}.toml")
     return save_config(config, folder / f"{config.name.removeprefix('found-')}.toml", header=header)
@@ -214,31 +217,35 @@ def render_markdown(family: str, dataset: str, rows: list[SweepRow]) -> str:
     paper = {m.budget: m for m in reference_models(dataset, family)}
     lines = [f"# Budget sweep: {family.upper()} on {dataset}", "",
              "Test accuracy is from replaying each study's best trial (chosen on validation accuracy only), trained on "
-             "the whole training split.", "",
-             "| budget | study / trial | params | val acc | test acc | paper test acc | diff | train s | mult-adds "
-             "| search trials | search s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "the whole training split.", ""]
+    from budgetnas import tables
     from budgetnas.counting import human_count
+    from budgetnas.spec import spec_from_dict
+    from budgetnas.trainer import Recipe
 
+    cells = []
     for row in rows:
         r = row.replay
         ref = paper.get(row.budget)
         diff = f"{(r['test_accuracy'] - ref.test_accuracy) * 100:+.2f} pt" if ref else "-"
-        lines.append(f"| {format_budget(row.budget)} | {row.study} #{row.trial} | {r['params']:,} | "
-                     f"{r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | "
-                     f"{f'{ref.test_accuracy:.4f}' if ref else '-'} | {diff} | {r['train_seconds']:.1f} | "
-                     f"{human_count(r['mult_adds'])} | {row.search_trials} | {row.search_seconds:.0f} |")
-    from budgetnas.spec import spec_from_dict
-    from budgetnas.trainer import Recipe
-
-    lines += ["", "| budget | architecture | recipe |", "|---|---|---|"]
-    lines += [f"| {format_budget(row.budget)} | {_cell(spec_from_dict(row.replay['spec']).describe())} | "
-              f"{Recipe.from_dict(row.replay['recipe']).describe()} |" for row in rows if "spec" in row.replay]
+        cells.append([format_budget(row.budget), f"{row.study} #{row.trial}", f"{r['params']:,}",
+                      percent(r["val_accuracy"]), percent(r["test_accuracy"]),
+                      percent(ref.test_accuracy) if ref else "-",
+                      diff, f"{r['train_seconds']:.1f}", human_count(r["mult_adds"]), row.search_trials,
+                      f"{row.search_seconds:.0f}"])
+    lines.append(tables.markdown(["budget", "study / trial", "params", "val acc", "test acc", "paper test acc", "diff",
+                                  "train s", "mult-adds", "search trials", "search s"], cells))
+    lines += ["", tables.markdown(["budget", "architecture", "recipe"],
+                                  [[format_budget(row.budget), spec_from_dict(row.replay["spec"]).describe(),
+                                    Recipe.from_dict(row.replay["recipe"]).describe()]
+                                   for row in rows if "spec" in row.replay])]
     for row in rows:
         if row.finalists:
-            ranked = "; ".join(f"trial {f['trial']} {f['search_val']:.4f} -> {f['val']:.4f}" for f in row.finalists)
+            ranked = "; ".join(f"trial {f['trial']} {percent(f['search_val'])} -> {percent(f['val'])}"
+                               for f in row.finalists)
             lines += ["", f"{format_budget(row.budget)} finalists (validation accuracy: search -> full run): {ranked}"]
-    lines += ["", f"Replays: {rows[0].replay.get('epochs')} epochs each, device {rows[0].replay.get('device')}, "
+    lines += ["", f"Replays: {plural(rows[0].replay.get('epochs'), 'epoch')} each, "
+              f"device {rows[0].replay.get('device')}, "
               f"precision {rows[0].replay.get('precision')}." if rows else ""]
     return "\n".join(lines) + "\n"
 
@@ -277,11 +284,6 @@ def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("params", "val_accuracy", "test_accuracy", "train_seconds", "mult_adds", "lowest_loss",
             "lowest_loss_epoch", "epochs", "seed", "device", "precision", "spec", "recipe")
     return {k: metrics[k] for k in keys if k in metrics}
-
-
-def _cell(text: str) -> str:
-    """Text safe inside a Markdown table cell (descriptions separate their parts with '|')."""
-    return text.replace("|", "\\|")
 
 
 def _escape(text: str) -> str:

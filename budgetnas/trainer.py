@@ -64,17 +64,21 @@ class StopTraining(Exception):
 
 
 EpochCallback = Callable[[EpochStats], None]
+# (epoch, step within the epoch (1-based), steps per epoch, images in this step): a progress display's hook.
+StepCallback = Callable[[int, int, int, int], None]
 
 
 def train(spec: Spec, data: Data, recipe: Recipe = Recipe(), *, device: str = "auto", precision: str = "auto",
           on_epoch: EpochCallback | None = None, evaluate_test: bool = False,
-          threads: int | None = None) -> TrainResult:
+          threads: int | None = None, on_step: StepCallback | None = None) -> TrainResult:
     """Train ``spec`` on ``data`` with ``recipe``; validate after every epoch.
 
     ``on_epoch`` is called with each epoch's stats. It may raise :class:`StopTraining`
     to end the run early (the result so far is returned) or any other exception (e.g.
     ``optuna.TrialPruned``), which propagates. Test accuracy is computed only when
     ``evaluate_test`` is true. A NaN or infinite loss raises :class:`TrainingDiverged`.
+    ``on_step`` (optional) is told after every optimizer step where the epoch stands; it never
+    waits for the device, so a GPU's queue keeps running ahead.
     """
     run = _Session(spec, data, recipe, device, precision, threads)
     model, dev, placement = run.model, run.device, run.placement
@@ -89,8 +93,11 @@ def train(spec: Spec, data: Data, recipe: Recipe = Recipe(), *, device: str = "a
             model.train()
             order = torch.randperm(len(data.train), generator=generator).to(dev)
             loss_sum = torch.zeros((), device=dev)
-            for first in range(0, len(order), recipe.batch_size):
+            steps = math.ceil(len(order) / recipe.batch_size)
+            for step, first in enumerate(range(0, len(order), recipe.batch_size), start=1):
                 loss_sum += run.step(order[first:first + recipe.batch_size])
+                if on_step is not None:
+                    on_step(epoch, step, steps, min(recipe.batch_size, len(order) - first))
             train_loss = loss_sum.item() / len(order)
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch}; "

@@ -98,3 +98,51 @@ def test_dashboard_refuses_a_busy_port(tmp_path, capsys):
         assert main(["dashboard", url, "--port", str(port)]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: cannot listen on 127.0.0.1:") and "--port" in last
+
+
+def test_dashboard_serves_each_trials_architecture_note_and_learning_curve(tmp_path):
+    """A trained trial's note, readable attributes and learning-curve artifact, through the real server;
+    and no Optuna UserWarning in the server's console while the study pages are answered."""
+    from optuna.distributions import FloatDistribution
+
+    from budgetnas.spec import CNNSpec, ConvBlock
+    from budgetnas.trainer import PAPER_RECIPE
+    from budgetnas.trialnotes import annotate
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    make_study(url)
+    study = optuna.load_study(study_name="cnn-3k-fashion-mnist", storage=open_storage(url))
+    for names in (("conv1_width", "fill", "conv3_width"), ("conv1_width", "fill")):  # a conditional parameter
+        # seen in one trial only: the importance panel warned about it on every page load
+        study.add_trial(create_trial(values=[0.1 * len(names), 1.0], params={n: 0.1 * len(names) for n in names},
+                                     distributions={n: FloatDistribution(0.0, 1.0) for n in names}))
+    spec = CNNSpec(conv=(ConvBlock(12, 3, pool=2, batch_norm=True), ConvBlock(7, 5, pool=None)), fc=(20,), head="gap")
+    trial = study.ask()
+    annotate(trial, url, spec, PAPER_RECIPE, 2890, 3000, 1_234_567, [0.71, 0.8], [1.2, 0.6], 3.5)
+    study.tell(trial, [0.8, 3.5])
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "default"}  # show every warning there is
+    server = subprocess.Popen([sys.executable, "-m", "budgetnas", "dashboard", "--storage", url, "--port", str(port)],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        base = f"http://127.0.0.1:{port}"
+        study_id = get_json(f"{base}/api/studies", deadline)["study_summaries"][0]["study_id"]
+        shown = [t for t in get_json(f"{base}/api/studies/{study_id}", deadline)["trials"]
+                 if t["number"] == trial.number][0]
+        body = shown["note"]["body"]
+        assert "conv 12k3p2bn,7k5 | gap | fc 20" in body and "12 channels, 3x3 kernel, max-pool 2x2, batch norm" in body
+        assert "2,890 of 3,000 (96.3% of the budget)" in body and "80.00% after 2 epochs" in body
+        attrs = {a["key"]: a["value"] for a in shown["user_attrs"]}
+        assert attrs["conv_channels"] == "[12, 7]" and attrs["kernels"] == "[3, 5]" and attrs["fc_widths"] == "[20]"
+        (artifact,) = shown["artifacts"]
+        assert artifact["mimetype"] == "image/png"
+        with urllib.request.urlopen(f"{base}/artifacts/{study_id}/{shown['trial_id']}/{artifact['artifact_id']}",
+                                    timeout=30) as response:
+            assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+        get_json(f"{base}/api/studies/{study_id}/param_importances", deadline)  # warned on every load before
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert "Traceback" not in err and "UserWarning" not in err, err

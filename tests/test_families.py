@@ -289,7 +289,7 @@ def test_over_budget_candidates_are_rejected_before_training(family, tiny_npz, m
     budget = 2 * get_family(family).smallest_count("direct", data.input_shape, data.num_classes)
     config = SearchConfig(budget=budget, family=family, dataset=f"npz:{tiny_npz}", parameterisation="direct",
                           trials=1, epochs=1, device="cpu")
-    objective = Objective(config, data, config.training_recipe())
+    objective = Objective(config.settings(), data, config.training_recipe())
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     rejected = 0
     for _ in range(15):

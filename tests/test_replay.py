@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -128,6 +129,22 @@ def test_exported_program_matches_the_trained_model(replayed):
     assert program(images[:1].float() / 255).shape == (1, 10)
 
 
+def test_onnx_file_runs_in_onnxruntime_and_matches_the_trained_model(replayed):
+    import onnxruntime
+
+    study, result = replayed
+    assert result.artifacts["onnx"] == result.out / "model.onnx"
+    data = load_dataset(study.dataset, with_test=True)
+    config = load_config(result.out / "spec.toml")
+    images = data.test.x[100:137]  # not the images the export was checked on; an odd, dynamic batch
+    session = onnxruntime.InferenceSession(str(result.out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["logits"], {"images": (images.float() / 255).numpy()})
+    with torch.inference_mode():
+        expected = result.model.to("cpu").eval()(prepare(images, data, config.recipe)).numpy()
+    assert got.shape == (37, 10)
+    assert np.abs(got - expected).max() < 1e-4
+
+
 def test_same_seed_same_device_fp32_gives_the_same_test_accuracy(replayed, tmp_path):
     study, first = replayed
     again = replay(study.url, trial=first.trial, device="cpu", precision="fp32", out=tmp_path / "again", record=False)
@@ -225,7 +242,7 @@ def test_end_to_end_search_then_replay_then_report(tiny_npz, cli, tmp_path):
     report = cli("report", "--storage", url, "--out", "r.html")
     assert report.returncode == 0, report.stderr
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
-    assert f"{doc['test_accuracy']:.4f}" in page and "data:image/png;base64," in page
+    assert f"{doc['test_accuracy'] * 100:.2f}%" in page and "data:image/png;base64," in page
 
 
 def test_a_subset_study_trains_on_its_slice_but_tests_on_the_whole_test_split(made, tmp_path):

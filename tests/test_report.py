@@ -106,7 +106,7 @@ def test_replay_adds_test_accuracy_and_feature_maps(replayed_report):
     page = path.read_text(encoding="utf-8")
     replays = records.replays_of(_study(study))
     assert len(replays) == 1
-    assert f"{next(iter(replays.values()))['test_accuracy']:.4f}" in page
+    assert f"{next(iter(replays.values()))['test_accuracy'] * 100:.2f}%" in page
     assert len(re.findall(r"src='data:image/png;base64,", page)) == 10
 
 

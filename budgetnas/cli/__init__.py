@@ -39,6 +39,17 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.stderr.write(f"error: {message} (see '{self.prog} --help')\n")
         raise SystemExit(2)
 
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if getattr(self, "reads_config_file", False) and args is not None:
+            from budgetnas.cli import _configfile
+
+            try:
+                _configfile.apply(self, args)  # --config FILE: its values become defaults, flags still win
+            except UsageError as exc:
+                _fail(exc, 2)
+                raise SystemExit(2) from None
+        return super().parse_known_args(args, namespace)
+
 
 def build_parser() -> ArgumentParser:
     from budgetnas import __version__

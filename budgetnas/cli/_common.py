@@ -57,16 +57,53 @@ def progress(message: str) -> None:
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
-    """A plain-text table; ``columns`` is [(key, header)]. Values are str()-ed as given."""
-    cells = [[str(row.get(key, "")) for key, _ in columns] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, (_, h) in enumerate(columns)]
-    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(columns, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
+    """A plain-text table; ``columns`` is [(key, header)]. Values are str()-ed as given (see budgetnas.tables)."""
+    from budgetnas import tables
+
+    return tables.text(*tables.select(rows, columns))
 
 
 def set_examples(parser: argparse.ArgumentParser, *lines: str) -> None:
     """Show ``lines`` as an 'examples:' section at the end of the command's --help."""
     parser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in lines)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def invocation() -> list[str]:
+    """How the user's shell starts this very program again, for commands printed to be pasted.
+
+    ``budgetnas`` only when that name on PATH is the running script; the script's absolute path
+    when it is not on PATH (a venv that is not activated); ``python -m budgetnas`` with the running
+    interpreter when started that way.
+    """
+    import os
+    import shutil
+
+    script = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if os.path.basename(script).startswith("budgetnas") and not script.endswith(".py"):
+        on_path = shutil.which("budgetnas")
+        if on_path and os.path.realpath(on_path) == os.path.realpath(script):
+            return ["budgetnas"]
+        return [os.path.abspath(script)]
+    return [sys.executable, "-m", "budgetnas"]
+
+
+def absolute_storage(url: str) -> str:
+    """``url`` with a relative SQLite or journal path made absolute (a printed command works from any folder)."""
+    import os
+
+    for prefix in ("sqlite:///", "journal:"):
+        if url.startswith(prefix) and not os.path.isabs(url[len(prefix):]):
+            return prefix + os.path.abspath(url[len(prefix):])
+    return url
+
+
+def data_options(dataset: str, data_root: str | None) -> list[str]:
+    """``--dataset``/``--data-root`` as a printed command needs them (absolute; $BUDGETNAS_DATA spelled out)."""
+    import os
+
+    from budgetnas.data import resolve_root
+
+    if dataset.startswith("npz:"):
+        return ["--dataset", "npz:" + os.path.abspath(dataset[4:])]
+    return ["--dataset", dataset, "--data-root", str(resolve_root(data_root).resolve())]

@@ -52,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
     report = bench(args.configs, devices=devices, steps=args.steps, warmup=args.warmup, precision=args.precision,
                    data_root=args.data_root, subset=args.subset, threads=args.threads,
                    progress=progress)
-    for note in report.notes:
-        progress(f"note: {note}")
-    if args.json:
+    if args.json:  # each note once: on stderr beside the JSON document, else after the table
+        for note in report.notes:
+            progress(f"note: {note}")
         print_json(report.to_dict())
         return 0
     rows = [{"model": r.name, "device": f"{r.device} ({r.precision})", "step": f"{r.step_seconds * 1000:.1f} ms",

@@ -65,13 +65,17 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result.to_dict())
         return 0
+    from budgetnas.counting import human_count
+    from budgetnas.fmt import percent, plural
+
     m = result.metrics
     print(f"study {result.study}, {result.reason}")
-    print(f"  test accuracy   {m['test_accuracy']:.4f}   ({m['test_images']} test images)")
-    print(f"  val accuracy    {m['val_accuracy']:.4f}   (search recorded {m['search_val_accuracy']:.4f})")
+    print(f"  test accuracy   {percent(m['test_accuracy'])}   ({m['test_images']} test images)")
+    print(f"  val accuracy    {percent(m['val_accuracy'])}   (search recorded {percent(m['search_val_accuracy'])})")
     print(f"  parameters      {m['params']:,}")
-    print(f"  mult-adds       {m['mult_adds']:,} (batch 512)")
-    print(f"  train time      {m['train_seconds']:.1f}s on {m['device']} ({m['precision']}), {m['epochs_run']} epochs")
+    print(f"  mult-adds       {human_count(m['mult_adds'])} (batch 512)")
+    print(f"  train time      {m['train_seconds']:.1f}s on {m['device']} ({m['precision']}), "
+          f"{plural(m['epochs_run'], 'epoch')}")
     print(f"  lowest loss     {m['lowest_loss']:.4f} in epoch {m['lowest_loss_epoch']}")
     print(f"  artifacts       {result.out}")
     return 0

@@ -6,11 +6,12 @@ import argparse
 import shlex
 from typing import TYPE_CHECKING, Any
 
-from budgetnas.cli._common import (add_data_options, add_device_options, add_json_option, add_storage_option,
-                                   format_table, parse_duration, print_json, progress)
-from budgetnas.workers import DEFAULT_WORKERS
+from budgetnas.cli._common import (absolute_storage, add_data_options, add_device_options, add_json_option,
+                                   add_storage_option, data_options, format_table, invocation, parse_duration,
+                                   print_json, progress)
 from budgetnas.choices import PARAMETERISATIONS, RECIPE_SPACES, SAMPLERS
 from budgetnas.objectives import NAMES as OBJECTIVE_NAMES
+from budgetnas.workers import DEFAULT_WORKERS
 
 if TYPE_CHECKING:
     from budgetnas.search import SearchConfig, SearchSummary
@@ -21,7 +22,19 @@ EXAMPLES = """examples:
   budgetnas search --budget 50k --family mbconv --recipe-space search --timeout 40m   # efficient CNN (README)
   budgetnas search --budget 50k --storage postgresql://user:pw@db/nas --study shared --workers 2  # see examples/
   budgetnas search --budget 20k --objectives accuracy          # single objective, median pruner
-  budgetnas search --budget 10k --recipe-space search --timeout 30m   # tune the training recipe too"""
+  budgetnas search --budget 10k --recipe-space search --timeout 30m   # tune the training recipe too
+  budgetnas search --config search.toml --trials 40   # keys as the options (budget = "100k"); flags win
+
+architecture notation (how trials, tables and the dashboard describe a model):
+  conv 67k3p2bn,15k5bn | gap | fc 76,77,191 | relu
+    conv ...    the conv blocks in order, comma-separated: OUT channels, 'k' + kernel size, then
+                'p' + N for an N x N max-pool after the block and 'bn' for batch norm
+                (67k3p2bn = 67 channels, 3x3 kernel, 2x2 max-pool, batch norm)
+    gap         global average pooling before the dense layers (absent: the maps are flattened)
+    fc ...      the hidden dense layers' widths ('-' for none); the output layer (one unit per
+                class) is not listed
+    relu ...    activation, then 'fc-bn' (batch norm on dense layers), 'dropout P', a non-default init
+  an FCN reads 'fc 512,256 | relu bn'; parameter counts printed beside a model are exact"""
 
 HELP = "search architectures under an exact parameter budget (multi-objective Optuna study)"
 
@@ -31,8 +44,14 @@ def register(subparsers: Any) -> None:
                                    "resumes the study; --trials is the study's total.", epilog=EXAMPLES,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", required=True, help="parameter budget, e.g. 100k, 0.1M, 100000")
+    parser.add_argument("--config", default=None, metavar="FILE.toml",
+                        help="read options from a TOML file (keys as the long options: budget = \"100k\", "
+                             "trials = 30, early-stop = false); flags on the command line override it")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print nothing while searching (errors and the result only)")
     add_search_options(parser)
-    parser.set_defaults(handler=run)
+    parser.reads_config_file = True  # see cli/__init__.ArgumentParser and cli/_configfile.py
+    parser.set_defaults(handler=run, parser=parser)
 
 
 def add_search_options(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +95,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                              "needs --storage journal:PATH or postgresql://..., not SQLite. 'auto': one "
                              "single-threaded worker per core on such a storage, else 1 "
                              f"(default {DEFAULT_WORKERS})")
+    parser.add_argument("--threads", type=int, default=None, metavar="T",
+                        help="CPU threads per worker process (default: torch's, one per core; cores/N with "
+                             "--workers N). On a small shared machine --threads 1 is often fastest")
     add_json_option(parser)
 
 
@@ -101,37 +123,42 @@ def config_from_args(args: argparse.Namespace, budget: int | None = None) -> "Se
                         study=args.study, sampler=args.sampler, objectives=args.objectives,
                         parameterisation=args.parameterisation, seed=args.seed, early_stop=args.early_stop,
                         max_mult_adds=args.max_mult_adds, recipe_space=args.recipe_space,
-                        enqueue=tuple(args.enqueue))
+                        enqueue=tuple(args.enqueue), threads=args.threads)
 
 
 def run(args: argparse.Namespace) -> int:
+    from budgetnas.cli import _configfile
+    from budgetnas.progress import monitor
     from budgetnas.search import SearchInterrupted
     from budgetnas.storage import redact
     from budgetnas.workers import run_workers
 
     config = config_from_args(args)
-    progress(f"storage: {redact(config.storage_url)}  study: {config.study_name}")
+    say = monitor(quiet=args.quiet)  # live on a terminal, one line per event elsewhere, nothing with --quiet
+    say(f"storage: {redact(config.storage_url)}  study: {config.study_name}")
     try:
-        summary = run_workers(config, args.workers, progress=progress)  # 1 worker: run_search here
+        summary = run_workers(config, args.workers, progress=None if args.quiet else say)  # 1 worker: run_search
     except SearchInterrupted as stop:
         progress(f"interrupted; the study is saved ({stop.summary.trials} finished trials). "
                  f"Resume with:\n  {resume_command(args, config)}")
         return 130
     if args.json:
-        progress(f"storage: {summary.storage_url}")
+        say(f"storage: {summary.storage_url}")
         document = summary.to_dict()
-        document["commands"] = commands(summary)
+        document["commands"] = commands(summary, config)
+        document["config"] = _configfile.resolved(args.parser, args)
         print_json(document)
         return 0
-    print(render(summary))
+    print(render(summary, config))
     return 0
 
 
-def render(summary: "SearchSummary") -> str:
+def render(summary: "SearchSummary", config: "SearchConfig") -> str:
     from budgetnas.counting import human_count
+    from budgetnas.fmt import percent
     from budgetnas.trainer import PAPER_RECIPE
 
-    rows = [{"trial": r["trial"], "params": f"{r['params']:,}", "acc": f"{r['val_accuracy']:.4f}",
+    rows = [{"trial": r["trial"], "params": f"{r['params']:,}", "acc": percent(r["val_accuracy"]),
              "secs": f"{r['train_seconds']:.1f}", "madds": human_count(r["mult_adds"]), "spec": r["spec"],
              "recipe": r.get("recipe", "")}
             for r in summary.front]
@@ -151,18 +178,20 @@ def render(summary: "SearchSummary") -> str:
         lines.append("no complete trial yet")
     lines.append("")
     lines.append(f"storage: {summary.storage_url}")
-    for label, command in commands(summary).items():
+    for label, command in commands(summary, config).items():
         lines.append(f"{label}: {command}")
     return "\n".join(lines)
 
 
-def commands(summary: "SearchSummary") -> dict[str, str]:
-    """The exact follow-up commands (dashboard always; replay of the most accurate front trial)."""
-    where = ["--storage", summary.storage_url]
-    result = {"dashboard": shlex.join(["budgetnas", "dashboard", *where])}
+def commands(summary: "SearchSummary", config: "SearchConfig") -> dict[str, str]:
+    """The exact follow-up commands (dashboard always; replay of the most accurate front trial), each as
+    the user's shell runs it: this program's executable, absolute paths, the data root spelled out."""
+    where = ["--storage", absolute_storage(summary.storage_url)]
+    result = {"dashboard": shlex.join([*invocation(), "dashboard", *where])}
     if summary.front:
-        result["replay"] = shlex.join(["budgetnas", "replay", *where, "--study", summary.study,
-                                       "--trial", str(summary.front[0]["trial"])])
+        data_root = data_options(config.dataset, config.data_root)[2:]  # replay reads the dataset from the study
+        result["replay"] = shlex.join([*invocation(), "replay", *where, "--study", summary.study,
+                                       "--trial", str(summary.front[0]["trial"]), *data_root])
     return result
 
 
@@ -170,17 +199,16 @@ def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
     """The same search as a command line with every setting spelled out (and the storage made explicit)."""
     from budgetnas.storage import redact
 
-    parts = ["budgetnas", "search", "--budget", str(config.budget), "--family", config.family,
-             "--dataset", config.dataset]
-    if config.data_root:
-        parts += ["--data-root", config.data_root]
+    parts = [*invocation(), "search", "--budget", str(config.budget), "--family", config.family,
+             *data_options(config.dataset, config.data_root)]
     if config.subset:
         parts += ["--subset", str(config.subset)]
     if config.trials is not None:
         parts += ["--trials", str(config.trials)]
     if args.timeout:
         parts += ["--timeout", args.timeout]
-    parts += ["--epochs", str(config.epochs), "--storage", redact(config.storage_url), "--study", config.study_name,
+    parts += ["--epochs", str(config.epochs), "--storage", absolute_storage(redact(config.storage_url)),
+              "--study", config.study_name,
               "--sampler", config.sampler, "--objectives", ",".join(config.objectives),
               "--parameterisation", config.parameterisation, "--seed", str(config.seed)]
     if args.device != "auto":
@@ -197,4 +225,6 @@ def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
         parts.append("--no-early-stop")
     if str(getattr(args, "workers", DEFAULT_WORKERS)) != str(DEFAULT_WORKERS):
         parts += ["--workers", str(args.workers)]
+    if config.threads:
+        parts += ["--threads", str(config.threads)]
     return shlex.join(parts)

@@ -56,14 +56,22 @@ def run(args: argparse.Namespace) -> int:
 
     check_epoch_options(args)
     config = override(resolve_config(args.config), epochs=args.epochs, seed=args.seed, dataset=args.dataset)
-    progress(f"training {config.name}: {config.spec.describe()} on {config.dataset}, {config.recipe.epochs} epochs")
+    from budgetnas.fmt import chance_hint, percent, plural
+
+    progress(f"training {config.name}: {config.spec.describe()} on {config.dataset}, "
+             f"{plural(config.recipe.epochs, 'epoch')}")
 
     def on_epoch(e) -> None:
-        progress(f"  epoch {e.epoch}/{config.recipe.epochs}  loss {e.train_loss:.4f}  val {e.val_accuracy:.4f}  "
+        progress(f"  epoch {e.epoch}/{config.recipe.epochs}  loss {e.train_loss:.4f}  "
+                 f"val acc {percent(e.val_accuracy)}  "
                  f"({e.seconds:.1f}s)")
 
     report = train_config(config, device=args.device, precision=args.precision, subset=args.subset,
                           data_root=args.data_root, on_epoch=on_epoch, threads=args.threads)
+    hint = chance_hint(report.metrics["test_accuracy"], report.metrics.get("num_classes") or 10,
+                       report.metrics["epochs_run"])
+    if hint:
+        progress(f"hint: {hint}")
     if args.out:
         paths = save_run(report, args.out)
         report.metrics["artifacts"] = {k: str(v) for k, v in paths.items()}

@@ -23,6 +23,14 @@ replay's ``spec.toml`` and a found config name the module to import, and ``repla
 ``report`` or ``train`` in a fresh process rebuild them with no extra option.
 
 Built-in families load lazily: ``available_families()`` (used by ``--help``) imports no torch.
+
+Where the registry sits: low. :mod:`budgetnas.spec`, :mod:`~budgetnas.counting`,
+:mod:`~budgetnas.model`, :mod:`~budgetnas.trainer` and :mod:`~budgetnas.paper` hand any
+family other than their own cnn/fcn code to it, while the families themselves are built on
+those modules. So this module imports only :mod:`budgetnas.choices`, :mod:`budgetnas.errors`
+and :mod:`budgetnas.families.base`, and names even the built-in families by reference, as it
+names plug-ins: the dependency points from the families to the registry, never back, and
+``tools/import_graph.py`` finds no import circle.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from budgetnas.choices import RECIPE_SPACES
 from budgetnas.errors import UsageError
 from budgetnas.families.base import Family, Shape
 
@@ -119,8 +128,6 @@ def spec_from_dict(data: Any) -> Any:
 def check_choices(family: str, parameterisation: str, recipe_space: str = "paper") -> Family:
     """The family ``family`` names, after checking that it offers ``parameterisation`` and that
     ``recipe_space`` exists (the registry's version of :func:`budgetnas.space.check_choices`)."""
-    from budgetnas.space import RECIPE_SPACES
-
     if recipe_space not in RECIPE_SPACES:
         raise UsageError(f"unknown recipe space {recipe_space!r}; choose one of {', '.join(RECIPE_SPACES)}")
     found = get_family(family)

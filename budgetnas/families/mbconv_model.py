@@ -1,7 +1,7 @@
-"""The ``nn.Module`` of an :class:`~budgetnas.families.mbconv.MBConvSpec`.
+"""The ``nn.Module`` of an :class:`~budgetnas.families.mbconv_spec.MBConvSpec`.
 
 The layers are created in exactly the order and sizes of
-:func:`budgetnas.families.mbconv.layer_costs`, which is what the counts are summed over;
+:func:`budgetnas.families.mbconv_spec.layer_costs`, which is what the counts are summed over;
 tests/test_families.py checks the two against each other (and torchinfo) on random specs.
 The result is a :class:`budgetnas.model.Net`: ``blocks`` (the stem, every block, the head
 conv) so that feature maps hook each block, then the pooling head.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from budgetnas.families.mbconv import Block, MBConvSpec, blocks, se_channels, stem_size
+from budgetnas.families.mbconv_spec import Block, MBConvSpec, blocks, se_channels, stem_size
 from budgetnas.model import _ACTIVATIONS, Net, _initialise
 
 

@@ -19,7 +19,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from budgetnas.errors import UsageError
-from budgetnas.families.mbconv import BLOCKS, MAX_EXPANSION, MBConvSpec, Stage
+from budgetnas.families.mbconv_spec import BLOCKS, MAX_EXPANSION, MBConvSpec, Stage, count_params
 from budgetnas.space import (CHANNELS, DROPOUT, FILL, RELATIVE_WIDTH, _regularisation, fit_widths,
                              recipe_params)
 
@@ -94,11 +94,9 @@ def minimal_spec(parameterisation: str, input_shape: tuple[int, int, int]) -> MB
     Which block type is smallest depends on the width (a plain 3x3 conv has 9w^2 weights, a
     depthwise-separable one 9w + w^2), so the cheapest of the three is taken.
     """
-    from budgetnas.families.mbconv import MBConvFamily
-
     width = CHANNELS[0] if parameterisation == "direct" else 1
     candidates = [MBConvSpec(stem=width, stages=(Stage(block, width),)) for block in BLOCKS]
-    return min(candidates, key=lambda s: MBConvFamily().count_params(s, input_shape, 1))
+    return min(candidates, key=lambda s: count_params(s, input_shape, 1))
 
 
 def params_of(spec: MBConvSpec, recipe: "Recipe | None", budget: int, input_shape: tuple[int, int, int],
@@ -106,9 +104,7 @@ def params_of(spec: MBConvSpec, recipe: "Recipe | None", budget: int, input_shap
     """The trial parameters from which :func:`sample` rebuilds ``spec`` exactly (``--enqueue``)."""
     from optuna.trial import FixedTrial
 
-    from budgetnas.families.mbconv import MBConvFamily
-
-    params = MBConvFamily().count_params(spec, input_shape, num_classes)
+    params = count_params(spec, input_shape, num_classes)
     if params > budget:
         raise UsageError(f"{spec.describe()} has {params:,} parameters, over the budget {budget:,}")
     stages = spec.stages

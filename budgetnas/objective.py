@@ -29,6 +29,7 @@ import optuna
 from budgetnas import records
 from budgetnas.counting import PAPER_BATCH, count_mult_adds, count_params, human_count
 from budgetnas.errors import RunFailure
+from budgetnas.proxies import SCREEN_ATTR, ProxyScreen
 from budgetnas.space import sample_recipe, sample_spec
 from budgetnas.stopping import FrontRule
 from budgetnas.trainer import EpochStats, Recipe, StopTraining, train
@@ -58,6 +59,8 @@ class Objective:
         self.interruptible = interruptible or (lambda flag: None)
         self.single = len(config.objectives) == 1
         self.rule = FrontRule(config.objectives, recipe.epochs) if config.early_stop and not self.single else None
+        self.screen = (ProxyScreen(config.proxy, config.proxy_screen, data.train.x, data.train.y, data.mean, data.std,
+                                   data.num_classes, seed=config.seed) if config.proxy else None)
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         config, data = self.config, self.data
@@ -79,6 +82,8 @@ class Objective:
         elif config.max_mult_adds is not None and mult_adds > config.max_mult_adds:
             reason = (f"{human_count(mult_adds)} mult-adds > cap {human_count(config.max_mult_adds)} "
                       f"(batch {PAPER_BATCH}): {spec.describe()}")
+        if not reason and self.screen is not None:
+            reason = self._screened(trial, spec)
         if reason:
             trial.set_user_attr("rejected", reason)
             self.progress(f"trial {trial.number}: rejected before training, {reason}")
@@ -140,6 +145,14 @@ class Objective:
         values = [self._value(name, result.val_accuracy, result.train_seconds, params, mult_adds)
                   for name in config.objectives]
         return values[0] if self.single else values
+
+    def _screened(self, trial: optuna.Trial, spec: Any) -> str | None:
+        """Score the candidate with ``--proxy`` (recorded) and say why the pre-screen rejects it, if it does."""
+        earlier = [t.user_attrs[SCREEN_ATTR] for t in trial.study.get_trials(deepcopy=False)
+                   if SCREEN_ATTR in t.user_attrs and t.number != trial.number]
+        value, reason = self.screen.check(spec, earlier, enqueued="enqueued" in trial.user_attrs)
+        trial.set_user_attr(SCREEN_ATTR, value)
+        return reason
 
     @staticmethod
     def _value(name: str, accuracy: float, seconds: float, params: int, mult_adds: int) -> float:

@@ -35,6 +35,7 @@ from budgetnas.data import check_dataset_name, dataset_info, load_dataset
 from budgetnas.device import resolve_placement
 from budgetnas.errors import RunFailure, UsageError
 from budgetnas.objective import Objective
+from budgetnas.proxies import check_screen
 from budgetnas.space import SPACE_VERSION, check_choices, minimal_spec, smallest_count
 from budgetnas.storage import normalise_url, open_storage, redact
 from budgetnas.study import create_or_load, default_study_name, parse_objectives
@@ -69,6 +70,9 @@ class SearchConfig:
     max_mult_adds: int | None = None  # reject candidates above this many mult-adds (batch 512) before training
     recipe_space: str = "paper"  # "search": sample lr, schedule, decay, smoothing, augment, batch per trial
     enqueue: tuple[str, ...] = ()  # run configs (paths or paper names) to train first, e.g. ("cnn-50k+bn",)
+    proxy: str | None = None  # zero-cost proxy scored (and recorded) per candidate before training (proxies.py)
+    proxy_screen: float = 0.0  # reject candidates whose proxy is below this quantile of earlier ones (0 = record only)
+    transfer_from: tuple[str, ...] = ()  # "auto", storage URLs or found configs: start from re-fitted winners (transfer.py)
     worker: int = 0  # index among --workers N processes; offsets the sampler seed so workers differ (workers.py)
 
     def __post_init__(self) -> None:
@@ -138,6 +142,14 @@ def run_search(config: SearchConfig, progress: Progress | None = None) -> Search
     check_budget(config, input_shape, num_classes)
 
     starts = start_params(config, input_shape, num_classes)  # bad --enqueue fails before a study exists
+    if config.transfer_from:
+        from budgetnas.transfer import transfer_starts
+
+        transferred, notes = transfer_starts(config, input_shape, num_classes)
+        for note in notes:
+            say(note)
+        say(f"transfer: {len(transferred)} re-fitted starting point(s) from {', '.join(config.transfer_from)}")
+        starts += transferred
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's (with tracebacks)
@@ -217,6 +229,7 @@ def check_config(config: SearchConfig) -> None:
         raise UsageError(f"--epochs must be at least 1, got {config.epochs}")
     if config.max_mult_adds is not None and config.max_mult_adds <= 0:
         raise UsageError(f"--max-mult-adds must be positive, got {config.max_mult_adds}")
+    check_screen(config.proxy, config.proxy_screen)
 
 
 def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> None:

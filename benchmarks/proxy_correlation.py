@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 BASELINES = ("params", "mult_adds")
+CHANCE = 0.2  # candidates below this val accuracy did not learn (10 classes): "trained" rows leave them out
 
 
 def parse_plan(text: str) -> list[tuple[str, int, int]]:
@@ -68,11 +69,20 @@ def measure(args: argparse.Namespace) -> dict:
     recipe = dataclasses.replace(PAPER_RECIPE, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     rows: list[dict] = []
     skipped: dict[str, int] = {}
-    started = time.perf_counter()
+    spent = 0.0
+    if args.resume and Path(args.out).with_suffix(".json").exists():
+        # continue an interrupted run: keep its rows and replay its random draws (same seeds) before going on
+        previous = json.loads(Path(args.out).with_suffix(".json").read_text())
+        planned = {(family, budget) for family, budget, _ in parse_plan(args.plan)}
+        rows = [r for r in previous["rows"] if (r["family"], r["budget"]) in planned]
+        skipped, spent = previous["skipped_over_mult_adds_cap"], previous["seconds"]
+    started = time.perf_counter() - spent
     for family, budget, n in parse_plan(args.plan):
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed + budget))
         key = f"{family}:{budget}"
-        skipped[key] = 0
+        skipped.setdefault(key, 0)
+        for _ in range(skipped[key] + sum(1 for r in rows if r["family"] == family and r["budget"] == budget)):
+            sample_spec(study.ask(), family, budget, data.input_shape, data.num_classes)
         while sum(1 for r in rows if r["family"] == family and r["budget"] == budget) < n:
             spec = sample_spec(study.ask(), family, budget, data.input_shape, data.num_classes)
             mult_adds = count_mult_adds(spec, data.input_shape, data.num_classes, batch=1) * PAPER_BATCH
@@ -101,19 +111,22 @@ def correlations(rows: list[dict]) -> list[dict]:
 
     from budgetnas.proxies import PROXIES
 
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["family"], f"{r['budget']:,}"), []).append(r)
-        if len({m["budget"] for m in rows if m["family"] == r["family"]}) > 1:
-            groups.setdefault((r["family"], "all budgets"), []).append(r)
+        for which in ("all", "trained"):
+            if which == "trained" and r["val_accuracy"] < CHANCE:
+                continue
+            groups.setdefault((r["family"], f"{r['budget']:,}", which), []).append(r)
+            if len({m["budget"] for m in rows if m["family"] == r["family"]}) > 1:
+                groups.setdefault((r["family"], "all budgets", which), []).append(r)
     table = []
-    for (family, budget), members in sorted(groups.items()):
+    for (family, budget, which), members in sorted(groups.items()):
         acc = np.array([m["val_accuracy"] for m in members])
         for name in (*PROXIES, *BASELINES):
             values = np.array([_finite(m[name]) for m in members], dtype=float)
             tau, tau_p = kendalltau(values, acc)
             rho, rho_p = spearmanr(values, acc)
-            table.append({"family": family, "budget": budget, "n": len(members), "score": name,
+            table.append({"family": family, "budget": budget, "candidates": which, "n": len(members), "score": name,
                           "kendall_tau": float(tau), "kendall_p": float(tau_p),
                           "spearman_rho": float(rho), "spearman_p": float(rho_p)})
     return table
@@ -164,10 +177,13 @@ def markdown(document: dict) -> str:
              f"(skipped per family:budget: {document['skipped_over_mult_adds_cap']}). Proxies on one batch of {s['proxy_batch']} training images, "
              "the same initialisation (seed) that was then trained.", "",
              "## Rank correlation with validation accuracy", "",
-             "| family | budget | n | score | Kendall tau | p | Spearman rho | p |",
-             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+             f"`candidates`: `all` sampled candidates, or only those that `trained` (val accuracy >= {CHANCE}; "
+             "the others, e.g. with a 1-unit layer, stayed near chance and are easy to rank).", "",
+             "| family | budget | candidates | n | score | Kendall tau | p | Spearman rho | p |",
+             "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for r in document["correlations"]:
-        lines.append(f"| {r['family']} | {r['budget']} | {r['n']} | {r['score']} | {r['kendall_tau']:+.3f} | "
+        lines.append(f"| {r['family']} | {r['budget']} | {r['candidates']} | {r['n']} | {r['score']} | "
+                     f"{r['kendall_tau']:+.3f} | "
                      f"{r['kendall_p']:.3g} | {r['spearman_rho']:+.3f} | {r['spearman_p']:.3g} |")
     lines += ["", "`params` and `mult_adds` are free baselines (no proxy needed). Within one budget the `fit` "
               "parameterisation fills 50-100% of it, so `params` mostly measures the sampled fill.", "",
@@ -192,6 +208,8 @@ def _write(args: argparse.Namespace, rows: list[dict], skipped: dict[str, int], 
     from budgetnas.proxies import PROXY_BATCH
     from budgetnas.reproduce import machine_description
 
+    present = {f"{r['family']}:{r['budget']}" for r in rows}
+    skipped = {key: count for key, count in skipped.items() if key in present}
     document = {"command": "python benchmarks/proxy_correlation.py " + shlex.join(sys.argv[1:]),
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "machine": machine_description(),
@@ -205,15 +223,9 @@ def _write(args: argparse.Namespace, rows: list[dict], skipped: dict[str, int], 
                 "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(document, indent=1, default=_json_default) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(document, indent=1) + "\n")
     if document["correlations"]:
         out.with_suffix(".md").write_text(markdown(document))
-
-
-def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    raise TypeError(type(value).__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", type=int, default=4, help="group size of the pre-screen analysis")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/proxy_correlation")
+    parser.add_argument("--resume", action="store_true", help="continue the run whose OUT.json exists")
+    parser.add_argument("--combine", nargs="+", metavar="JSON", default=None,
+                        help="write OUT from the rows of these earlier outputs (runs of one plan split in parts)")
     args = parser.parse_args(argv)
+    if args.combine:
+        parts = [json.loads(Path(p).read_text()) for p in args.combine]
+        rows = [row for part in parts for row in part["rows"]]
+        skipped = {k: v for part in parts for k, v in part["skipped_over_mult_adds_cap"].items()}
+        _write(args, rows, skipped, sum(part["seconds"] for part in parts))
+        return 0
     measure(args)
     return 0
 

@@ -19,7 +19,9 @@ a storage URL (``sqlite:///other.db``, ``journal:PATH``, ``postgresql://...``)
     the same, in that storage;
 a run config (a TOML path such as ``studies/found/cnn-50k.toml``, or a paper name)
     its spec (and recipe, with ``--recipe-space search``); its source budget is
-    ``[result] budget`` when recorded, else its own parameter count (fill 1).
+    ``[result] budget`` when recorded, else its own parameter count (fill 1). Its widths are
+    read on the config's own dataset, so a Fashion-MNIST winner's shape carries over to
+    8x8 digits too (pools that would shrink a map below 1x1 are dropped, as the space does).
 
 From each source study the ``TOP`` best trained trials by validation accuracy are taken. A
 candidate the current space cannot express (for example after a space revision) is skipped,
@@ -52,6 +54,9 @@ class Source:
     spec: Spec
     recipe: Recipe | None
     budget: int
+    # the dataset the source was fitted on; None = the same as the search's (its widths are fitted there)
+    input_shape: tuple[int, int, int] | None = None
+    num_classes: int | None = None
 
 
 def refit(source: Source, budget: int, input_shape: tuple[int, int, int], num_classes: int,
@@ -61,7 +66,8 @@ def refit(source: Source, budget: int, input_shape: tuple[int, int, int], num_cl
     Raises :class:`UsageError` when the current space cannot express the source spec.
     """
     recipe = source.recipe if recipe_space == "search" else None
-    values = params_of(source.spec, recipe, source.budget, input_shape, num_classes, "fit")
+    values = params_of(source.spec, recipe, source.budget, source.input_shape or input_shape,
+                       source.num_classes or num_classes, "fit")
     values["fill"] = min(values["fill"], FILL[1])  # (params + 0.5) / budget can exceed 1 by a hair
     from optuna.trial import FixedTrial
 
@@ -111,12 +117,14 @@ def _from_config(ref: str, config: "SearchConfig") -> Source:
     run = resolve_config(ref)
     if run.spec.family != config.family:
         raise UsageError(f"--transfer-from {ref} is a {run.spec.family} config; this search is {config.family}")
+    from budgetnas.data import dataset_info
+
+    shape, classes = dataset_info(run.dataset or config.dataset, config.data_root)
     budget = run.result.get("budget")
     if not isinstance(budget, int) or budget <= 0:
-        from budgetnas.data import dataset_info
-
-        budget = count_params(run.spec, *dataset_info(run.dataset or config.dataset, config.data_root))
-    return Source(ref=f"transfer:{ref}", spec=run.spec, recipe=run.recipe, budget=budget)
+        budget = count_params(run.spec, shape, classes)
+    return Source(ref=f"transfer:{ref}", spec=run.spec, recipe=run.recipe, budget=budget, input_shape=shape,
+                  num_classes=classes)
 
 
 def _from_storage(url: str, config: "SearchConfig", top: int, must_exist: bool) -> list[Source]:
@@ -140,6 +148,7 @@ def _from_storage(url: str, config: "SearchConfig", top: int, must_exist: bool) 
         except StorageError:
             continue  # not a budgetnas study
         if settings.family == config.family and settings.dataset == config.dataset and settings.budget != config.budget:
+            # same dataset: the source widths were fitted on the search's own input shape
             studies.setdefault(settings.budget, []).append((study, settings))
     found = []
     for budget in neighbours(sorted(studies), config.budget):

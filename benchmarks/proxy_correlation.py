@@ -165,8 +165,12 @@ def markdown(document: dict) -> str:
     s = document["settings"]
     lines = ["# Zero-cost proxies vs trained validation accuracy", "",
              f"Command: `{document['command']}`", "",
+             *([f"Its rows were measured by these commands (run in parallel, each stopped by hand when the "
+                f"CPU time allotted to this measurement was used; a group's random draws are seeded, so a "
+                f"part resumed with `--resume` continues the same sequence): "
+                + "; ".join(f"`{c}`" for c in document["parts"]), ""] if document.get("parts") else []),
              f"Measured {document['date']} on {document['machine']} (a shared, loaded 2-core machine: other "
-             f"jobs ran at the same time; timings are indicative only). Total {document['seconds'] / 60:.1f} min.", "",
+             f"jobs ran at the same time; timings are indicative only). Wall time {document['seconds'] / 60:.1f} min (summed over parts).", "",
              f"**How the accuracies were obtained (a short-training proxy of 'accuracy after training'):** "
              f"{s['epochs']} epochs on a stratified {s['subset']:,}-image slice of {s['dataset']} "
              f"(90/10 train/validation split of the slice: validation accuracy on {int(s['subset'] * 0.1)} images), "
@@ -204,7 +208,8 @@ def markdown(document: dict) -> str:
     return "\n".join(lines)
 
 
-def _write(args: argparse.Namespace, rows: list[dict], skipped: dict[str, int], seconds: float) -> None:
+def _write(args: argparse.Namespace, rows: list[dict], skipped: dict[str, int], seconds: float,
+           parts: list[list[str]] | None = None) -> None:
     from budgetnas.proxies import PROXY_BATCH
     from budgetnas.reproduce import machine_description
 
@@ -214,6 +219,7 @@ def _write(args: argparse.Namespace, rows: list[dict], skipped: dict[str, int], 
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "machine": machine_description(),
                 "seconds": seconds,
+                "parts": [command for part in parts for command in part] if parts else None,
                 "skipped_over_mult_adds_cap": skipped,
                 "settings": {"dataset": args.dataset, "subset": args.subset, "epochs": args.epochs,
                              "batch_size": args.batch_size, "seed": args.seed, "plan": args.plan,
@@ -248,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         parts = [json.loads(Path(p).read_text()) for p in args.combine]
         rows = [row for part in parts for row in part["rows"]]
         skipped = {k: v for part in parts for k, v in part["skipped_over_mult_adds_cap"].items()}
-        _write(args, rows, skipped, sum(part["seconds"] for part in parts))
+        _write(args, rows, skipped, sum(part["seconds"] for part in parts),
+               parts=[part.get("parts") or [part["command"]] for part in parts])
         return 0
     measure(args)
     return 0

@@ -165,9 +165,9 @@ def markdown(document: dict) -> str:
     s = document["settings"]
     lines = ["# Zero-cost proxies vs trained validation accuracy", "",
              f"Command: `{document['command']}`", "",
-             *([f"Its rows were measured by these commands (run in parallel, each stopped by hand when the "
-                f"CPU time allotted to this measurement was used; a group's random draws are seeded, so a "
-                f"part resumed with `--resume` continues the same sequence): "
+             *(["Its rows were measured by these commands (run in parallel, each stopped by hand when the "
+                "CPU time allotted to this measurement was used; a group's random draws are seeded, so a "
+                "part resumed with `--resume` continues the same sequence): "
                 + "; ".join(f"`{c}`" for c in document["parts"]), ""] if document.get("parts") else []),
              f"Measured {document['date']} on {document['machine']} (a shared, loaded 2-core machine: other "
              f"jobs ran at the same time; timings are indicative only). Wall time {document['seconds'] / 60:.1f} min (summed over parts).", "",

@@ -151,7 +151,7 @@ def child(args: argparse.Namespace) -> None:
                        "val_accuracy": t.value if t.state.name == "COMPLETE" else None,
                        "enqueued": t.user_attrs.get("enqueued"), "rejected": t.user_attrs.get("rejected"),
                        "interrupted": "interrupted" in t.user_attrs,
-                       "spec": t.user_attrs.get("spec")})
+                       "spec": spec_of(t).describe() if "spec" in t.user_attrs else None})
     result = {"dataset": args.dataset, "variant": args.variant, "seed": args.seed, "trials": trials,
               "cpu_seconds": samples[-1][1], "notes": [m for m in lines if m.startswith("transfer")]}
     complete = [t for t in trained_trials(study) if _cpu_at(samples, t.datetime_complete.timestamp())

@@ -1,4 +1,5 @@
 """Transfer between budgets and the proxy pre-screen, end to end on a tiny real slice (real SQLite, real CLI)."""
+# ruff: noqa: F811  (the search/small_npz fixtures are imported from test_search and used as arguments)
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import optuna
 import pytest
 from conftest import REPO, assert_one_line_error
 from optuna.trial import FixedTrial
-from test_search import load, search, small_npz  # noqa: F401  (fixtures)
+from test_search import load, search, small_npz  # noqa: F401
 
 from budgetnas.counting import count_params
 from budgetnas.proxies import MIN_SCORED, SCREEN_ATTR, ProxyScreen

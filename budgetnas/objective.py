@@ -31,6 +31,7 @@ from budgetnas.counting import PAPER_BATCH, count_params, human_count, paper_bat
 from budgetnas.errors import RunFailure
 from budgetnas.families import get_family
 from budgetnas.fmt import percent
+from budgetnas.proxies import SCREEN_ATTR, ProxyScreen
 from budgetnas.space import sample_recipe
 from budgetnas.spec import spec_to_dict
 from budgetnas.stopping import FrontRule
@@ -56,7 +57,7 @@ class Objective:
                  storage_url: str | None = None,
                  progress: Callable[[str], None] | None = None,
                  interruptible: Callable[[bool], None] | None = None,
-                 on_step: Callable[..., None] | None = None) -> None:
+                 on_step: Callable[..., None] | None = None, screen: ProxyScreen | None = None) -> None:
         self.settings = settings
         self.device, self.precision = device, precision
         self.storage_url = storage_url  # where the dashboard's artifacts go (trialnotes); None: none
@@ -69,6 +70,7 @@ class Objective:
         self.on_step = on_step
         self.single = len(settings.objectives) == 1
         self.rule = FrontRule(settings.objectives, recipe.epochs) if early_stop and not self.single else None
+        self.screen = screen  # --proxy: score (and maybe reject) each candidate before training
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         config, data = self.settings, self.data
@@ -89,6 +91,8 @@ class Objective:
         elif config.max_mult_adds is not None and mult_adds > config.max_mult_adds:
             reason = (f"{human_count(mult_adds)} mult-adds > cap {human_count(config.max_mult_adds)} "
                       f"(batch {PAPER_BATCH}): {spec.describe()}")
+        if not reason and self.screen is not None:
+            reason = self._screened(trial, spec)
         if reason:
             trial.set_user_attr("rejected", reason)
             self.progress(f"trial {trial.number}: rejected before training, {reason}")
@@ -161,6 +165,14 @@ class Objective:
         values = objectives.values(config.objectives, objectives.Outcome(
             params, mult_adds, accuracy=result.val_accuracy, seconds=result.train_seconds, measured=measured))
         return values[0] if self.single else values
+
+    def _screened(self, trial: optuna.Trial, spec: Any) -> str | None:
+        """Score the candidate with ``--proxy`` (recorded) and say why the pre-screen rejects it, if it does."""
+        earlier = [t.user_attrs[SCREEN_ATTR] for t in trial.study.get_trials(deepcopy=False)
+                   if SCREEN_ATTR in t.user_attrs and t.number != trial.number]
+        value, reason = self.screen.check(spec, earlier, enqueued="enqueued" in trial.user_attrs)
+        trial.set_user_attr(SCREEN_ATTR, value)
+        return reason
 
     @staticmethod
     def _front(study: optuna.Study) -> list[Any]:

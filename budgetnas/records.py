@@ -24,6 +24,8 @@ Trial user attributes (all JSON-serialisable):
 ``stopped_early``         why training stopped before the last epoch (str)
 ``failed``                why training failed (diverged loss, out of memory) (str)
 ``interrupted``           Ctrl-C stopped this trial (str); it does not count towards ``--trials``
+``enqueued``              the ``--enqueue`` config or ``transfer:...`` source this trial started from (str)
+``proxy_score``           the candidate's ``--proxy`` score at initialisation (float, :mod:`budgetnas.proxies`)
 ========================  ==========================================================
 
 Replays: Optuna refuses to change a finished trial (``UpdateFinishedTrialError``), so

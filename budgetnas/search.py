@@ -38,6 +38,7 @@ from budgetnas.families import check_choices, family_key, get_family
 from budgetnas.fmt import percent
 from budgetnas.objective import Objective
 from budgetnas.progress import Monitor, as_monitor, clock
+from budgetnas.proxies import ProxyScreen, check_screen
 from budgetnas.storage import normalise_url, open_storage, redact
 from budgetnas.study import create_or_load, default_study_name, parse_objectives
 from budgetnas.trainer import PAPER_RECIPE, Recipe
@@ -72,6 +73,9 @@ class SearchConfig:
     recipe_space: str = "paper"  # "search": sample lr, schedule, decay, smoothing, augment, batch per trial
     enqueue: tuple[str, ...] = ()  # run configs (paths or paper names) to train first, e.g. ("cnn-50k+bn",)
     threads: int | None = None  # CPU threads for training (torch.set_num_threads); None = torch's default
+    proxy: str | None = None  # zero-cost proxy scored (and recorded) per candidate before training (proxies.py)
+    proxy_screen: float = 0.0  # reject candidates whose proxy is below this quantile of earlier ones (0 = record only)
+    transfer_from: tuple[str, ...] = ()  # "auto", storage URLs or found configs: start from re-fitted winners (transfer.py)
     worker: int = 0  # index among --workers N processes; offsets the sampler seed so workers differ (workers.py)
 
     def __post_init__(self) -> None:
@@ -142,14 +146,23 @@ class Prepared:
     starts: list[tuple[str, dict[str, Any]]]
 
 
-def prepare(config: SearchConfig) -> Prepared:
+def prepare(config: SearchConfig, say: Progress | None = None) -> Prepared:
     """The checks that need the machine and the data, before any study exists: device, the budget
     against the smallest net the space can build, and the ``--enqueue`` starting points. Run once per
     search (with workers: in the parent, which hands the result to each worker)."""
+    say = say or (lambda message: None)
     resolve_placement(config.device, config.precision)  # a missing GPU fails before any study is made
     input_shape, num_classes = dataset_info(config.dataset, config.data_root)
     check_budget(config, input_shape, num_classes)
     starts = start_params(config, input_shape, num_classes)  # bad --enqueue fails before a study exists
+    if config.transfer_from:
+        from budgetnas.transfer import transfer_starts
+
+        transferred, notes = transfer_starts(config, input_shape, num_classes)
+        for note in notes:
+            say(note)
+        say(f"transfer: {len(transferred)} re-fitted starting point(s) from {', '.join(config.transfer_from)}")
+        starts += transferred
     return Prepared(input_shape, starts)
 
 
@@ -164,7 +177,7 @@ def run_search(config: SearchConfig, progress: Progress | None = None, *,
         import torch
 
         torch.set_num_threads(config.threads)
-    prepared = prepared or prepare(config)
+    prepared = prepared or prepare(config, say)
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's (with tracebacks)
@@ -215,10 +228,12 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Moni
         study.enqueue_trial(values, user_attrs={"enqueued": ref}, skip_if_exists=True)
     data = load_dataset(config.dataset, config.data_root, subset=config.subset)
     guard = _CtrlC()
+    screen = (ProxyScreen(config.proxy, config.proxy_screen, data.train.x, data.train.y, data.mean, data.std,
+                          data.num_classes, seed=config.seed) if config.proxy else None)
     objective = Objective(config.settings(), data, config.training_recipe(), device=config.device,
                           precision=config.precision, early_stop=config.early_stop,
                           storage_url=config.storage_url, progress=say, interruptible=guard.training,
-                          on_step=say.step)
+                          on_step=say.step, screen=screen)
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_Reporter(config, say)]
     total = StopAtTotal(config.trials) if config.trials is not None else None
     if total is not None:
@@ -277,6 +292,7 @@ def check_config(config: SearchConfig) -> None:
         raise FieldError(f"epochs must be at least 1, got {config.epochs}", "epochs")
     if config.threads is not None and config.threads < 1:
         raise FieldError(f"threads must be at least 1, got {config.threads}", "threads")
+    check_screen(config.proxy, config.proxy_screen)
 
 
 def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> None:

@@ -142,7 +142,7 @@ def run_workers(config: "SearchConfig", workers: int | str = DEFAULT_WORKERS,
             "--storage journal:budgetnas.log runs one single-threaded worker per core")
     if workers == 1:
         return search.run_search(config, progress)
-    prepared = search.prepare(config)  # the config checked itself when it was made; these checks need data
+    prepared = search.prepare(config, say)  # the config checked itself when it was made; these checks need data
     # Create the study here, once: N processes creating it at the same moment would race.
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line among our progress

@@ -87,6 +87,16 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enqueue", action="append", default=[], metavar="CONFIG",
                         help="train this model first, then search around it: a run config TOML or a paper name "
                              "such as cnn-50k+bn (its recipe too with --recipe-space search); repeatable")
+    parser.add_argument("--transfer-from", action="append", default=[], metavar="SOURCE",
+                        help="also start from the best trials of neighbouring budgets re-fitted to this one: 'auto' "
+                             "(this storage), another storage URL, or a found config such as "
+                             "studies/found/cnn-50k.toml; repeatable")
+    parser.add_argument("--proxy", default=None, choices=("synflow", "naswot", "grad_norm"),
+                        help="score every candidate with this zero-cost proxy before training (recorded as "
+                             "user attribute proxy_score)")
+    parser.add_argument("--proxy-screen", type=float, default=0.0, metavar="FRACTION",
+                        help="with --proxy: reject, before training, candidates scoring below this quantile of the "
+                             "earlier candidates (default 0: off; see benchmarks/results/proxy_correlation.md)")
     parser.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=True,
                         help="stop trials whose learning curve cannot reach the front (default on)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="sampler and training seed (default 0)")
@@ -123,7 +133,8 @@ def config_from_args(args: argparse.Namespace, budget: int | None = None) -> "Se
                         study=args.study, sampler=args.sampler, objectives=args.objectives,
                         parameterisation=args.parameterisation, seed=args.seed, early_stop=args.early_stop,
                         max_mult_adds=args.max_mult_adds, recipe_space=args.recipe_space,
-                        enqueue=tuple(args.enqueue), threads=args.threads)
+                        enqueue=tuple(args.enqueue), threads=args.threads,
+                        transfer_from=tuple(args.transfer_from), proxy=args.proxy, proxy_screen=args.proxy_screen)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -221,6 +232,10 @@ def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
         parts += ["--recipe-space", config.recipe_space]
     for ref in config.enqueue:
         parts += ["--enqueue", ref]
+    for ref in config.transfer_from:
+        parts += ["--transfer-from", ref]
+    if config.proxy:
+        parts += ["--proxy", config.proxy, "--proxy-screen", f"{config.proxy_screen:g}"]
     if not config.early_stop:
         parts.append("--no-early-stop")
     if str(getattr(args, "workers", DEFAULT_WORKERS)) != str(DEFAULT_WORKERS):

@@ -1,0 +1,144 @@
+"""Transfer between budgets and the proxy pre-screen, end to end on a tiny real slice (real SQLite, real CLI)."""
+# ruff: noqa: F811  (the search/small_npz fixtures are imported from test_search and used as arguments)
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+from conftest import REPO, assert_one_line_error
+from optuna.trial import FixedTrial
+from test_search import load, search, small_npz  # noqa: F401
+
+from budgetnas.counting import count_params
+from budgetnas.proxies import MIN_SCORED, SCREEN_ATTR, ProxyScreen
+from budgetnas.reproduce import resolve_config
+from budgetnas.space import sample_spec
+from budgetnas.spec import FCNSpec
+from budgetnas.transfer import Source, neighbours, refit
+
+SHAPE_8X8 = (1, 8, 8)
+
+
+def _shape(spec: dict) -> list:
+    """Everything of a CNN spec except its widths."""
+    return [(b["kernel_size"], b["pool"], b["batch_norm"]) for b in spec["conv"]] + [
+        len(spec["fc"]), spec["head"], spec["fc_batch_norm"], spec["activation"], spec["init"], spec["dropout"]]
+
+
+@pytest.mark.slow
+def test_transfer_auto_enqueues_the_neighbouring_winners_refitted_to_this_budget(search, tmp_path):
+    first = search("--trials", "3", "--objectives", "accuracy", budget="3k")
+    assert first.returncode == 0, first.stderr
+    source = load(tmp_path)
+    best = sorted((t for t in source.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)
+
+    proc = search("--trials", "3", "--objectives", "accuracy", "--study", "big", "--transfer-from", "auto",
+                  budget="8k")
+    assert proc.returncode == 0, proc.stderr
+    assert f"transfer: {min(len(best), 3)} re-fitted starting point(s) from auto" in proc.stderr
+    study = load(tmp_path, "big")
+    moved = [t for t in study.trials if "enqueued" in t.user_attrs]
+    assert [t.user_attrs["enqueued"] for t in moved] == [f"transfer:t#{t.number}" for t in best[:3]]
+    for trial, origin in zip(moved, best):
+        fitted = sample_spec(FixedTrial(trial.params), "cnn", 8000, SHAPE_8X8, 10, "fit")
+        params = count_params(fitted, SHAPE_8X8, 10)
+        assert params <= 8000 and params == trial.user_attrs["params"]  # fits the new budget exactly
+        assert fitted.to_dict() == trial.user_attrs["spec"]
+        assert _shape(trial.user_attrs["spec"]) == _shape(origin.user_attrs["spec"])  # the winner's shape
+        assert params > origin.user_attrs["params"]  # re-fitted: wider, not the 3k model copied
+        assert trial.params["fill"] == pytest.approx(min((origin.user_attrs["params"] + 0.5) / 3000, 1.0))
+
+    again = search("--trials", "4", "--objectives", "accuracy", "--study", "big", "--transfer-from", "auto",
+                   budget="8k")
+    assert again.returncode == 0, again.stderr
+    assert sum("enqueued" in t.user_attrs for t in load(tmp_path, "big").trials) == len(moved)  # queued once
+
+
+def test_a_found_config_is_refitted_to_another_budget_keeping_its_shape_and_fill():
+    run = resolve_config(str(REPO / "studies" / "found" / "cnn-50k.toml"))
+    source = Source(ref="found", spec=run.spec, recipe=run.recipe, budget=run.result["budget"])
+    for budget in (20_000, 100_000):
+        values = refit(source, budget, (1, 28, 28), 10, recipe_space="search")
+        fitted = sample_spec(FixedTrial(values), "cnn", budget, (1, 28, 28), 10, "fit")
+        params = count_params(fitted, (1, 28, 28), 10)
+        assert int(0.85 * budget) <= params <= int(values["fill"] * budget) <= budget
+        assert values["fill"] == pytest.approx((run.result["params"] + 0.5) / 50_000)
+        assert _shape(fitted.to_dict()) == _shape(run.spec.to_dict())
+        widths = [b.out_channels for b in fitted.conv]
+        assert widths == sorted(widths) and len(set(widths)) == 3  # 24 < 48 < 64 stays increasing
+        assert (values["lr"], values["schedule"], values["batch_size"]) == (0.005, "onecycle", 128)
+    assert "lr" not in refit(source, 20_000, (1, 28, 28), 10, recipe_space="paper")
+
+
+def test_neighbours_are_the_nearest_budget_on_each_side():
+    assert neighbours([10_000, 20_000, 50_000, 200_000], 100_000) == [50_000, 200_000]
+    assert neighbours([10_000, 20_000], 5_000) == [10_000]
+    assert neighbours([], 5_000) == []
+
+
+def test_transfer_auto_into_a_new_storage_starts_from_nothing(tmp_path):
+    from budgetnas.search import SearchConfig
+    from budgetnas.transfer import sources, transfer_starts
+
+    config = SearchConfig(budget=20_000, storage=f"sqlite:///{tmp_path}/new.db", transfer_from=("auto",))
+    assert sources("auto", config) == []
+    assert transfer_starts(config, (1, 28, 28), 10) == ([], [])
+    assert not (tmp_path / "new.db").exists()  # looking for sources creates nothing
+
+
+def test_bad_transfer_sources_fail_with_one_line_before_any_study(search, tmp_path):
+    assert_one_line_error(search("--trials", "1", "--transfer-from", f"sqlite:///{tmp_path}/missing.db"), 2,
+                          "does not exist")
+    assert_one_line_error(search("--trials", "1", "--transfer-from", "auto", "--parameterisation", "direct"), 2,
+                          "needs --parameterisation fit")
+    assert_one_line_error(search("--trials", "1", "--transfer-from", "fcn-50k"), 2, "is a fcn config")
+    assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.slow
+def test_proxy_screen_rejects_candidates_below_the_quantile_of_earlier_ones(search, tmp_path):
+    proc = search("--trials", "10", "--objectives", "accuracy", "--sampler", "random", "--proxy", "synflow",
+                  "--proxy-screen", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    trials = load(tmp_path).trials
+    assert all(SCREEN_ATTR in t.user_attrs for t in trials)
+    screened = 0
+    for i, trial in enumerate(trials):
+        earlier = [t.user_attrs[SCREEN_ATTR] for t in trials[:i]]
+        rejected = trial.user_attrs.get("rejected", "")
+        if len(earlier) < MIN_SCORED:
+            assert not rejected
+            continue
+        below = trial.user_attrs[SCREEN_ATTR] < np.quantile(earlier, 0.5, method="lower")
+        assert rejected.startswith("synflow") == below
+        assert ("spec" in trial.user_attrs) != below  # screened-out candidates never train
+        screened += below
+    assert screened >= 1
+
+
+def test_proxy_screen_never_rejects_enqueued_starts_and_fraction_zero_only_records(tiny_npz):
+    from budgetnas.data import load_dataset
+
+    data = load_dataset(f"npz:{tiny_npz}")
+    spec = FCNSpec(hidden=(8,))
+    screen = ProxyScreen("synflow", 0.5, data.train.x, data.train.y, data.mean, data.std, data.num_classes)
+    high = [1e30] * MIN_SCORED
+    value, reason = screen.check(spec, high)
+    assert reason.startswith("synflow") and value < 1e30
+    assert screen.check(spec, high, enqueued=True) == (value, None)
+    assert screen.check(spec, high[:-1]) == (value, None)  # too few earlier candidates to judge
+    record_only = ProxyScreen("synflow", 0.0, data.train.x, data.train.y, data.mean, data.std, data.num_classes)
+    assert record_only.check(spec, high) == (value, None)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--proxy-screen", "0.5"), "--proxy-screen needs --proxy"),
+    (("--proxy", "synflow", "--proxy-screen", "1.5"), "must be a fraction in [0, 1)"),
+])
+def test_bad_proxy_options_fail_with_one_line(search, tmp_path, extra, message):
+    assert_one_line_error(search("--trials", "1", *extra), 2, message)
+    assert not (tmp_path / "s.db").exists()
+
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -11,7 +11,11 @@ trial has no values; TPE reads its constraint and ranks it with the infeasible t
 feasible region is. NSGA-II ignores pruned trials; use the default ``fit``
 parameterisation, where rejections are rare, with it.
 
-Trials stopped early (the Median pruner in single-objective mode, :mod:`budgetnas.stopping`
+Candidates over the compute or memory bound (:mod:`budgetnas.cost`, counted from the spec
+before anything is built) are rejected the same way, with constraints ``mult_adds_over_cap``
+and ``memory_over_cap``.
+
+Trials stopped early (Optuna's pruner in single-objective mode, :mod:`budgetnas.stopping`
 in multi-objective mode) keep all their training attributes and end PRUNED: a partial run
 has a flattering runtime and would distort the front. A trial whose training fails
 (:class:`~budgetnas.errors.TrainingDiverged`, out of memory) records ``failed`` and raises
@@ -27,10 +31,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import optuna
 
 from budgetnas import records
-from budgetnas.counting import PAPER_BATCH, count_mult_adds, count_params, human_count
+from budgetnas import cost
+from budgetnas.cost import COMPUTE_CONSTRAINT, MEMORY_CONSTRAINT  # noqa: F401 (re-exported)
+from budgetnas.counting import PAPER_BATCH, count_params, human_count
 from budgetnas.errors import RunFailure
 from budgetnas.space import sample_recipe, sample_spec
-from budgetnas.stopping import FrontRule
+from budgetnas.stopping import PRUNER_WORDS, FrontRule, RungRule
 from budgetnas.trainer import EpochStats, Recipe, StopTraining, train
 
 if TYPE_CHECKING:
@@ -41,7 +47,6 @@ OBJECTIVES = ("accuracy", "runtime", "params", "mult_adds")
 DIRECTIONS = {"accuracy": "maximize", "runtime": "minimize", "params": "minimize", "mult_adds": "minimize"}
 METRIC_NAMES = {"accuracy": "val_accuracy", "runtime": "train_seconds", "params": "params", "mult_adds": "mult_adds"}
 CONSTRAINT = "params_over_budget"
-COMPUTE_CONSTRAINT = "mult_adds_over_cap"
 
 
 class Objective:
@@ -57,7 +62,10 @@ class Objective:
         # Told True while training runs: only then may Ctrl-C interrupt immediately (see search.py).
         self.interruptible = interruptible or (lambda flag: None)
         self.single = len(config.objectives) == 1
-        self.rule = FrontRule(config.objectives, recipe.epochs) if config.early_stop and not self.single else None
+        self.pruner = config.pruner_name()
+        self.rule = FrontRule(config.objectives, recipe.epochs) if self.pruner == "front" else None
+        self.rungs = RungRule(config.objectives, recipe.epochs) if self.pruner == "sha" and not self.single else None
+        self.bounds = config.cost_bounds(data.input_shape)
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         config, data = self.config, self.data
@@ -67,18 +75,23 @@ class Objective:
         params = count_params(spec, data.input_shape, data.num_classes)
         trial.set_constraint(CONSTRAINT, params - config.budget)
         trial.set_user_attr("params", params)
-        # torchinfo's mult-adds grow linearly with the batch, so count one sample and scale.
-        mult_adds = count_mult_adds(spec, data.input_shape, data.num_classes, batch=1) * PAPER_BATCH
-        if config.max_mult_adds is not None:
-            # The parameter budget does not bound compute (a wide conv without pooling can cost
-            # 10x the paper's CNN-100K at the same count), so a cap is a second constraint.
-            trial.set_constraint(COMPUTE_CONSTRAINT, mult_adds - config.max_mult_adds)
+        # The budget bounds parameters, not compute or memory: both are counted from the spec
+        # (nothing is built) and bounded as further constraints (cost.py).
+        mult_adds = cost.mult_adds(spec, data.input_shape, data.num_classes)
+        memory = cost.training_memory(spec, data.input_shape, recipe.batch_size)
+        for name, over in self.bounds.violations(mult_adds, memory).items():
+            trial.set_constraint(name, over)
+        if memory is not None:
+            trial.set_user_attr("memory_estimate", memory)
         reason = None
         if params > config.budget:
             reason = f"{params:,} parameters > budget {config.budget:,}: {spec.describe()}"
-        elif config.max_mult_adds is not None and mult_adds > config.max_mult_adds:
-            reason = (f"{human_count(mult_adds)} mult-adds > cap {human_count(config.max_mult_adds)} "
+        elif self.bounds.max_mult_adds is not None and mult_adds > self.bounds.max_mult_adds:
+            reason = (f"{human_count(mult_adds)} mult-adds > cap {human_count(self.bounds.max_mult_adds)} "
                       f"(batch {PAPER_BATCH}): {spec.describe()}")
+        elif self.bounds.max_memory is not None and memory is not None and memory > self.bounds.max_memory:
+            reason = (f"{cost.human_bytes(memory)} of training activations (estimated, batch {recipe.batch_size}) "
+                      f"> cap {cost.human_bytes(self.bounds.max_memory)}: {spec.describe()}")
         if reason:
             trial.set_user_attr("rejected", reason)
             self.progress(f"trial {trial.number}: rejected before training, {reason}")
@@ -99,15 +112,21 @@ class Objective:
             # Kept while training runs, so the dashboard shows the curve of a running or stopped trial.
             trial.set_user_attr("val_accuracy_curve", [e.val_accuracy for e in curve])
             trial.set_user_attr("train_loss_curve", [e.train_loss for e in curve])
+            trial.set_user_attr("epoch_seconds", [e.seconds for e in curve])  # the rung rule reads peers' runtimes
             self.progress(f"trial {trial.number}: epoch {stats.epoch}/{self.recipe.epochs} "
                           f"loss {stats.train_loss:.4f} val acc {stats.val_accuracy:.4f} ({stats.seconds:.1f}s)")
             if self.single:
                 trial.report(stats.val_accuracy, stats.epoch)
                 if stats.epoch < self.recipe.epochs and trial.should_prune():
-                    raise StopTraining(f"pruned by the median rule after epoch {stats.epoch}")
+                    raise StopTraining(f"pruned by {PRUNER_WORDS[self.pruner]} after epoch {stats.epoch}")
             elif self.rule is not None:
                 reason = self.rule.should_stop(stats, front, params=params, mult_adds=mult_adds,
                                                elapsed=time.perf_counter() - started)
+                if reason:
+                    raise StopTraining(reason)
+            elif self.rungs is not None and stats.epoch in self.rungs.rungs:
+                peers = [t for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number]
+                reason = self.rungs.should_stop(curve, peers, params=params, mult_adds=mult_adds)
                 if reason:
                     raise StopTraining(reason)
 

@@ -30,18 +30,21 @@ from optuna.trial import FrozenTrial, TrialState
 
 from budgetnas import records
 from budgetnas.budget import format_budget
+from budgetnas.cost import Cap, CostBounds
 from budgetnas.counting import human_count
 from budgetnas.data import check_dataset_name, dataset_info, load_dataset
 from budgetnas.device import resolve_placement
 from budgetnas.errors import RunFailure, UsageError
 from budgetnas.objective import Objective
 from budgetnas.space import SPACE_VERSION, check_choices, minimal_spec, smallest_count
+from budgetnas.stopping import make_pruner, resolve_pruner
 from budgetnas.storage import normalise_url, open_storage, redact
 from budgetnas.study import create_or_load, default_study_name, parse_objectives
 from budgetnas.trainer import PAPER_RECIPE, Recipe
 from budgetnas.workers import StopAtTotal, retried_numbers
 
 Progress = Callable[[str], None]
+DEFAULT_TIMEOUT = 15 * 60.0  # seconds, when neither trials nor timeout is given: ends in ~15-20 min on a 2-core CPU
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,8 @@ class SearchConfig:
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     subset: int | None = None  # stratified sample of the training images (quick runs)
-    trials: int | None = 20  # total for the study, finished trials included; None = until timeout
-    timeout: float | None = None  # seconds for this run
+    trials: int | None = None  # total for the study, finished trials included; None = until timeout
+    timeout: float | None = None  # seconds for this run; neither given = DEFAULT_TIMEOUT
     epochs: int = 3  # per trial; the paper trains 20, a search ranks candidates with fewer
     device: str = "auto"
     precision: str = "auto"
@@ -64,9 +67,13 @@ class SearchConfig:
     objectives: tuple[str, ...] = ("accuracy", "runtime")
     parameterisation: str = "fit"
     seed: int = 0
-    early_stop: bool = True  # Median pruner (single objective) or the front rule (stopping.py)
+    early_stop: bool = True  # False = pruner "none"
     recipe: Recipe = PAPER_RECIPE  # its epochs and seed are replaced by ``epochs`` and ``seed``
-    max_mult_adds: int | None = None  # reject candidates above this many mult-adds (batch 512) before training
+    # Caps (cost.py), checked before a model is built: "auto" = the default bound for the budget,
+    # input size and machine, None = unbounded. Changing them on an existing study is allowed.
+    max_mult_adds: Cap = "auto"  # mult-adds of a forward pass over a batch of 512
+    max_memory: Cap = "auto"  # bytes of training activations at the recipe's batch size
+    pruner: str = "auto"  # stopping.PRUNERS: which rule stops unpromising trials early
     recipe_space: str = "paper"  # "search": sample lr, schedule, decay, smoothing, augment, batch per trial
     enqueue: tuple[str, ...] = ()  # run configs (paths or paper names) to train first, e.g. ("cnn-50k+bn",)
     worker: int = 0  # index among --workers N processes; offsets the sampler seed so workers differ (workers.py)
@@ -74,6 +81,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         # Checked here so that a bad option fails before anything is opened or loaded.
         object.__setattr__(self, "objectives", parse_objectives(self.objectives))
+        if self.trials is None and self.timeout is None:
+            object.__setattr__(self, "timeout", DEFAULT_TIMEOUT)
         check_config(self)
 
     @property
@@ -92,7 +101,16 @@ class SearchConfig:
                                      epochs=self.epochs, objectives=tuple(self.objectives), sampler=self.sampler,
                                      parameterisation=self.parameterisation, space_version=SPACE_VERSION,
                                      subset=self.subset, max_mult_adds=self.max_mult_adds,
-                                     recipe_space=self.recipe_space)
+                                     max_memory=self.max_memory, recipe_space=self.recipe_space)
+
+    def cost_bounds(self, input_shape: tuple[int, int, int]) -> CostBounds:
+        """The compute and memory bounds in force, ``"auto"`` resolved for this input and machine."""
+        device = resolve_placement(self.device, self.precision).device.type
+        return CostBounds.resolve(self.max_mult_adds, self.max_memory, self.budget, input_shape, device)
+
+    def pruner_name(self) -> str:
+        """The early-stopping rule this search uses (``"auto"`` and ``early_stop=False`` resolved)."""
+        return resolve_pruner(self.pruner if self.early_stop else "none", self.objectives)
 
 
 @dataclass
@@ -170,10 +188,7 @@ def start_params(config: SearchConfig, input_shape: tuple[int, int, int],
 def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Progress,
               starts: list[tuple[str, dict[str, Any]]] = ()) -> SearchSummary:
     storage = open_storage(config.storage_url)
-    # No verdict before half the epochs: an annealed schedule (cosine, one-cycle) or augmentation learns
-    # late, and judging epoch 1 against a constant-lr run would prune exactly those recipes.
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=config.epochs // 2)
-              if config.early_stop else optuna.pruners.NopPruner())
+    pruner = make_pruner(config.pruner_name(), config.epochs)
     study = create_or_load(storage, config.study_name, config.settings(), config.sampler,
                            config.seed + 10_007 * config.worker, pruner=pruner)
     done_before = count_finished(study)
@@ -187,6 +202,9 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Prog
     data = load_dataset(config.dataset, config.data_root, subset=config.subset)
     guard = _CtrlC()
     objective = Objective(config, data, config.training_recipe(), progress=say, interruptible=guard.training)
+    say(f"{plan(config)}; early stopping: {config.pruner_name()}")
+    say(f"cost bounds: {objective.bounds.describe()} (checked before a candidate is built; widen with "
+        "--max-mult-adds / --max-memory)")
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_Reporter(config, say)]
     if config.trials is not None:
         callbacks.insert(0, StopAtTotal(config.trials, _counts))
@@ -203,6 +221,15 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Prog
     return summary
 
 
+def plan(config: SearchConfig) -> str:
+    """How long this run will take, said before it starts."""
+    limit = f"{config.trials} trials in the study" if config.trials is not None else ""
+    if config.timeout is not None:
+        clock = f"{config.timeout / 60:.3g} minutes (the trial running then still finishes)"
+        limit = f"{limit} or {clock}, whichever comes first" if limit else clock
+    return f"this run stops after {limit}; up to {config.epochs} epochs per trial"
+
+
 def check_config(config: SearchConfig) -> None:
     """Fail fast on options that are wrong whatever the data (before anything is loaded)."""
     check_choices(config.family, config.parameterisation, config.recipe_space)
@@ -215,8 +242,10 @@ def check_config(config: SearchConfig) -> None:
         raise UsageError("give --trials or --timeout (or both) so the search knows when to stop")
     if config.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {config.epochs}")
-    if config.max_mult_adds is not None and config.max_mult_adds <= 0:
-        raise UsageError(f"--max-mult-adds must be positive, got {config.max_mult_adds}")
+    for flag, cap in (("--max-mult-adds", config.max_mult_adds), ("--max-memory", config.max_memory)):
+        if cap is not None and cap != "auto" and (isinstance(cap, bool) or not isinstance(cap, int) or cap <= 0):
+            raise UsageError(f"{flag} must be a positive number, auto or none, got {cap!r}")
+    config.pruner_name()  # an unknown rule, or one the objectives cannot use, fails here
 
 
 def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> None:

@@ -22,9 +22,9 @@ about its parameter count per image, far below the bound, so it never binds ther
 :func:`training_memory` counts, per image, what autograd keeps for the backward pass (each
 conv block's conv output, its batch-norm output, its activation output and, when it pools,
 the pooled map and its int64 indices) plus 1.5x the largest map for the gradients in flight,
-all in fp32. Calibrated on this CPU: ``conv 128k3bn p2`` at batch 512 measured 1,046 MB of
-peak RSS growth against an estimate of 1,031 MB; ``conv 256k3 | gap`` at batch 256, 604 MB
-against 687 MB. The default bound is :data:`MEMORY_FRACTION` of the memory available when
+all in fp32. Calibrated on this CPU: ``conv 128k3bn p2`` at batch 512 measured 1,046 MiB of
+peak RSS growth against an estimate of 1,031 MiB; ``conv 256k3 | gap`` at batch 256, 604 MiB
+against 687 MiB. The default bound is :data:`MEMORY_FRACTION` of the memory available when
 the search starts (``MemAvailable``, else physical memory; the GPU's free memory on CUDA),
 leaving the rest to the dataset, the process, evaluation and whatever else runs there.
 
@@ -168,8 +168,8 @@ MEMORY_CONSTRAINT = "memory_over_cap"
 
 
 def human_bytes(n: float) -> str:
-    """3_221_225_472 -> '3.0 GB' (binary units)."""
-    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+    """3_200_000_000 -> '3.2 GB' (decimal units, as ``--max-memory 3.2G`` reads them)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{int(n)} B"

@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 
-from budgetnas import records
-from budgetnas import cost
+from budgetnas import cost, records
 from budgetnas.cost import COMPUTE_CONSTRAINT, MEMORY_CONSTRAINT  # noqa: F401 (re-exported)
 from budgetnas.counting import PAPER_BATCH, count_params, human_count
 from budgetnas.errors import RunFailure

@@ -110,8 +110,10 @@ def test_single_objective_successive_halving_prunes_at_a_rung(search, tmp_path):
     (("--pruner", "front", "--objectives", "accuracy"), "--pruner front needs several objectives"),
     (("--pruner", "hyperband"), "--pruner hyperband is one of Optuna's single-objective pruners"),
     (("--pruner", "median"), "--pruner median is one of Optuna's single-objective pruners"),
+    (("--max-memory", "0"), "--max-memory '0' must be positive"),
+    (("--max-mult-adds", "lots"), "--max-mult-adds 'lots' is not understood"),
 ])
-def test_pruners_the_objectives_cannot_use_are_refused(search, extra, message):
+def test_pruners_the_objectives_cannot_use_and_bad_caps_are_refused(search, extra, message):
     assert_one_line_error(search("--trials", "1", *extra), contains=message)
 
 

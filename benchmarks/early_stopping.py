@@ -8,6 +8,7 @@ reference shared by both; larger is better).
 
     python benchmarks/early_stopping.py --minutes 8                      # --early-stop vs --no-early-stop
     python benchmarks/early_stopping.py --vary parameterisation --minutes 8   # fit vs direct
+    python benchmarks/early_stopping.py --vary pruner --minutes 2 --seed 1    # --pruner front vs sha
 
 Everything runs on the validation split; the test split is never loaded.
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 VARIANTS = {
     "early_stop": {"early-stop": {"early_stop": True}, "no-early-stop": {"early_stop": False}},
     "parameterisation": {"fit": {"parameterisation": "fit"}, "direct": {"parameterisation": "direct"}},
+    "pruner": {"front": {"pruner": "front"}, "sha": {"pruner": "sha"}},  # issue 13: front rule vs rung rule
 }
 
 

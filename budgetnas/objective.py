@@ -11,7 +11,11 @@ trial has no values; TPE reads its constraint and ranks it with the infeasible t
 feasible region is. NSGA-II ignores pruned trials; use the default ``fit``
 parameterisation, where rejections are rare, with it.
 
-Trials stopped early (the Median pruner in single-objective mode, :mod:`budgetnas.stopping`
+Candidates over the compute or memory bound (:mod:`budgetnas.cost`, counted from the spec
+before anything is built) are rejected the same way, with constraints ``mult_adds_over_cap``
+and ``memory_over_cap``.
+
+Trials stopped early (Optuna's pruner in single-objective mode, :mod:`budgetnas.stopping`
 in multi-objective mode) keep all their training attributes and end PRUNED: a partial run
 has a flattering runtime and would distort the front. A trial whose training fails
 (:class:`~budgetnas.errors.TrainingDiverged`, out of memory) records ``failed`` and raises
@@ -26,15 +30,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 
-from budgetnas import objectives, records, trialnotes
-from budgetnas.counting import PAPER_BATCH, count_params, human_count, paper_batch_mult_adds
+from budgetnas import cost, objectives, records, trialnotes
+from budgetnas.cost import COMPUTE_CONSTRAINT, MEMORY_CONSTRAINT, CostBounds  # noqa: F401 (re-exported)
+from budgetnas.counting import PAPER_BATCH, count_params, human_count
 from budgetnas.errors import RunFailure
 from budgetnas.families import get_family
 from budgetnas.fmt import percent
 from budgetnas.proxies import SCREEN_ATTR, ProxyScreen
 from budgetnas.space import sample_recipe
 from budgetnas.spec import spec_to_dict
-from budgetnas.stopping import FrontRule
+from budgetnas.stopping import PRUNER_WORDS, FrontRule, RungRule, resolve_pruner
 from budgetnas.trainer import EpochStats, Recipe, StopTraining, train
 
 if TYPE_CHECKING:
@@ -42,18 +47,19 @@ if TYPE_CHECKING:
 
 OBJECTIVES = objectives.NAMES  # kept for importers; the registry is budgetnas.objectives
 CONSTRAINT = "params_over_budget"
-COMPUTE_CONSTRAINT = "mult_adds_over_cap"
 
 
 class Objective:
     """``Objective(settings, data, recipe)(trial)`` trains one candidate and returns its objective values.
 
-    ``settings`` are the study's stored settings (family, budget, objectives, space, cap): the
-    objective needs nothing of the search's run options but where to train and whether to stop early.
+    ``settings`` are the study's stored settings (family, budget, objectives, space, caps): the
+    objective needs nothing of the search's run options but where to train, which early-stopping
+    rule to apply (``pruner``, see stopping.py) and the caps resolved for this machine (``bounds``).
     """
 
     def __init__(self, settings: records.StudySettings, data: "Data", recipe: Recipe, *,
-                 device: str = "auto", precision: str = "auto", early_stop: bool = True,
+                 device: str = "auto", precision: str = "auto", pruner: str = "auto",
+                 bounds: CostBounds | None = None,
                  storage_url: str | None = None,
                  progress: Callable[[str], None] | None = None,
                  interruptible: Callable[[bool], None] | None = None,
@@ -69,7 +75,15 @@ class Objective:
         # (trial, epoch, epochs, step, steps, images, epoch images) after every training step: the live display.
         self.on_step = on_step
         self.single = len(settings.objectives) == 1
-        self.rule = FrontRule(settings.objectives, recipe.epochs) if early_stop and not self.single else None
+        self.pruner = resolve_pruner(pruner, settings.objectives)
+        self.rule = FrontRule(settings.objectives, recipe.epochs) if self.pruner == "front" else None
+        self.rungs = RungRule(settings.objectives, recipe.epochs) if self.pruner == "sha" and not self.single else None
+        if bounds is None:  # the study's caps, "auto" resolved for this input and machine
+            from budgetnas.device import resolve_placement
+
+            bounds = CostBounds.resolve(settings.max_mult_adds, settings.max_memory, settings.budget,
+                                        data.input_shape, resolve_placement(device, precision).device.type)
+        self.bounds = bounds
         self.screen = screen  # --proxy: score (and maybe reject) each candidate before training
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
@@ -80,17 +94,23 @@ class Objective:
         params = count_params(spec, data.input_shape, data.num_classes)
         trial.set_constraint(CONSTRAINT, params - config.budget)
         trial.set_user_attr("params", params)
-        mult_adds = paper_batch_mult_adds(spec, data.input_shape, data.num_classes)
-        if config.max_mult_adds is not None:
-            # The parameter budget does not bound compute (a wide conv without pooling can cost
-            # 10x the paper's CNN-100K at the same count), so a cap is a second constraint.
-            trial.set_constraint(COMPUTE_CONSTRAINT, mult_adds - config.max_mult_adds)
+        # The budget bounds parameters, not compute or memory: both are counted from the spec
+        # (nothing is built) and bounded as further constraints (cost.py).
+        mult_adds = cost.mult_adds(spec, data.input_shape, data.num_classes)
+        memory = cost.training_memory(spec, data.input_shape, recipe.batch_size)
+        for name, over in self.bounds.violations(mult_adds, memory).items():
+            trial.set_constraint(name, over)
+        if memory is not None:
+            trial.set_user_attr("memory_estimate", memory)
         reason = None
         if params > config.budget:
             reason = f"{params:,} parameters > budget {config.budget:,}: {spec.describe()}"
-        elif config.max_mult_adds is not None and mult_adds > config.max_mult_adds:
-            reason = (f"{human_count(mult_adds)} mult-adds > cap {human_count(config.max_mult_adds)} "
+        elif self.bounds.max_mult_adds is not None and mult_adds > self.bounds.max_mult_adds:
+            reason = (f"{human_count(mult_adds)} mult-adds > cap {human_count(self.bounds.max_mult_adds)} "
                       f"(batch {PAPER_BATCH}): {spec.describe()}")
+        elif self.bounds.max_memory is not None and memory is not None and memory > self.bounds.max_memory:
+            reason = (f"{cost.human_bytes(memory)} of training activations (estimated, batch {recipe.batch_size}) "
+                      f"> cap {cost.human_bytes(self.bounds.max_memory)}: {spec.describe()}")
         if not reason and self.screen is not None:
             reason = self._screened(trial, spec)
         if reason:
@@ -117,15 +137,22 @@ class Objective:
             # Kept while training runs, so the dashboard shows the curve of a running or stopped trial.
             trial.set_user_attr("val_accuracy_curve", [e.val_accuracy for e in curve])
             trial.set_user_attr("train_loss_curve", [e.train_loss for e in curve])
+            trial.set_user_attr("epoch_seconds", [e.seconds for e in curve])  # the rung rule reads peers' runtimes
             self.progress(f"trial {trial.number}: epoch {stats.epoch}/{self.recipe.epochs} "
                           f"loss {stats.train_loss:.4f} val acc {percent(stats.val_accuracy)} ({stats.seconds:.1f}s)")
             if self.single:
                 trial.report(stats.val_accuracy, stats.epoch)
                 if stats.epoch < self.recipe.epochs and trial.should_prune():
-                    raise StopTraining(f"pruned by the median rule after epoch {stats.epoch}")
+                    raise StopTraining(f"pruned by {PRUNER_WORDS[self.pruner]} after epoch {stats.epoch}")
             elif self.rule is not None:
                 reason = self.rule.should_stop(stats, front, params=params, mult_adds=mult_adds,
                                                elapsed=time.perf_counter() - started, measured=measured)
+                if reason:
+                    raise StopTraining(reason)
+            elif self.rungs is not None and stats.epoch in self.rungs.rungs:
+                peers = [t for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number]
+                reason = self.rungs.should_stop(curve, peers, params=params, mult_adds=mult_adds,
+                                                measured=measured)
                 if reason:
                     raise StopTraining(reason)
 

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from budgetnas.trainer import TrainResult
 
 SETTINGS_ATTR = "budgetnas"
+CAP_SETTINGS = ("max_mult_adds", "max_memory")  # may change between runs of one study
 REPLAY_PREFIX = "replay:"
 
 
@@ -65,8 +66,9 @@ class StudySettings:
     space_version: int
     subset: int | None = None
     split_seed: int = 0
-    max_mult_adds: int | None = None
+    max_mult_adds: int | str | None = None  # a cap (see CAP_SETTINGS); "auto" = cost.py's default bound
     recipe_space: str = "paper"  # "search": the training recipe is sampled per trial (space.sample_recipe)
+    max_memory: int | str | None = None  # a cap, like max_mult_adds
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -81,9 +83,14 @@ class StudySettings:
         return cls(**values)
 
     def differences(self, other: "StudySettings") -> list[str]:
-        """Human-readable ``name: stored -> requested`` for each setting that differs."""
+        """Human-readable ``name: stored -> requested`` for each setting that differs, caps excepted.
+
+        A cap (:data:`CAP_SETTINGS`) only rejects candidates before training; it does not change
+        what a finished trial means, so a study may be resumed with a cap added, changed or removed.
+        """
         mine, theirs = self.to_dict(), other.to_dict()
-        return [f"{k}: study has {mine[k]!r}, asked for {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
+        return [f"{k}: study has {mine[k]!r}, asked for {theirs[k]!r}" for k in mine
+                if mine[k] != theirs[k] and k not in CAP_SETTINGS]
 
 
 def library_versions() -> dict[str, str]:

@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from budgetnas import records
 from budgetnas.budget import format_budget, parse_budget
+from budgetnas.cost import Cap, CostBounds, parse_cap
 from budgetnas.counting import human_count
 from budgetnas.data import check_dataset_name, dataset_info, load_dataset
 from budgetnas.device import resolve_placement
@@ -39,12 +40,14 @@ from budgetnas.fmt import percent
 from budgetnas.objective import Objective
 from budgetnas.progress import Monitor, as_monitor, clock
 from budgetnas.proxies import ProxyScreen, check_screen
+from budgetnas.stopping import make_pruner, resolve_pruner
 from budgetnas.storage import normalise_url, open_storage, redact
 from budgetnas.study import create_or_load, default_study_name, parse_objectives
 from budgetnas.trainer import PAPER_RECIPE, Recipe
 from budgetnas.trialcount import StopAtTotal, count_finished, counted_trials, counts
 
 Progress = Callable[[str], None]
+DEFAULT_TIMEOUT = 15 * 60.0  # seconds, when neither trials nor timeout is given: ends in ~15-20 min on a 2-core CPU
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,8 @@ class SearchConfig:
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     subset: int | None = None  # stratified sample of the training images (quick runs)
-    trials: int | None = 20  # total for the study, finished trials included; None = until timeout
-    timeout: float | None = None  # seconds for this run
+    trials: int | None = None  # total for the study, finished trials included; None = until timeout
+    timeout: float | None = None  # seconds for this run; neither given = DEFAULT_TIMEOUT
     epochs: int = 3  # per trial; the paper trains 20, a search ranks candidates with fewer
     device: str = "auto"
     precision: str = "auto"
@@ -67,9 +70,13 @@ class SearchConfig:
     objectives: tuple[str, ...] = ("accuracy", "runtime")
     parameterisation: str = "fit"
     seed: int = 0
-    early_stop: bool = True  # Median pruner (single objective) or the front rule (stopping.py)
+    early_stop: bool = True  # False = pruner "none"
     recipe: Recipe = PAPER_RECIPE  # its epochs and seed are replaced by ``epochs`` and ``seed``
-    max_mult_adds: int | None = None  # reject candidates above this many mult-adds (batch 512) before training
+    # Caps (cost.py), checked before a model is built: "auto" = the default bound for the budget,
+    # input size and machine, None = unbounded. Changing them on an existing study is allowed.
+    max_mult_adds: Cap = "auto"  # mult-adds of a forward pass over a batch of 512
+    max_memory: Cap = "auto"  # bytes of training activations at the recipe's batch size
+    pruner: str = "auto"  # stopping.PRUNERS: which rule stops unpromising trials early
     recipe_space: str = "paper"  # "search": sample lr, schedule, decay, smoothing, augment, batch per trial
     enqueue: tuple[str, ...] = ()  # run configs (paths or paper names) to train first, e.g. ("cnn-50k+bn",)
     threads: int | None = None  # CPU threads for training (torch.set_num_threads); None = torch's default
@@ -81,6 +88,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         # Checked here so that a bad option fails before anything is opened or loaded.
         object.__setattr__(self, "objectives", parse_objectives(self.objectives))
+        if self.trials is None and self.timeout is None:
+            object.__setattr__(self, "timeout", DEFAULT_TIMEOUT)
         check_config(self)
 
     @property
@@ -100,7 +109,16 @@ class SearchConfig:
                                      parameterisation=self.parameterisation,
                                      space_version=get_family(self.family).space_version,
                                      subset=self.subset, max_mult_adds=self.max_mult_adds,
-                                     recipe_space=self.recipe_space)
+                                     max_memory=self.max_memory, recipe_space=self.recipe_space)
+
+    def cost_bounds(self, input_shape: tuple[int, int, int]) -> CostBounds:
+        """The compute and memory bounds in force, ``"auto"`` resolved for this input and machine."""
+        device = resolve_placement(self.device, self.precision).device.type
+        return CostBounds.resolve(self.max_mult_adds, self.max_memory, self.budget, input_shape, device)
+
+    def pruner_name(self) -> str:
+        """The early-stopping rule this search uses (``"auto"`` and ``early_stop=False`` resolved)."""
+        return resolve_pruner(self.pruner if self.early_stop else "none", self.objectives)
 
 
 @dataclass
@@ -210,10 +228,7 @@ def start_params(config: SearchConfig, input_shape: tuple[int, int, int],
 def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Monitor,
               starts: list[tuple[str, dict[str, Any]]] = ()) -> SearchSummary:
     storage = open_storage(config.storage_url)
-    # No verdict before half the epochs: an annealed schedule (cosine, one-cycle) or augmentation learns
-    # late, and judging epoch 1 against a constant-lr run would prune exactly those recipes.
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=config.epochs // 2)
-              if config.early_stop else optuna.pruners.NopPruner())
+    pruner = make_pruner(config.pruner_name(), config.epochs)
     study = create_or_load(storage, config.study_name, config.settings(), config.sampler,
                            config.seed + 10_007 * config.worker, pruner=pruner)
     done_before = count_finished(study)
@@ -231,9 +246,12 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Moni
     screen = (ProxyScreen(config.proxy, config.proxy_screen, data.train.x, data.train.y, data.mean, data.std,
                           data.num_classes, seed=config.seed) if config.proxy else None)
     objective = Objective(config.settings(), data, config.training_recipe(), device=config.device,
-                          precision=config.precision, early_stop=config.early_stop,
-                          storage_url=config.storage_url, progress=say, interruptible=guard.training,
-                          on_step=say.step, screen=screen)
+                          precision=config.precision, pruner=config.pruner_name(),
+                          bounds=config.cost_bounds(data.input_shape), storage_url=config.storage_url,
+                          progress=say, interruptible=guard.training, on_step=say.step, screen=screen)
+    say(f"{plan(config)}; early stopping: {config.pruner_name()}")
+    say(f"cost bounds: {objective.bounds.describe()} (checked before a candidate is built; widen with "
+        "--max-mult-adds / --max-memory)")
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_Reporter(config, say)]
     total = StopAtTotal(config.trials) if config.trials is not None else None
     if total is not None:
@@ -266,6 +284,13 @@ def _released(objective: Objective, total: StopAtTotal | None) -> Callable[[optu
             total.release()
         return objective(trial)
     return run
+def plan(config: SearchConfig) -> str:
+    """How long this run will take, said before it starts."""
+    limit = f"{config.trials} trials in the study" if config.trials is not None else ""
+    if config.timeout is not None:
+        until = f"{config.timeout / 60:.3g} minutes (the trial running then still finishes)"
+        limit = f"{limit} or {until}, whichever comes first" if limit else until
+    return f"this run stops after {limit}; up to {config.epochs} epochs per trial"
 
 
 def check_config(config: SearchConfig) -> None:
@@ -277,13 +302,12 @@ def check_config(config: SearchConfig) -> None:
     """
     check_choices(config.family, config.parameterisation, config.recipe_space)
     check_dataset_name(config.dataset)
-    for name in ("budget", "max_mult_adds"):
-        value = getattr(config, name)
-        if value is not None:
-            try:
-                object.__setattr__(config, name, parse_budget(value, what=name))
-            except UsageError as exc:
-                raise FieldError(str(exc), name) from None
+    try:
+        object.__setattr__(config, "budget", parse_budget(config.budget, what="budget"))
+    except UsageError as exc:
+        raise FieldError(str(exc), "budget") from None
+    for name in ("max_mult_adds", "max_memory"):
+        object.__setattr__(config, name, parse_cap(getattr(config, name), name))
     if config.trials is not None and config.trials < 1:
         raise FieldError(f"trials must be at least 1, got {config.trials}", "trials")
     if config.trials is None and config.timeout is None:
@@ -293,6 +317,10 @@ def check_config(config: SearchConfig) -> None:
     if config.threads is not None and config.threads < 1:
         raise FieldError(f"threads must be at least 1, got {config.threads}", "threads")
     check_screen(config.proxy, config.proxy_screen)
+    try:
+        config.pruner_name()  # an unknown rule, or one the objectives cannot use, fails here
+    except UsageError as exc:
+        raise FieldError(str(exc), "pruner") from None
 
 
 def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> None:

@@ -10,6 +10,9 @@ Rules every sampler relies on:
   this :data:`SPACE_VERSION` (ranges never depend on the budget or on earlier answers).
   Depth-dependent parameters are conditional in the optuna-examples way: ``conv3_kernel``
   is only asked when there are at least 3 blocks, but always with the same choices.
+* A conv block whose input map is larger than :data:`POOLED_SIZE` always pools (since
+  version 2): unpooled early blocks were the candidates whose compute and memory were out of
+  all proportion to the budget (issue 13). ``conv{i}_pool`` is asked only for the later blocks.
 * The space adapts to the input size without failing: a pool that would shrink a feature
   map below 1x1 is dropped (the spec records ``pool=None``), so 1x8x8 and 3x32x32 inputs
   work as well as 1x28x28.
@@ -49,7 +52,7 @@ from budgetnas.trainer import AUGMENTS, SCHEDULES, Recipe
 if TYPE_CHECKING:
     from optuna.trial import BaseTrial
 
-SPACE_VERSION = 1  # bump whenever a name, range or rule below changes: old studies then refuse to resume
+SPACE_VERSION = 2  # bump whenever a name, range or rule below changes: old studies then refuse to resume
 FAMILIES = tuple(SPEC_FAMILIES)  # the one list of families is spec.FAMILIES (issue 14 makes it a registry)
 
 MAX_CONV_BLOCKS = 4
@@ -57,6 +60,7 @@ MAX_FC_LAYERS = 3  # hidden FC layers of a CNN head
 MAX_FCN_LAYERS = 4
 KERNELS = (3, 5, 7)
 POOL = 2  # max-pool kernel and stride when a block pools (the paper's choice)
+POOLED_SIZE = 8  # a block whose input map is larger always pools (28 -> 14 -> 7, 32 -> 16 -> 8, then a choice)
 
 # direct: ranges wide enough for 10k..1M budgets and containing every paper pick
 CHANNELS = (2, 256)  # paper: 10, 18, 20, 25, 30, 40, 60
@@ -191,20 +195,23 @@ class _CNNShape:
     def __init__(self, trial: "BaseTrial", input_shape: tuple[int, int, int]) -> None:
         self.n_conv = trial.suggest_int("n_conv", 1, MAX_CONV_BLOCKS)
         self.kernels = [trial.suggest_categorical(f"conv{i}_kernel", list(KERNELS)) for i in range(1, self.n_conv + 1)]
-        wants_pool = [trial.suggest_categorical(f"conv{i}_pool", [True, False]) for i in range(1, self.n_conv + 1)]
+        # A block whose input map is larger than POOLED_SIZE always pools (SPACE_VERSION 2): an unpooled
+        # block there costs its parameters times every pixel, and the budget alone then allows 10-20x the
+        # paper's compute (cost.py). Only the later, small maps choose; that choice is asked only then.
+        size = min(input_shape[1:])
+        self.pools: list[int | None] = []
+        for i in range(1, self.n_conv + 1):
+            wanted = size > POOLED_SIZE or trial.suggest_categorical(f"conv{i}_pool", [True, False])
+            # "same" padding keeps the map size through each conv; only pools shrink it. Drop a pool
+            # that would take the map below 1x1 rather than fail (small inputs such as 8x8).
+            pool = POOL if wanted and size >= POOL else None
+            size = size // pool if pool else size
+            self.pools.append(pool)
         self.conv_batch_norm = trial.suggest_categorical("conv_batch_norm", [False, True])
         self.head = trial.suggest_categorical("head", ["flatten", "gap"])
         self.n_fc = trial.suggest_int("n_fc", 0, MAX_FC_LAYERS)
         self.fc_batch_norm = trial.suggest_categorical("fc_batch_norm", [False, True])
         self.dropout, self.activation, self.init = _regularisation(trial)
-        # "same" padding keeps the map size through each conv; only pools shrink it. Drop a pool
-        # that would take the map below 1x1 rather than fail (small inputs such as 8x8).
-        size = min(input_shape[1:])
-        self.pools: list[int | None] = []
-        for wanted in wants_pool:
-            pool = POOL if wanted and size >= POOL else None
-            size = size // pool if pool else size
-            self.pools.append(pool)
 
     def build(self, channels: list[int], fc: list[int]) -> CNNSpec:
         conv = tuple(ConvBlock(c, kernel_size=k, pool=p, batch_norm=self.conv_batch_norm)
@@ -248,8 +255,15 @@ def params_of(spec: Spec, recipe: Recipe | None, budget: int, input_shape: tuple
                                  f"and pool {POOL} or none")
         values.update(n_conv=len(blocks), conv_batch_norm=blocks[0].batch_norm, head=spec.head, n_fc=len(spec.fc),
                       fc_batch_norm=spec.fc_batch_norm)
+        size = min(input_shape[1:])
         for i, b in enumerate(blocks, start=1):
-            values.update({f"conv{i}_kernel": b.kernel_size, f"conv{i}_pool": b.pool is not None})
+            values[f"conv{i}_kernel"] = b.kernel_size
+            if size > POOLED_SIZE and b.pool is None:
+                raise UsageError(f"{spec.describe()}: the space pools every block whose input map is larger than "
+                                 f"{POOLED_SIZE}x{POOLED_SIZE} (block {i} sees {size}x{size})")
+            if size <= POOLED_SIZE:
+                values[f"conv{i}_pool"] = b.pool is not None
+            size = size // b.pool if b.pool else size
         widths = {**{f"conv{i}": b.out_channels for i, b in enumerate(blocks, start=1)},
                   **{f"fc{i}": units for i, units in enumerate(spec.fc, start=1)}}
         unit_names = {**{f"conv{i}": "channels" for i in range(1, len(blocks) + 1)},

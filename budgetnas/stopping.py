@@ -1,4 +1,13 @@
-"""Early stopping for multi-objective searches, where Optuna's pruners do not work.
+"""Early stopping: which rule stops an unpromising trial, and the two multi-objective rules.
+
+``--pruner`` picks the rule (:data:`PRUNERS`; ``auto`` = :func:`resolve_pruner`'s default for
+the objectives). Single objective: Optuna's ``MedianPruner`` (``median``, the default),
+``SuccessiveHalvingPruner`` (``sha``) or ``HyperbandPruner`` (``hyperband``), fed by
+``Trial.report`` after each epoch. Several objectives: the front rule (``front``) or the rung
+rule (``sha``), both below, since Optuna's pruners are single-objective only.
+
+The front rule
+--------------
 
 ``Trial.report``/``should_prune`` raise ``NotImplementedError`` in multi-objective studies
 (Optuna's ``Trial.report`` documentation), so budgetnas brings its own rule, applied after each epoch
@@ -19,17 +28,79 @@ as trial user attributes either way, so a stopped trial's curve stays visible. O
 member is enough evidence: on a two-objective front a single fast, accurate trial often
 dominates everything sampled early.
 
-The rule needs the ``accuracy`` objective; with accuracy alone (single objective) the
-search uses Optuna's ``MedianPruner`` instead.
+The rule needs the ``accuracy`` objective.
+
+The rung rule (successive halving for several objectives)
+---------------------------------------------------------
+Asynchronous successive halving in the spirit of Syne Tune's MOASHA (Schmucker et al., 2021,
+"Multi-objective asynchronous successive halving"). Rungs sit at epochs ``r, r*eta, r*eta^2,
+...`` before the last (``r = 1``, ``eta = 3``: epoch 1 of a 3-epoch search; 1 and 3 of a
+9-epoch one). When a trial reaches a rung it is ranked with every trial of the study that
+reached that rung before (running, stopped or complete, so workers share the rungs), on the
+study's objectives at that point of training: accuracy at the rung's epoch, runtime projected
+to the full run (``seconds so far * epochs / rung``), parameters and mult-adds (exact). The
+ranking is non-dominated sorting (front 1, then the front of the rest, ...), ties within a
+front broken by NSGA-II's crowding distance (spread along the front is worth keeping), then by
+accuracy. The trial goes on only if it is among the best ``max(1, n // eta)`` of the ``n``
+trials at the rung (itself included), as Optuna's single-objective ``SuccessiveHalvingPruner``
+decides. Why: it needs no margin or curve model, spends ``1/eta`` of the trials' budget on
+deciding, keeps the cheap end of the front alive (a fast net is non-dominated even when less
+accurate), and is the rule peer tools use. Which of the two is the default was measured
+(``benchmarks/results/pruners.md``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from budgetnas import objectives
-from budgetnas.trainer import EpochStats
+from budgetnas.errors import UsageError
+
+from budgetnas.recipe import EpochStats
+
+if TYPE_CHECKING:
+    import optuna
+
+PRUNERS = ("auto", "median", "sha", "hyperband", "front", "none")
+SINGLE_PRUNERS = ("median", "sha", "hyperband", "none")
+MULTI_PRUNERS = ("front", "sha", "none")
+DEFAULT_SINGLE = "median"
+DEFAULT_MULTI = "sha"  # measured against "front": benchmarks/results/pruners.md
+ETA = 3  # successive halving's reduction factor (both modes)
+PRUNER_WORDS = {"median": "the median rule", "sha": "successive halving", "hyperband": "Hyperband"}
+
+
+def resolve_pruner(name: str, names: Sequence[str]) -> str:
+    """The rule a search with the objectives ``names`` uses for ``--pruner name`` (``auto`` resolved)."""
+    if name not in PRUNERS:
+        raise UsageError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
+    single = len(names) == 1
+    if name == "auto":
+        return DEFAULT_SINGLE if single else DEFAULT_MULTI
+    if single and name not in SINGLE_PRUNERS:
+        raise UsageError(f"--pruner {name} needs several objectives; with accuracy alone choose one of "
+                         f"{', '.join(SINGLE_PRUNERS)}")
+    if not single and name not in MULTI_PRUNERS:
+        raise UsageError(f"--pruner {name} is one of Optuna's single-objective pruners; with several objectives "
+                         f"choose one of {', '.join(MULTI_PRUNERS)}")
+    return name
+
+
+def make_pruner(name: str, epochs: int) -> "optuna.pruners.BasePruner":
+    """The Optuna pruner for a resolved rule (a no-op for the multi-objective rules, applied by the objective)."""
+    import optuna
+
+    if name == "median":
+        # No verdict before half the epochs: an annealed schedule (cosine, one-cycle) or augmentation learns
+        # late, and judging epoch 1 against a constant-lr run would prune exactly those recipes.
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=epochs // 2)
+    if name == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=ETA)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=ETA)
+    return optuna.pruners.NopPruner()
 
 @dataclass(frozen=True)
 class FrontRule:
@@ -78,3 +149,117 @@ class FrontRule:
                 return (f"stopped after epoch {stats.epoch}: trial {other.number} on the front was "
                         f"{ahead * 100:.1f} points more accurate at this epoch and costs no more")
         return None
+
+
+@dataclass(frozen=True)
+class RungRule:
+    """The rung rule above; ``should_stop`` returns a reason or None."""
+
+    objectives: tuple[str, ...]
+    epochs: int
+    eta: int = ETA
+    min_resource: int = 1
+
+    @property
+    def rungs(self) -> tuple[int, ...]:
+        """The epochs at which trials are compared (the last epoch is never one)."""
+        levels, level = [], self.min_resource
+        while level < self.epochs:
+            levels.append(level)
+            level *= self.eta
+        return tuple(levels)
+
+    def should_stop(self, curve: Sequence[EpochStats], peers: Sequence[Any], *, params: int,
+                    mult_adds: int, measured: Mapping[str, float] | None = None) -> str | None:
+        """Decide after the last epoch of ``curve`` (the running trial's epochs so far).
+
+        ``peers`` are the study's other trials (``FrozenTrial``); those whose
+        ``val_accuracy_curve`` and ``epoch_seconds`` user attributes reach this rung compete.
+        """
+        rung = len(curve)
+        if not curve or rung not in self.rungs:
+            return None
+        mine = self.point(curve[-1].val_accuracy, sum(e.seconds for e in curve), rung, params, mult_adds,
+                          measured or {})
+        points, numbers = [mine], [None]
+        for other in peers:
+            attrs = other.user_attrs
+            accuracy, seconds = attrs.get("val_accuracy_curve") or [], attrs.get("epoch_seconds") or []
+            if len(accuracy) >= rung and len(seconds) >= rung:
+                points.append(self.point(accuracy[rung - 1], sum(seconds[:rung]), rung, attrs.get("params", 0),
+                                         attrs.get("mult_adds", 0), _measured(attrs, self.objectives)))
+                numbers.append(other.number)
+        keep = max(1, len(points) // self.eta)
+        order = rung_order(points, self.maximise)
+        if order.index(0) < keep:
+            return None
+        better = ", ".join(str(numbers[i]) for i in order[:min(keep, 5)])
+        return (f"stopped at the epoch-{rung} rung: not in the best {keep} of the {len(points)} trials that reached "
+                f"it (non-dominated sorting on {', '.join(self.objectives)}; ahead: trial {better})")
+
+    @property
+    def maximise(self) -> tuple[bool, ...]:
+        return tuple(objectives.objective(name).direction == "maximize" for name in self.objectives)
+
+    def point(self, accuracy: float, seconds: float, rung: int, params: int, mult_adds: int,
+              measured: Mapping[str, float] | None = None) -> tuple[float, ...]:
+        """The objective values at this rung (runtime projected to the full length) as the registry computes them."""
+        outcome = objectives.Outcome(params, mult_adds, accuracy=accuracy, seconds=seconds * self.epochs / rung,
+                                     measured=measured or {})
+        return tuple(float(v) for v in objectives.values(self.objectives, outcome))
+
+
+def _measured(attrs: Mapping[str, Any], names: Sequence[str]) -> dict[str, float]:
+    """A peer trial's objectives measured before training (e.g. latency), read from its user attributes."""
+    found = {}
+    for name in names:
+        o = objectives.objective(name)
+        if o.measure is not None and o.metric in attrs:
+            found[name] = float(attrs[o.metric])
+    return found
+
+
+def rung_order(points: Sequence[Sequence[float]], maximise: Sequence[bool]) -> list[int]:
+    """Indices of ``points`` best first: by non-dominated front, then crowding distance (larger
+    first), then the first objective (accuracy in budgetnas), then index."""
+    signed = [tuple(v if up else -v for v, up in zip(p, maximise)) for p in points]  # all maximised
+    ranks = nondominated_ranks(signed)
+    crowding = [0.0] * len(points)
+    for rank in set(ranks):
+        members = [i for i, r in enumerate(ranks) if r == rank]
+        for i, distance in zip(members, crowding_distances([signed[i] for i in members])):
+            crowding[i] = distance
+    return sorted(range(len(points)), key=lambda i: (ranks[i], -crowding[i], -signed[i][0], i))
+
+
+def nondominated_ranks(points: Sequence[Sequence[float]]) -> list[int]:
+    """Front index of each point (0 = not dominated by any), all objectives maximised."""
+    def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    ranks = [-1] * len(points)
+    remaining, rank = set(range(len(points))), 0
+    while remaining:
+        front = {i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining if j != i)}
+        for i in front:
+            ranks[i] = rank
+        remaining -= front
+        rank += 1
+    return ranks
+
+
+def crowding_distances(points: Sequence[Sequence[float]]) -> list[float]:
+    """NSGA-II's crowding distance of each point within one front (inf at the ends of each objective)."""
+    n = len(points)
+    distance = [0.0] * n
+    if n <= 2:
+        return [math.inf] * n
+    for k in range(len(points[0])):
+        order = sorted(range(n), key=lambda i: points[i][k])
+        low, high = points[order[0]][k], points[order[-1]][k]
+        distance[order[0]] = distance[order[-1]] = math.inf
+        if high == low:
+            continue
+        for before, here, after in zip(order, order[1:], order[2:]):
+            distance[here] += (points[after][k] - points[before][k]) / (high - low)
+    return distance

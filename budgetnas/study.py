@@ -87,5 +87,7 @@ def create_or_load(storage: Any, name: str, settings: records.StudySettings, sam
         if differences:
             raise StorageError(f"study {name!r} was created with other settings ({'; '.join(differences)}); "
                                "rerun with the study's settings to resume it, or choose a new --study name")
+        if stored != settings.to_dict():  # only caps differ: the study now records the ones in force
+            study.set_user_attr(records.SETTINGS_ATTR, settings.to_dict())
     study.sampler = make_sampler(sampler, None if seed is None else seed + len(study.trials))
     return study

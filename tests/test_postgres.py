@@ -50,7 +50,8 @@ def test_two_processes_share_the_total(tiny_npz, pg_storage_url, tmp_path):
 def test_sigkill_a_worker_its_trial_fails_and_is_retried(tiny_npz, pg_storage_url, tmp_path):
     url, study = pg_storage_url
     total = 8
-    proc = start_cli([*search_args(tiny_npz, url, study, trials=total, epochs=2), "--workers", "2"], tmp_path,
+    proc = start_cli([*search_args(tiny_npz, url, study, trials=total, epochs=2), "--workers", "2",
+                      "--pruner", "none", "--max-mult-adds", "none"], tmp_path,  # every trial trains both epochs
                      env=FAST_HEARTBEAT)
     try:
         kill_a_training_worker(proc, lambda: load(url, study))

@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO, assert_one_line_error
 from optuna.trial import TrialState, create_trial
 
+from budgetnas.cost import default_max_mult_adds
 from budgetnas.records import SETTINGS_ATTR
 from budgetnas.stopping import FrontRule
 from budgetnas.trainer import EpochStats
@@ -72,7 +73,11 @@ def test_search_completes_and_trials_carry_their_attributes(search, tmp_path):
         assert attrs["train_seconds"] > 0 and attrs["device"] == "cpu"
         assert attrs["recipe"]["epochs"] == 1 and "torch" in attrs["versions"]
         assert trial.values == [attrs["val_accuracy_curve"][-1], attrs["train_seconds"]]
-        assert trial.constraints == {"params_over_budget": attrs["params"] - 3000}
+        # issue 13: the default compute and memory bounds are constraints too (negative = within them)
+        assert trial.constraints["params_over_budget"] == attrs["params"] - 3000
+        assert trial.constraints["mult_adds_over_cap"] == attrs["mult_adds"] - default_max_mult_adds(3000, (1, 8, 8))
+        memory_cap = attrs["memory_estimate"] - trial.constraints["memory_over_cap"]
+        assert memory_cap > attrs["memory_estimate"] > 0
     front_trials = {row["trial"] for row in summary["front"]}
     assert front_trials and front_trials <= {t.number for t in complete}
     assert "budgetnas dashboard --storage" in summary["commands"]["dashboard"]

@@ -100,8 +100,12 @@ def test_small_inputs_never_pool_below_one_pixel(input_shape, parameterisation):
         spec = sample_spec(trial, "cnn", 50_000, input_shape, 10, parameterisation)
         shapes = feature_shapes(spec, input_shape)  # raises if any map goes below 1x1
         assert min(min(s[1:]) for s in shapes) >= 1
-        pools_asked = sum(trial.params[f"conv{i}_pool"] for i in range(1, len(spec.conv) + 1))
+        # issue 13 (space version 2): a block whose input map is over 8x8 always pools and is not asked
+        pools_asked = sum(trial.params.get(f"conv{i}_pool", True) for i in range(1, len(spec.conv) + 1))
         pools_kept = sum(1 for b in spec.conv if b.pool)
+        forced = {(1, 28, 28): 2, (3, 32, 32): 2, (1, 8, 8): 0}[input_shape]
+        assert all(b.pool for b in spec.conv[:forced])
+        assert not any(f"conv{i}_pool" in trial.params for i in range(1, min(forced, len(spec.conv)) + 1))
         if input_shape[1] == 8 and pools_asked == 4:
             assert pools_kept == 3  # 8 -> 4 -> 2 -> 1; the fourth pool is dropped
         deepest = max(deepest, pools_kept)

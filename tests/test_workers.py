@@ -91,7 +91,8 @@ def test_stop_at_total_counts_running_trials_without_heartbeat(tmp_path, total, 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds worker processes through /proc (Linux)")
 def test_killed_worker_on_journal(tiny_npz, tmp_path):
     url, study, total = f"journal:{tmp_path}/study.log", "journal-kill", 6
-    parent = start_cli([*search_args(tiny_npz, url, study, trials=total, epochs=2), "--workers", "2"], tmp_path)
+    parent = start_cli([*search_args(tiny_npz, url, study, trials=total, epochs=2), "--workers", "2",
+                      "--pruner", "none", "--max-mult-adds", "none"], tmp_path)  # every trial trains both epochs
     try:
         kill_a_training_worker(parent, lambda: optuna.load_study(study_name=study, storage=open_storage(url)))
         _, err = parent.communicate(timeout=600)

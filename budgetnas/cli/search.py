@@ -11,6 +11,7 @@ from budgetnas.cli._common import (absolute_storage, add_data_options, add_devic
                                    print_json, progress)
 from budgetnas.choices import PARAMETERISATIONS, RECIPE_SPACES, SAMPLERS
 from budgetnas.objectives import NAMES as OBJECTIVE_NAMES
+from budgetnas.stopping import PRUNERS
 from budgetnas.workers import DEFAULT_WORKERS
 
 if TYPE_CHECKING:
@@ -63,9 +64,10 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                              "family as package.module:Name (see README, 'Families')")
     add_data_options(parser)
     parser.add_argument("--trials", type=int, default=None, metavar="N",
-                        help="total trials in the study, finished ones included (default 20 unless --timeout)")
+                        help="total trials in the study, finished ones included (default: no limit, --timeout 15m)")
     parser.add_argument("--timeout", default=None, metavar="DURATION",
-                        help="stop starting new trials after this long: 90s, 30m, 2h")
+                        help="stop starting new trials after this long: 90s, 30m, 2h "
+                             "(default 15m when --trials is not given either)")
     parser.add_argument("--epochs", type=int, default=3, metavar="E", help="training epochs per trial (default 3)")
     add_device_options(parser)
     add_storage_option(parser)
@@ -78,9 +80,21 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parameterisation", default="fit", choices=PARAMETERISATIONS,
                         help="fit (default): widths scaled so every candidate fits the budget; "
                              "direct: widths sampled as such, over-budget candidates rejected")
-    parser.add_argument("--max-mult-adds", default=None, metavar="N",
-                        help="also reject, before training, candidates above N mult-adds at batch 512 "
-                             "(e.g. 5G; the paper's CNN-100K has 2.37G): the budget bounds parameters, not compute")
+    parser.add_argument("--max-mult-adds", default="auto", metavar="N|auto|none",
+                        help="also reject, before building them, candidates above N mult-adds at batch 512 "
+                             "(e.g. 5G; the paper's CNN-100K has 2.37G): the budget bounds parameters, not compute. "
+                             "auto (default): 2 x budget x the area of the map after the always-made pools, per image "
+                             "(5.0G at 100k on 28x28); none: no bound. "
+                             "May be changed when resuming a study")
+    parser.add_argument("--max-memory", default="auto", metavar="BYTES|auto|none",
+                        help="reject, before building them, candidates whose estimated training activations exceed "
+                             "BYTES (e.g. 2G). auto (default): 15%% of the memory available at the start; none: no "
+                             "bound. May be changed when resuming a study")
+    parser.add_argument("--pruner", default="auto", choices=PRUNERS,
+                        help="rule that stops unpromising trials after an epoch: median, sha (successive halving) or "
+                             "hyperband with --objectives accuracy (auto = median); front or sha (rungs ranked by "
+                             "non-dominated sorting) with several objectives (auto = the measured better one); "
+                             "none = train every candidate to the end (as --no-early-stop)")
     parser.add_argument("--recipe-space", default="paper", choices=RECIPE_SPACES,
                         help="paper (default): train every candidate with the paper's recipe; search: also sample "
                              "lr, schedule, weight decay, label smoothing, augmentation and batch size per trial")
@@ -125,15 +139,15 @@ def config_from_args(args: argparse.Namespace, budget: int | None = None) -> "Se
     from budgetnas.search import SearchConfig
 
     timeout = parse_duration(args.timeout) if args.timeout is not None else None
-    trials = args.trials if args.trials is not None or timeout is not None else 20
+    trials = args.trials  # neither given: the library's default time limit
     budget = budget if budget is not None else args.budget  # the library parses and checks it
     return SearchConfig(budget=budget, family=args.family, dataset=args.dataset,
                         data_root=args.data_root, subset=args.subset, trials=trials, timeout=timeout,
                         epochs=args.epochs, device=args.device, precision=args.precision, storage=args.storage,
                         study=args.study, sampler=args.sampler, objectives=args.objectives,
                         parameterisation=args.parameterisation, seed=args.seed, early_stop=args.early_stop,
-                        max_mult_adds=args.max_mult_adds, recipe_space=args.recipe_space,
-                        enqueue=tuple(args.enqueue), threads=args.threads,
+                        max_mult_adds=args.max_mult_adds, max_memory=args.max_memory, pruner=args.pruner,
+                        recipe_space=args.recipe_space, enqueue=tuple(args.enqueue), threads=args.threads,
                         transfer_from=tuple(args.transfer_from), proxy=args.proxy, proxy_screen=args.proxy_screen)
 
 
@@ -226,8 +240,11 @@ def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
         parts += ["--device", args.device]
     if args.precision != "auto":
         parts += ["--precision", args.precision]
-    if args.max_mult_adds:
-        parts += ["--max-mult-adds", args.max_mult_adds]
+    for flag, value in (("--max-mult-adds", args.max_mult_adds), ("--max-memory", args.max_memory)):
+        if value != "auto":
+            parts += [flag, value]
+    if args.pruner != "auto":
+        parts += ["--pruner", args.pruner]
     if config.recipe_space != "paper":
         parts += ["--recipe-space", config.recipe_space]
     for ref in config.enqueue:

@@ -1,0 +1,177 @@
+"""What a candidate costs to train, known from its spec before anything is built, and the
+default bounds the search puts on it.
+
+The parameter budget does not bound compute or memory: a convolution costs its parameters
+times the positions of its feature map, so one wide unpooled layer can cost 16x the paper's
+CNN-100K at the same count (the issue-13 default search sampled ``conv 170k5bn,22k5bn | gap``,
+39.3G mult-adds per batch of 512, and ``conv 4562k3p2 | gap``, which took 12.5 GB of RAM).
+So the search rejects, before building the model, every candidate above two bounds:
+
+**Compute** (``--max-mult-adds``, mult-adds of one forward pass over a batch of 512, the
+paper's figure). The default is ``2 * budget * h * w`` per image, where ``h x w`` is the map
+the space's forced pooling leads to (``space.POOLED_SIZE``: 7x7 for 28x28 inputs, 8x8 for
+32x32 and for 8x8): twice what the budget costs when every weight is applied once per position
+of that map. That reference is the scale of the models that do well: the paper's CNN-100K
+costs 46 mult-adds per parameter on 28x28 inputs (7 x 7 = 49), the issue-8 winners 32..72. Twice it keeps
+every paper pick, found config and starting point (tested; ``studies/seeds/cnn-10k-b`` sits
+right at it) and rejects everything the
+issue reported: 5.0G at 100K and 28x28 inputs, about 2.1x the paper's CNN-100K. An FCN costs
+about its parameter count per image, far below the bound, so it never binds there.
+
+**Memory** (``--max-memory``, bytes of training activations at the recipe's batch size).
+:func:`training_memory` counts, per image, what autograd keeps for the backward pass (each
+conv block's conv output, its batch-norm output, its activation output and, when it pools,
+the pooled map and its int64 indices) plus 1.5x the largest map for the gradients in flight,
+all in fp32. Calibrated on this CPU: ``conv 128k3bn p2`` at batch 512 measured 1,046 MiB of
+peak RSS growth against an estimate of 1,031 MiB; ``conv 256k3 | gap`` at batch 256, 604 MiB
+against 687 MiB. The default bound is :data:`MEMORY_FRACTION` of the memory available when
+the search starts (``MemAvailable``, else physical memory; the GPU's free memory on CUDA),
+leaving the rest to the dataset, the process, evaluation and whatever else runs there.
+
+Both are *caps*: they only reject, never change what a trained trial means, so adding,
+widening or removing one on an existing study is allowed (``records.CAP_SETTINGS``).
+Rejections are Optuna constraints (``Trial.set_constraint``), so TPE learns where they lie.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Literal, Union
+
+from budgetnas.counting import PAPER_BATCH, count_mult_adds, human_count
+from budgetnas.space import POOL, POOLED_SIZE
+from budgetnas.spec import CNNSpec, FCNSpec, Spec, feature_shapes
+
+Cap = Union[int, None, Literal["auto"]]  # a number, no cap, or the default rule below
+
+COMPUTE_FACTOR = 2  # default max mult-adds per image = COMPUTE_FACTOR * budget * (area of the pooled map)
+MEMORY_FRACTION = 0.15  # default max training-activation memory = this share of available memory
+_FLOAT_BYTES = 4
+_GRADIENT_FACTOR = 1.5  # gradients in flight during backward, in units of the largest map
+
+
+def mult_adds(spec: Spec, input_shape: tuple[int, int, int], num_classes: int, batch: int = PAPER_BATCH) -> int:
+    """torchinfo's mult-adds of ``spec`` over ``batch`` inputs, computed without building it
+    (each family counts its own analytically: :func:`budgetnas.counting.count_mult_adds`)."""
+    return count_mult_adds(spec, input_shape, num_classes, batch)
+
+
+def parse_cap(value: object, field: str) -> Cap:
+    """A cap as given: ``"auto"`` (the default bound), ``"none"``/None (no bound), a positive
+    number, or text such as ``"5G"``; a bad one is a :class:`~budgetnas.errors.FieldError` naming ``field``."""
+    from budgetnas.budget import parse_budget
+    from budgetnas.errors import FieldError, UsageError
+
+    if value is None or value == "auto":
+        return value  # type: ignore[return-value]
+    if isinstance(value, str) and value.strip().lower() in ("auto", "none"):
+        return None if value.strip().lower() == "none" else "auto"
+    try:
+        return parse_budget(value, what=field)  # type: ignore[arg-type]
+    except UsageError as exc:
+        raise FieldError(f"{exc} (or auto, or none)", field) from None
+
+
+def training_memory(spec: Spec, input_shape: tuple[int, int, int], batch: int) -> int | None:
+    """Estimated peak bytes of training activations for one step of ``batch`` images (fp32);
+    None for a family this module does not know (no memory bound applies to it)."""
+    saved = float(math.prod(input_shape))
+    largest = saved
+    if isinstance(spec, CNNSpec):
+        _, h, w = input_shape
+        for block, (c, h_out, w_out) in zip(spec.conv, feature_shapes(spec, input_shape)):
+            conv_map = c * (h + 2 * block.padding - block.kernel_size + 1) * (w + 2 * block.padding - block.kernel_size + 1)
+            saved += conv_map * (3 if block.batch_norm else 2)  # conv output, [batch norm], activation
+            if block.pool:
+                saved += 3 * c * h_out * w_out  # the pooled map (fp32) and its indices (int64)
+            largest = max(largest, conv_map)
+            h, w = h_out, w_out
+        widths, batch_norm = spec.fc, spec.fc_batch_norm
+    elif isinstance(spec, FCNSpec):
+        widths, batch_norm = spec.hidden, spec.batch_norm
+    else:
+        return None
+    for width in widths:
+        saved += width * (3 if batch_norm else 2)
+        largest = max(largest, width)
+    return int(_FLOAT_BYTES * batch * (saved + _GRADIENT_FACTOR * largest))
+
+
+def default_max_mult_adds(budget: int, input_shape: tuple[int, int, int], batch: int = PAPER_BATCH) -> int:
+    """The default compute bound: ``COMPUTE_FACTOR * budget * h * w`` mult-adds per image, times
+    ``batch``, where ``h x w`` is the map after the pools the space always makes (7x7 for 28x28)."""
+    _, h, w = input_shape
+    while min(h, w) > POOLED_SIZE:
+        h, w = h // POOL, w // POOL
+    return COMPUTE_FACTOR * budget * h * w * batch
+
+
+def available_memory(device: str = "cpu") -> int | None:
+    """Bytes available for training now: free GPU memory on CUDA, else the host's available
+    memory (``MemAvailable`` from /proc/meminfo, else physical memory); None if unknown."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def default_max_memory(device: str = "cpu") -> int | None:
+    available = available_memory(device)
+    return None if available is None else int(available * MEMORY_FRACTION)
+
+
+@dataclass(frozen=True)
+class CostBounds:
+    """The bounds in force for one search (None = unbounded)."""
+
+    max_mult_adds: int | None = None  # at batch PAPER_BATCH
+    max_memory: int | None = None  # bytes, at the recipe's batch size
+
+    @classmethod
+    def resolve(cls, max_mult_adds: Cap, max_memory: Cap, budget: int, input_shape: tuple[int, int, int],
+                device: str = "cpu") -> "CostBounds":
+        """Turn ``"auto"`` into the defaults above for this budget, input size and machine."""
+        compute = default_max_mult_adds(budget, input_shape) if max_mult_adds == "auto" else max_mult_adds
+        memory = default_max_memory(device) if max_memory == "auto" else max_memory
+        return cls(compute, memory)
+
+    def describe(self) -> str:
+        compute = (f"{human_count(self.max_mult_adds)} mult-adds per batch of {PAPER_BATCH}"
+                   if self.max_mult_adds is not None else "no compute bound")
+        memory = (f"{human_bytes(self.max_memory)} of training activations" if self.max_memory is not None
+                  else "no memory bound")
+        return f"{compute}, {memory}"
+
+    def violations(self, mult_adds_value: int, memory: int | None) -> dict[str, int]:
+        """Constraint name -> amount over (positive) or under (<= 0) each bound in force."""
+        found = {}
+        if self.max_mult_adds is not None:
+            found[COMPUTE_CONSTRAINT] = mult_adds_value - self.max_mult_adds
+        if self.max_memory is not None and memory is not None:
+            found[MEMORY_CONSTRAINT] = memory - self.max_memory
+        return found
+
+
+COMPUTE_CONSTRAINT = "mult_adds_over_cap"
+MEMORY_CONSTRAINT = "memory_over_cap"
+
+
+def human_bytes(n: float) -> str:
+    """3_200_000_000 -> '3.2 GB' (decimal units, as ``--max-memory 3.2G`` reads them)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"

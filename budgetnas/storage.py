@@ -7,8 +7,10 @@
   (or MySQL) is the storage for many workers on many machines. A URL without a driver uses
   whichever driver is installed (SQLAlchemy 2.1 would insist on psycopg 3; budgetnas's
   ``postgres`` extra installs psycopg2).
-* ``journal:PATH`` -> ``JournalStorage(JournalFileBackend(PATH))``, safe for several
-  processes on one machine (file locks; not over NFS for many nodes).
+* ``journal:PATH`` -> ``JournalStorage`` on a checked file, safe for several processes on
+  one machine (file locks; not over NFS for many nodes). A file torn by a crash during a
+  write is refused, never appended to, and repaired on request (:mod:`budgetnas.journal`,
+  ``python -m budgetnas.storage repair journal:PATH``).
 
 Crash safety. RDB storages are opened with Optuna's heartbeat: while a trial runs inside
 ``Study.optimize`` a thread records a heartbeat every ``interval`` seconds; a trial whose
@@ -188,17 +190,13 @@ def open_storage(url: str | None, *, heartbeat: Heartbeat | None = None, heartbe
     missing or the database cannot be reached.
     """
     from optuna.exceptions import ExperimentalWarning
-    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     url = normalise_url(url)
     if url.startswith(JOURNAL_PREFIX):
-        path = Path(url[len(JOURNAL_PREFIX):]).expanduser()
-        _check_parent(path)
-        try:
-            return JournalStorage(JournalFileBackend(str(path)))
-        except OSError as exc:
-            raise StorageError(f"cannot open journal file {path}: {exc.strerror or exc}") from None
+        from budgetnas.journal import open_journal
+
+        return open_journal(Path(url[len(JOURNAL_PREFIX):]).expanduser(), _check_parent)
     backend = _parse(url).get_backend_name()
     if backend == "sqlite":
         _check_parent(Path(url.split(":///", 1)[1]))
@@ -315,11 +313,26 @@ def fail_running_trials(storage: Any, study_name: str, *, older_than: float | No
     return failed
 
 
+def repair(url: str) -> str:
+    """Repair the journal file ``url`` names (see :mod:`budgetnas.journal`); returns a one-line summary."""
+    from budgetnas.journal import repair_journal
+
+    if not url.startswith(JOURNAL_PREFIX):
+        raise StorageError(f"repair works on journal files (journal:PATH), not {redact(url)!r}")
+    result = repair_journal(normalise_url(url)[len(JOURNAL_PREFIX):])
+    if result.backup is None:
+        return f"journal {result.path} is healthy ({result.kept} records); nothing changed"
+    return (f"repaired journal {result.path}: kept {result.kept} complete records, dropped {result.dropped_bytes} "
+            f"torn bytes; the original is at {result.backup}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m budgetnas.storage fail-running --storage URL --study NAME [--older-than 2h]``.
+    """``python -m budgetnas.storage fail-running --storage URL --study NAME [--older-than 2h]``
+    and ``python -m budgetnas.storage repair journal:PATH``.
 
     The command-line face of :func:`fail_running_trials`, for journal storages after a worker
-    was killed (RDB storages do this themselves through the heartbeat).
+    was killed (RDB storages do this themselves through the heartbeat), and of :func:`repair`
+    for a journal file torn by a crash during a write.
     """
     import argparse
     import sys
@@ -327,18 +340,28 @@ def main(argv: list[str] | None = None) -> int:
     from budgetnas.cli._common import parse_duration
 
     parser = argparse.ArgumentParser(prog="python -m budgetnas.storage",
-                                     description="Mark trials left RUNNING by killed workers FAIL and queue them "
-                                                 "again (for journal storages, which have no heartbeat).")
-    parser.add_argument("action", choices=("fail-running",))
-    parser.add_argument("--storage", required=True, metavar="URL")
-    parser.add_argument("--study", required=True, metavar="NAME")
+                                     description="fail-running: mark trials left RUNNING by killed workers FAIL and "
+                                                 "queue them again (for journal storages, which have no heartbeat). "
+                                                 "repair: keep every complete record of a torn journal file.")
+    parser.add_argument("action", choices=("fail-running", "repair"))
+    parser.add_argument("url", nargs="?", default=None, metavar="URL", help="the storage (same as --storage)")
+    parser.add_argument("--storage", default=None, metavar="URL")
+    parser.add_argument("--study", default=None, metavar="NAME", help="the study (fail-running)")
     parser.add_argument("--older-than", default=None, metavar="DURATION",
                         help="only trials started longer ago than this (90s, 30m, 2h): safe while workers run")
     parser.add_argument("--no-retry", action="store_true", help="do not queue the failed trials again")
     args = parser.parse_args(argv)
+    url = args.storage or args.url
     try:
+        if not url:
+            raise UsageError("give the storage: --storage URL (or as an argument)")
+        if args.action == "repair":
+            print(repair(url))
+            return 0
+        if not args.study:
+            raise UsageError("fail-running needs --study NAME")
         older = parse_duration(args.older_than) if args.older_than else None
-        numbers = fail_running_trials(args.storage, args.study, older_than=older, retry=not args.no_retry)
+        numbers = fail_running_trials(url, args.study, older_than=older, retry=not args.no_retry)
     except UsageError as exc:  # StorageError, or a malformed --older-than
         sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
         return 2

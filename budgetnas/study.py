@@ -70,8 +70,13 @@ def create_or_load(storage: Any, name: str, settings: records.StudySettings, sam
         raise UsageError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     directions = [DIRECTIONS[o] for o in settings.objectives]
     try:
-        study = optuna.create_study(storage=storage, study_name=name, directions=directions,
-                                    load_if_exists=True, pruner=pruner)
+        try:  # load first: a journal storage appends a record for every create attempt, even a refused one
+            study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+        except KeyError:
+            study = optuna.create_study(storage=storage, study_name=name, directions=directions,
+                                        load_if_exists=True, pruner=pruner)
+    except StorageError:
+        raise
     except Exception as exc:
         raise StorageError(f"cannot open study {name!r}: {' '.join(str(exc).split())[:200]}") from None
     stored = study.user_attrs.get(records.SETTINGS_ATTR)

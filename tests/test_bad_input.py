@@ -84,6 +84,9 @@ BAD_FILES = {
     "unknown-conv-key.toml": _text('[spec]\nfamily = "cnn"\n[[spec.conv]]\nout_channels = 4\nstride = 2\n'),
     "unknown-dataset.toml": _text('dataset = "imagenet"\n' + GOOD_SPEC),
     "four-pools.toml": _text('[spec]\nfamily = "cnn"\n' + '[[spec.conv]]\nout_channels = 4\npool = 2\n' * 4),
+    "random-bytes.log": lambda p: p.write_bytes(bytes(range(256)) * 16),
+    "torn.log": lambda p: p.write_bytes(b'{"op_code":0,"worker_id":"w","study_name":"tiny-cnn","directions":[1]}\n'
+                                        b'{"op_code":4,"worker_id":"w","st'),
 }
 
 
@@ -155,6 +158,10 @@ ROWS = {
                                         "--budget", "100k", contains="127.0.0.1"),
     "storage-sqlite-folder-missing": row(*SEARCH[:-1], "sqlite:///{tmp}/no/such/folder/s.db", "--budget", "100k",
                                          contains="no/such/folder"),
+    "storage-journal-random-bytes": row(*SEARCH[:-1], "journal:{bad:random-bytes.log}", "--budget", "100k",
+                                         contains="not an Optuna journal"),
+    "storage-journal-torn": row(*SEARCH[:-1], "journal:{bad:torn.log}", "--budget", "100k", contains="repair journal:"),
+    "report-journal-torn": row("report", "--storage", "journal:{bad:torn.log}", contains="partial last record"),
     "storage-journal-under-a-file": row(*SEARCH[:-1], "journal:{file}/j.log", "--budget", "100k",
                                         contains="{file}"),
     "dashboard-malformed-storage": row("dashboard", "--storage", "foo://bar", contains="foo://bar"),

@@ -1,0 +1,117 @@
+"""Reliability: torn journals, sizes checked before allocation, outages, signals, secrets (issue 15).
+
+Real files, real subprocesses, real training on the tiny Fashion-MNIST slice. Bad-input cases
+that fit the one-line-error table live in ``test_bad_input.py``; this module holds the crash
+tests, the byte-identical checks and the library-level checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import REPO, assert_one_line_error, run_cli
+
+from budgetnas.errors import StorageError
+from budgetnas.journal import check_journal, repair_journal
+from budgetnas.storage import open_storage
+
+TORN = b'{"op_code":4,"worker_id":"dead-worker","trial_id":0,"par'
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def storage_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "budgetnas.storage", *args], capture_output=True, text=True,
+                          cwd=cwd, env={"PYTHONPATH": str(REPO), "PATH": ""}, timeout=120)
+
+
+def small_search(npz: Path, url: str, trials: int = 1, *extra: str) -> list[str]:
+    return ["search", "--budget", "5k", "--dataset", f"npz:{npz}", "--trials", str(trials), "--epochs", "1",
+            "--device", "cpu", "--storage", url, "--study", "j", *extra]
+
+
+def _journal_with_trials(path: Path, n: int = 3) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=open_storage(f"journal:{path}"), study_name="s")
+    for value in range(n):
+        study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), value)
+
+
+# --- journals -----------------------------------------------------------------------------------
+
+def test_torn_journal_is_refused_byte_identical_then_repaired_and_resumed(tiny_npz, tmp_path, cli):
+    """A crash mid-write leaves a partial last line: no command appends to it; repair keeps every trial."""
+    journal = tmp_path / "study.log"
+    first = cli(*small_search(tiny_npz, f"journal:{journal}"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    records = check_journal(journal).records
+    with journal.open("ab") as f:
+        f.write(TORN)
+    before = digest(journal)
+
+    for args in (small_search(tiny_npz, f"journal:{journal}", 2),  # resume
+                 small_search(tiny_npz, f"journal:{journal}", 2, "--epochs", "3"),  # resume, other settings
+                 ["report", "--storage", f"journal:{journal}", "--out", str(tmp_path / "r.html")]):
+        assert_one_line_error(cli(*args), 2, "repair journal:")
+        assert digest(journal) == before, f"budgetnas {args[0]} changed the torn journal"
+    fail_running = storage_cli("fail-running", "--storage", f"journal:{journal}", "--study", "j", cwd=tmp_path)
+    assert fail_running.returncode == 2 and "repair" in fail_running.stderr, fail_running.stderr
+    assert digest(journal) == before
+
+    fixed = storage_cli("repair", f"journal:{journal}", cwd=tmp_path)
+    assert fixed.returncode == 0 and f"kept {records} complete records" in fixed.stdout, fixed.stderr
+    backups = list(tmp_path.glob("study.log.torn-*"))
+    assert len(backups) == 1 and digest(backups[0]) == before  # the original, byte for byte
+    assert check_journal(journal).healthy
+
+    again = cli(*small_search(tiny_npz, f"journal:{journal}", 2))
+    assert again.returncode == 0, again.stderr[-2000:]
+    trials = optuna.load_study(study_name="j", storage=open_storage(f"journal:{journal}")).trials
+    assert len(trials) == 2 and all(t.state.is_finished() for t in trials)
+
+
+def test_repair_keeps_a_record_glued_onto_a_torn_one(tmp_path):
+    """What an older budgetnas (plain Optuna) did: append after the torn tail. Repair still keeps that record."""
+    path = tmp_path / "j.log"
+    _journal_with_trials(path, 3)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]) + TORN + lines[-1])  # trial 2's last record glued onto torn bytes
+    with pytest.raises(StorageError, match="unreadable line"):
+        open_storage(f"journal:{path}")
+    result = repair_journal(path)
+    assert result.backup is not None and result.dropped_bytes == len(TORN)
+    values = [t.value for t in optuna.load_study(study_name="s", storage=open_storage(f"journal:{path}")).trials]
+    assert values == [0.0, 1.0, 2.0]
+
+
+def test_guarded_journal_never_appends_after_a_torn_tail(tmp_path):
+    """A writer that dies mid-record while this process runs: the next append is refused, the file unchanged."""
+    path = tmp_path / "j.log"
+    _journal_with_trials(path, 1)
+    study = optuna.load_study(study_name="s", storage=open_storage(f"journal:{path}"))
+    with path.open("ab") as f:
+        f.write(TORN)
+    before = digest(path)
+    with pytest.raises(StorageError, match="partial last record"):
+        study.tell(study.ask(), 1.0)
+    assert digest(path) == before
+
+
+def test_repair_of_a_healthy_or_foreign_file_changes_nothing(tmp_path):
+    path = tmp_path / "j.log"
+    _journal_with_trials(path, 2)
+    before = digest(path)
+    assert repair_journal(path).backup is None and digest(path) == before
+    noise = tmp_path / "noise.log"
+    noise.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(StorageError, match="no journal record"):
+        repair_journal(noise)
+    assert noise.read_bytes() == bytes(range(256)) * 8 and not list(tmp_path.glob("noise.log.*"))

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from budgetnas.limits import check_model_memory
 from budgetnas.spec import CNNSpec, FCNSpec, Spec, feature_shapes
 
 _ACTIVATIONS = {
@@ -42,6 +43,7 @@ class Net(nn.Module):
 
 def build_model(spec: Spec, input_shape: tuple[int, int, int], num_classes: int) -> Net:
     """Build the network that ``spec`` describes for ``input_shape`` (C, H, W) inputs."""
+    check_model_memory(spec, input_shape, num_classes)  # before PyTorch allocates the weights
     act = _ACTIVATIONS[spec.activation]
     blocks: list[nn.Module] = []
     head: list[nn.Module] = []

@@ -29,6 +29,7 @@ import optuna
 from budgetnas import records
 from budgetnas.counting import PAPER_BATCH, count_mult_adds, count_params, human_count
 from budgetnas.errors import RunFailure
+from budgetnas.limits import available_memory, gib, model_bytes
 from budgetnas.space import sample_recipe, sample_spec
 from budgetnas.stopping import FrontRule
 from budgetnas.trainer import EpochStats, Recipe, StopTraining, train
@@ -79,6 +80,9 @@ class Objective:
         elif config.max_mult_adds is not None and mult_adds > config.max_mult_adds:
             reason = (f"{human_count(mult_adds)} mult-adds > cap {human_count(config.max_mult_adds)} "
                       f"(batch {PAPER_BATCH}): {spec.describe()}")
+        elif (need := model_bytes(spec, data.input_shape, data.num_classes, batch=recipe.batch_size,
+                                  training=True)) > available_memory():
+            reason = f"needs at least {gib(need)} of memory to train, more than is available: {spec.describe()}"
         if reason:
             trial.set_user_attr("rejected", reason)
             self.progress(f"trial {trial.number}: rejected before training, {reason}")

@@ -34,6 +34,7 @@ from budgetnas.counting import human_count
 from budgetnas.data import check_dataset_name, dataset_info, load_dataset
 from budgetnas.device import resolve_placement
 from budgetnas.errors import RunFailure, UsageError
+from budgetnas.limits import check_search_edges
 from budgetnas.objective import Objective
 from budgetnas.space import SPACE_VERSION, check_choices, minimal_spec, smallest_count
 from budgetnas.storage import normalise_url, open_storage, redact
@@ -209,6 +210,7 @@ def check_config(config: SearchConfig) -> None:
     check_dataset_name(config.dataset)
     if isinstance(config.budget, bool) or not isinstance(config.budget, int) or config.budget <= 0:
         raise UsageError(f"budget must be a positive number of parameters, got {config.budget!r}")
+    check_search_edges(config)
     if config.trials is not None and config.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {config.trials}")
     if config.trials is None and config.timeout is None:

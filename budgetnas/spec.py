@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar, Literal, Union
 
 from budgetnas.errors import UsageError
+from budgetnas.limits import MAX_SPEC_INT
 
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "elu", "tanh")
 INITS = ("default", "xavier_normal", "kaiming")
@@ -213,6 +214,8 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise UsageError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise UsageError(f"{name} must be >= {minimum}, got {value}")
+    if value > MAX_SPEC_INT:  # checked before any tensor is allocated (budgetnas.limits)
+        raise UsageError(f"{name} must be <= {MAX_SPEC_INT:,}, got {value:,}")
 
 
 def _check_bool(name: str, value: Any) -> None:

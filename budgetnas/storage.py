@@ -122,8 +122,11 @@ def normalise_url(url: str | None) -> str:
     ``postgres://`` becomes ``postgresql://`` and a URL without a driver gets an installed
     one (``postgresql+psycopg2://``); raises StorageError for anything else.
     """
-    if url is None or url == "":
+    if url is None:
         return default_storage_url()
+    if not url.strip():
+        raise StorageError("the storage URL is empty; give one (sqlite:///PATH.db, postgresql://..., journal:PATH) "
+                           "or leave --storage out for ./budgetnas.db")
     if url.startswith(JOURNAL_PREFIX):
         if not url[len(JOURNAL_PREFIX):].strip():
             raise StorageError("journal storage needs a file path: journal:PATH")

@@ -115,3 +115,41 @@ def test_repair_of_a_healthy_or_foreign_file_changes_nothing(tmp_path):
     with pytest.raises(StorageError, match="no journal record"):
         repair_journal(noise)
     assert noise.read_bytes() == bytes(range(256)) * 8 and not list(tmp_path.glob("noise.log.*"))
+
+
+# --- sizes and edges --------------------------------------------------------------------------
+
+def test_budget_parsing_is_exact_decimal_and_ascii_only():
+    from budgetnas.budget import parse_budget
+    from budgetnas.errors import UsageError
+
+    assert [parse_budget(t) for t in ("1.005k", "0.3k", "1.1M", "2.5G", "100_000")] == \
+        [1005, 300, 1_100_000, 2_500_000_000, 100_000]
+    for text in ("\u0661\u0660\u0660k", "\uff11\uff10\uff10", "1.0005k"):  # Arabic-Indic, full-width, a fraction
+        with pytest.raises(UsageError):
+            parse_budget(text)
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_bad_seed_creates_nothing(cli, tiny_npz, tmp_path, seed):
+    db = tmp_path / "fresh.db"
+    proc = cli("search", "--budget", "5k", "--dataset", f"npz:{tiny_npz}", "--trials", "1", "--storage",
+               f"sqlite:///{db}", f"--seed={seed}")
+    assert_one_line_error(proc, 2, "--seed")
+    assert not db.exists()
+
+
+def test_model_memory_is_estimated_before_building():
+    from budgetnas.errors import UsageError
+    from budgetnas.limits import available_memory, model_bytes
+    from budgetnas.model import build_model
+    from budgetnas.spec import FCNSpec
+
+    small = FCNSpec(hidden=(16,))
+    assert model_bytes(small, (1, 28, 28), 10) == (784 * 16 + 16 + 16 * 10 + 10) * 4
+    assert model_bytes(small, (1, 28, 28), 10, batch=8, training=True) > 4 * model_bytes(small, (1, 28, 28), 10)
+    huge = FCNSpec(hidden=(65536, 65536, 65536, 65536))  # 12.9G parameters: 51 GB of weights
+    if model_bytes(huge, (1, 28, 28), 10) <= available_memory():
+        pytest.skip("this machine has more memory than the huge model needs")
+    with pytest.raises(UsageError, match="memory available"):
+        build_model(huge, (1, 28, 28), 10)

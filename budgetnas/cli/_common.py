@@ -38,7 +38,7 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
 
 def parse_duration(text: str) -> float:
     """'90' / '90s' / '30m' / '2h' -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text), re.ASCII)  # ASCII digits, as budgets
     if not match or float(match.group(1)) <= 0:
         raise UsageError(f"duration {text!r} is not understood; use seconds or a suffix: 90s, 30m, 2h")
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]

@@ -9,7 +9,7 @@ the :class:`SearchSummary`. ``trials`` is the total for the study: trials alread
 (complete, pruned or rejected, or failed by an error) count, so rerunning an interrupted
 search finishes the same study.
 
-Ctrl-C: during training it interrupts at once; the trial is recorded FAIL with an
+Ctrl-C (or SIGTERM, answered the same way, exit code 130): during training it interrupts at once; the trial is recorded FAIL with an
 ``interrupted`` user attribute. Elsewhere (while Optuna writes to the storage) it is only
 noted, and the search stops before the next trial starts, so the storage is never left
 half-written. Either way :class:`SearchInterrupted` is raised and the study can be resumed
@@ -190,13 +190,18 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Prog
     objective = Objective(config, data, config.training_recipe(), progress=say, interruptible=guard.training)
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_Reporter(config, say)]
     if config.trials is not None:
-        callbacks.insert(0, StopAtTotal(config.trials, _counts))
+        callbacks.insert(0, StopAtTotal(config.trials, _counts, say=say))
     start = time.perf_counter()
     try:
         with guard.installed(study):
             study.optimize(objective, timeout=config.timeout, catch=(RunFailure,), callbacks=callbacks)
     except KeyboardInterrupt:
         guard.requested = True
+    except Exception:
+        lost = getattr(storage, "unavailable", None)  # budgetnas.resilience gave up on the database
+        if lost is not None:  # Optuna's own clean-up then fails too (e.g. an UnboundLocalError): report the cause
+            raise lost from None
+        raise
     summary = summarise(study, config, time.perf_counter() - start)
     if guard.requested:
         summary.interrupted = True
@@ -338,14 +343,15 @@ class _CtrlC:
         return self
 
     def __enter__(self) -> "_CtrlC":
-        self._previous = None
+        self._previous = {}
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            # SIGTERM (kill, a batch system, timeout) is answered like Ctrl-C: trial marked, exit 130.
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _clock(seconds: float) -> str:

@@ -193,7 +193,7 @@ def open_storage(url: str | None, *, heartbeat: Heartbeat | None = None, heartbe
     missing or the database cannot be reached.
     """
     from optuna.exceptions import ExperimentalWarning
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from budgetnas.resilience import RetryingRDBStorage, RetryStaleTrial
 
     url = normalise_url(url)
     if url.startswith(JOURNAL_PREFIX):
@@ -217,10 +217,10 @@ def open_storage(url: str | None, *, heartbeat: Heartbeat | None = None, heartbe
     def connect() -> Any:
         with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.8; we rely on it knowingly
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat.interval,
-                              grace_period=heartbeat.grace_period,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                                  max_retry=heartbeat.max_retry))
+            # Retries lost connections, then fails with one line (budgetnas.resilience).
+            return RetryingRDBStorage(url, where=where(url), engine_kwargs=engine_kwargs,
+                                      heartbeat_interval=heartbeat.interval, grace_period=heartbeat.grace_period,
+                                      heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=heartbeat.max_retry))
 
     try:
         # Workers on several machines started at once all create Optuna's tables on an empty
@@ -289,8 +289,9 @@ def fail_running_trials(storage: Any, study_name: str, *, older_than: float | No
 
     import optuna
     from optuna.exceptions import ExperimentalWarning
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
+
+    from budgetnas.resilience import RetryStaleTrial
 
     if isinstance(storage, str) or storage is None:
         storage = open_storage(storage)
@@ -312,7 +313,7 @@ def fail_running_trials(storage: Any, study_name: str, *, older_than: float | No
         if retry:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
-                RetryHeartbeatStaleTrialCallback()(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
+                RetryStaleTrial()(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
     return failed
 
 

@@ -35,6 +35,7 @@ waiting; a killed worker's trial then stays RUNNING and the study ends one short
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pickle
 import signal
@@ -84,10 +85,13 @@ class StopAtTotal:
     is failed as stale and queued again (go on and run the retry).
     """
 
-    def __init__(self, total: int, counts: Callable[[Any, set[int]], bool], poll: float = 1.0) -> None:
+    def __init__(self, total: int, counts: Callable[[Any, set[int]], bool], poll: float = 1.0,
+                 say: Progress | None = None) -> None:
         self.total = total
         self.counts = counts
         self.poll = poll
+        self.say = say  # told what the worker waits for, and for how long at most
+        self._told = -math.inf
 
     def __call__(self, study: "optuna.Study", trial: Any) -> None:
         import optuna
@@ -107,10 +111,25 @@ class StopAtTotal:
             if not is_heartbeat_enabled(study._storage):
                 study.stop()  # cannot tell a dead worker from a slow one: leave the rest to the others
                 return
+            self._explain_wait(study, [t.number for t in trials if t.state == TrialState.RUNNING])
             time.sleep(self.poll)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)  # fails dead workers' trials and queues their retries
+
+
+    def _explain_wait(self, study: "optuna.Study", running: list[int]) -> None:
+        """Say (at most every 30 s) which trials this worker waits for and the longest the wait can last."""
+        now = time.monotonic()
+        if self.say is None or now - self._told < 30:
+            return
+        self._told = now
+        backend = getattr(study._storage, "_backend", study._storage)
+        grace, interval = getattr(backend, "grace_period", None), getattr(backend, "heartbeat_interval", None)
+        limit = (f"; if their worker was killed, they are failed and retried once their heartbeat is {grace}s old, "
+                 f"so at most about {grace + (interval or 0)}s from the kill") if grace else ""
+        self.say(f"waiting for running trial(s) {', '.join(map(str, running))} to finish before starting another "
+                 f"(--trials {self.total} counts them){limit}")
 
 
 def retried_numbers(trials: list[Any]) -> set[int]:

@@ -8,18 +8,21 @@ tests, the byte-identical checks and the library-level checks.
 from __future__ import annotations
 
 import hashlib
-import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 from conftest import REPO, assert_one_line_error, run_cli
+from pg import own_postgres, postgres_url  # noqa: F401
 
 from budgetnas.errors import StorageError
 from budgetnas.journal import check_journal, repair_journal
-from budgetnas.storage import open_storage
+from budgetnas.storage import Heartbeat, open_storage
 
 TORN = b'{"op_code":4,"worker_id":"dead-worker","trial_id":0,"par'
 
@@ -153,3 +156,110 @@ def test_model_memory_is_estimated_before_building():
         pytest.skip("this machine has more memory than the huge model needs")
     with pytest.raises(UsageError, match="memory available"):
         build_model(huge, (1, 28, 28), 10)
+
+
+# --- outages, kills and signals -------------------------------------------------------------------
+
+def load_trials(url: str, study: str) -> list:
+    return optuna.load_study(study_name=study, storage=open_storage(url, heartbeat=Heartbeat(interval=60))).get_trials(
+        deepcopy=False)
+
+
+def _running_for(url: str, study: str, seconds: float = 0.5) -> list:
+    from optuna.trial import TrialState
+
+    try:
+        trials = load_trials(url, study)
+    except Exception:  # no database or study yet
+        return []
+    now = time.time()
+    return [t for t in trials if t.state == TrialState.RUNNING and now - t.datetime_start.timestamp() > seconds]
+
+
+def _wait_for(predicate, proc, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_postgres_stopped_mid_trial_is_one_line_then_resumes(tiny_npz, tmp_path, own_postgres):
+    """The server stops while a trial trains: bounded retries, one error line (exit 1), no thread's traceback."""
+    from pg import FAST_HEARTBEAT, assert_well_formed, counted, search_args, start_cli
+
+    url, study = own_postgres.url, "outage"
+    env = {**FAST_HEARTBEAT, "BUDGETNAS_STORAGE_RETRY": "4"}
+    proc = start_cli(search_args(tiny_npz, url, study, trials=100, epochs=3), tmp_path, env=env)
+    try:
+        _wait_for(lambda: _running_for(url, study, seconds=0), proc)
+        own_postgres.stop()
+        started = time.time()
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    for noise in ("Traceback", "Exception in thread", "UnboundLocalError", "internal error"):
+        assert noise not in err, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "lost the database" in errors[0] and "within 4s" in errors[0], err[-3000:]
+    assert time.time() - started < 60  # bounded: 4 s of retries, not a hang
+
+    own_postgres.start()
+    time.sleep(4)  # past the 3 s grace: the trial that was running is failed as stale and retried
+    total = len(counted(load_trials(url, study))) + 1
+    again = run_cli(*search_args(tiny_npz, url, study, trials=total, epochs=3), cwd=tmp_path, env=FAST_HEARTBEAT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = load_trials(url, study)
+    assert_well_formed(trials)
+    assert len(counted(trials)) == total
+    assert [t for t in trials if "failed_trial" in t.system_attrs]  # the interrupted trial was retried
+
+
+@pytest.mark.slow
+def test_killed_search_rerun_says_what_it_waits_for_and_retries_quietly(tiny_npz, tmp_path):
+    """SIGKILL during the first trial; the rerun waits out the heartbeat grace aloud, then retries it quietly."""
+    from pg import FAST_HEARTBEAT, assert_well_formed, counted, search_args, start_cli
+
+    url, study = f"sqlite:///{tmp_path}/s.db", "killed"
+    proc = start_cli(search_args(tiny_npz, url, study, trials=2, epochs=2), tmp_path, env=FAST_HEARTBEAT)
+    try:
+        _wait_for(lambda: _running_for(url, study), proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    # A grace longer than the rerun's start-up and first trial: the rerun then has to wait for trial 0.
+    slow_grace = {**FAST_HEARTBEAT, "BUDGETNAS_HEARTBEAT_GRACE": "30"}
+    again = run_cli(*search_args(tiny_npz, url, study, trials=2, epochs=2), cwd=tmp_path, env=slow_grace)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "waiting for running trial(s) 0" in again.stderr and "30s old" in again.stderr, again.stderr[-3000:]
+    assert "Warning" not in again.stderr, again.stderr[-3000:]  # no "constraint value is ignored" on the retry
+    trials = load_trials(url, study)
+    assert_well_formed(trials)
+    assert len(counted(trials)) == 2 and [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_single_process_search_like_ctrl_c(tiny_npz, tmp_path):
+    from optuna.trial import TrialState
+    from pg import assert_well_formed, search_args, start_cli
+
+    url, study = f"sqlite:///{tmp_path}/s.db", "terminated"
+    proc = start_cli(search_args(tiny_npz, url, study, trials=50, epochs=3), tmp_path)
+    try:
+        _wait_for(lambda: _running_for(url, study), proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "Resume with:" in err, err[-3000:]
+    trials = load_trials(url, study)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert any("interrupted" in t.user_attrs for t in trials)
+    assert_well_formed(trials)

@@ -1,0 +1,150 @@
+"""Surviving a database outage and dead workers: bounded retries, quiet heartbeats, clean retried trials.
+
+A PostgreSQL server that restarts (or a network that drops for a moment) used to end a
+search with four tracebacks (the heartbeat thread's and the main thread's), then Optuna's
+own ``UnboundLocalError``, and the trial left RUNNING. Now:
+
+* every call of an RDB storage retries *transient* errors (SQLAlchemy's ``OperationalError``,
+  ``InterfaceError`` or ``DisconnectionError`` anywhere in the exception chain: a refused or
+  dropped connection, SQLite's "database is locked") with exponential backoff (0.5 s,
+  1 s, 2 s, ... at most 10 s apart) for up to ``BUDGETNAS_STORAGE_RETRY`` seconds (default
+  60). The engine's ``pool_pre_ping`` replaces the dead connections once the server is back,
+  so a restart within that window costs the search nothing;
+* after that the storage gives up once, for good (every later call fails at once, so a
+  search does not wait again for each of its pending writes) with
+  :class:`StorageUnavailable`: one line, exit 1, and the study resumes with the same
+  command once the server is back (the trial that was running is failed as stale by its
+  heartbeat and retried);
+* the heartbeat thread never raises: a missed heartbeat is harmless while the main thread
+  retries (it is late, not lost), and a thread's exception would print a traceback;
+* a retried call whose first attempt reached the server but whose answer was lost is
+  repeated: for writes this can, rarely, duplicate a trial or fail with "already finished".
+
+:class:`RetryStaleTrial` is Optuna's ``RetryHeartbeatStaleTrialCallback`` without the
+copied constraint values: the retry computes its own, and Optuna warns ("The constraint
+value is ignored ...") when a trial sets a constraint that is already there.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from budgetnas.errors import StorageError, StorageUnavailable
+
+RETRY_ENV = "BUDGETNAS_STORAGE_RETRY"
+DEFAULT_RETRY_SECONDS = 60
+_NOT_RETRIED = {"remove_session", "upgrade", "get_current_version", "get_head_version", "get_all_versions",
+                "get_heartbeat_interval", "get_heartbeat_stale_trial_callback", "get_failed_trial_callback",
+                "check_table_schema_compatibility", "record_heartbeat"}
+
+
+def retry_seconds() -> float:
+    """How long a storage call retries a transient error (``$BUDGETNAS_STORAGE_RETRY``, default 60 s)."""
+    text = os.environ.get(RETRY_ENV)
+    if not text:
+        return DEFAULT_RETRY_SECONDS
+    if not text.isascii() or not text.isdigit():
+        raise StorageError(f"{RETRY_ENV}={text!r} must be a whole number of seconds (0: no retry)")
+    return int(text)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or anything in its chain) is a lost or refused database connection."""
+    from sqlalchemy import exc as sa
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    inner = getattr(exc, "orig", None) or exc.__cause__ or exc
+    text = " ".join(str(getattr(inner, "orig", None) or inner).split())
+    return (text.split(" failed: ", 1)[-1] or type(inner).__name__)[:160]
+
+
+class RetryingRDBStorage(RDBStorage):
+    """``RDBStorage`` whose calls retry transient errors, then give up for good (module docstring).
+
+    ``where`` names the database in messages (``host:port/db``, never the password).
+    """
+
+    def __init__(self, url: str, *, where: str, seconds: float | None = None, **kwargs: Any) -> None:
+        self._where = where
+        self._retry_for = retry_seconds() if seconds is None else seconds
+        self._depth = threading.local()  # a retried call that calls another one retries only once, outside
+        self.unavailable: StorageUnavailable | None = None
+        super().__init__(url, **kwargs)
+
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.unavailable is not None:
+            raise self.unavailable
+        depth = getattr(self._depth, "value", 0)
+        if depth:
+            return method(self, *args, **kwargs)
+        self._depth.value = 1
+        try:
+            start, delay = time.monotonic(), 0.5
+            while True:
+                try:
+                    return method(self, *args, **kwargs)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    waited = time.monotonic() - start
+                    if waited + delay > self._retry_for:
+                        self.unavailable = StorageUnavailable(
+                            f"lost the database at {self._where} ({_reason(exc)}) and it did not come back within "
+                            f"{self._retry_for:.0f}s ({RETRY_ENV}); the study is saved: rerun the same command "
+                            "when the server is up (a trial that was running is failed and retried)")
+                        raise self.unavailable from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+        finally:
+            self._depth.value = 0
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Never raises (it runs in Optuna's heartbeat thread); a missed heartbeat is only late."""
+        if self.unavailable is not None:
+            return
+        try:
+            RDBStorage.record_heartbeat(self, trial_id)
+        except Exception:
+            return
+
+
+def _retried(name: str) -> Callable[..., Any]:
+    method = getattr(RDBStorage, name)
+
+    def call(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._call(method, *args, **kwargs)
+
+    call.__name__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
+for _name in [n for n in dir(RDBStorage) if (not n.startswith("_") or n == "_get_stale_trial_ids")]:
+    if _name not in _NOT_RETRIED and callable(getattr(RDBStorage, _name)) and not isinstance(
+            RDBStorage.__dict__.get(_name), (staticmethod, classmethod)):
+        setattr(RetryingRDBStorage, _name, _retried(_name))
+
+
+class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
+    """Optuna's stale-trial retry, minus the copied constraint values (see the module docstring)."""
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        trial = copy.copy(trial)
+        trial._system_attrs = {k: v for k, v in trial.system_attrs.items() if not k.startswith("constraints")}
+        super().__call__(study, trial)

@@ -17,6 +17,7 @@ from budgetnas import records
 from budgetnas.budget import format_budget
 from budgetnas.errors import StorageError, UsageError
 from budgetnas.objective import DIRECTIONS, METRIC_NAMES, OBJECTIVES
+from budgetnas.seeding import PerTrialSeed
 
 SAMPLERS = ("tpe", "nsga2", "random")
 NSGA2_POPULATION = 16  # Optuna's default of 50 would leave a 20..50-trial search purely random
@@ -63,8 +64,9 @@ def create_or_load(storage: Any, name: str, settings: records.StudySettings, sam
                    seed: int | None = 0, *, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     """Create study ``name`` with ``settings``, or load it and check that its settings match.
 
-    The sampler seed is offset by the number of trials already in the study, so a resumed
-    search does not replay the first proposals of the interrupted one.
+    The sampler is reseeded from ``(seed, trial number)`` before each trial
+    (:mod:`budgetnas.seeding`), so a resumed search does not replay the first proposals of the
+    interrupted one and independent processes on one study do not duplicate each other.
     """
     if sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -92,5 +94,7 @@ def create_or_load(storage: Any, name: str, settings: records.StudySettings, sam
         if differences:
             raise StorageError(f"study {name!r} was created with other settings ({'; '.join(differences)}); "
                                "rerun with the study's settings to resume it, or choose a new --study name")
-    study.sampler = make_sampler(sampler, None if seed is None else seed + len(study.trials))
+    # Reseeded per trial number (budgetnas.seeding): independent processes on one study never draw the
+    # same candidates, and a resumed search does not replay the first proposals of the interrupted one.
+    study.sampler = make_sampler(sampler, seed) if seed is None else PerTrialSeed(make_sampler(sampler, seed), seed)
     return study

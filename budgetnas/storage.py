@@ -95,12 +95,42 @@ def default_storage_url() -> str:
 
 
 def redact(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``; also ``?password=...``.
+
+    Every credential form is hidden: the password of the user-info part, and query or libpq
+    keyword parameters that carry one (``password``, ``sslpassword``, ``passwd``, ``pwd``,
+    ``secret``, ``token``, ``api_key``).
+    """
     # Greedy up to the last '@', so a raw '@' in a password stays hidden; also "user:pw@host" without a scheme.
     text = re.sub(r"(://[^:/@\s]*):\S*@", r"\1:***@", url)
     if "://" not in url and not url.startswith(JOURNAL_PREFIX):
         text = re.sub(r"^([^:/@\s]*):\S*@", r"\1:***@", text)
-    return text
+    return _SECRET_PARAM.sub(r"\1***", text)
+
+
+_SECRET_PARAM = re.compile(r"(?i)((?:^|[?&;\s])[a-z_]*(?:password|passwd|pwd|secret|token|api_?key)\s*=)[^&;#\s]*")
+STORAGE_ENV = "BUDGETNAS_STORAGE"  # the storage URL when --storage is left out (keeps a password off command lines)
+
+
+def has_secret(url: str) -> bool:
+    """Whether ``url`` holds a credential (or is an already redacted URL that held one)."""
+    return redact(url) != url or "***" in url
+
+
+def command_storage(url: str) -> str:
+    """The storage as printed commands should name it: the URL, or ``$BUDGETNAS_STORAGE`` if it holds a secret.
+
+    A redacted URL (``***``) cannot be pasted back; :func:`shell_join` writes the variable so
+    that the shell expands it (``export BUDGETNAS_STORAGE=URL`` first, or keep it set).
+    """
+    return f"${STORAGE_ENV}" if has_secret(url) else url
+
+
+def shell_join(parts: list[str]) -> str:
+    """``shlex.join``, except that ``$BUDGETNAS_STORAGE`` stays an expandable ``"$BUDGETNAS_STORAGE"``."""
+    import shlex
+
+    return " ".join(f'"${STORAGE_ENV}"' if part == f"${STORAGE_ENV}" else shlex.quote(part) for part in parts)
 
 
 def storage_kind(url: str | None) -> str:
@@ -117,13 +147,15 @@ def supports_many_workers(url: str | None) -> bool:
 
 
 def normalise_url(url: str | None) -> str:
-    """The URL to use: the default SQLite file, or ``url`` checked for a known form.
+    """The URL to use: ``$BUDGETNAS_STORAGE`` or the default SQLite file, or ``url`` checked for a known form.
 
     ``postgres://`` becomes ``postgresql://`` and a URL without a driver gets an installed
     one (``postgresql+psycopg2://``); raises StorageError for anything else.
     """
     if url is None:
-        return default_storage_url()
+        url = os.environ.get(STORAGE_ENV) or None
+        if url is None:
+            return default_storage_url()
     if not url.strip():
         raise StorageError("the storage URL is empty; give one (sqlite:///PATH.db, postgresql://..., journal:PATH) "
                            "or leave --storage out for ./budgetnas.db")
@@ -193,6 +225,7 @@ def open_storage(url: str | None, *, heartbeat: Heartbeat | None = None, heartbe
     missing or the database cannot be reached.
     """
     from optuna.exceptions import ExperimentalWarning
+
     from budgetnas.resilience import RetryingRDBStorage, RetryStaleTrial
 
     url = normalise_url(url)

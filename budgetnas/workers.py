@@ -48,7 +48,7 @@ from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from budgetnas.errors import RunFailure, UsageError
-from budgetnas.storage import redact, storage_kind
+from budgetnas.storage import command_storage, storage_kind
 
 if TYPE_CHECKING:
     import optuna
@@ -205,7 +205,7 @@ def run_workers(config: "SearchConfig", workers: int, progress: Progress | None 
         elif code < 0:
             say(f"worker {index} was killed by signal {-code}; journal storage has no heartbeat, so its trial stays "
                 "RUNNING. When no worker of this study runs any more, fail it and queue it again with: "
-                f"python -m budgetnas.storage fail-running --storage {redact(config.storage_url)} "
+                f"python -m budgetnas.storage fail-running --storage {command_storage(config.storage_url)} "
                 f"--study {config.study_name}; then rerun this search to finish the study")
     summary = search.summarise(study, config, time.perf_counter() - start)
     if interrupted or EXIT_INTERRUPTED in codes:

@@ -205,6 +205,8 @@ ROWS = {
     "storage-journal-without-path": row(*SEARCH[:-1], "journal:", "--budget", "100k", contains="journal"),
     "storage-unreachable-postgres": row(*SEARCH[:-1], f"postgresql://nas:{SECRET}@127.0.0.1:9/nas",
                                         "--budget", "100k", contains="127.0.0.1"),
+    "storage-password-in-query": row(*SEARCH[:-1], f"postgresql://nas@127.0.0.1:9/nas?password={SECRET}",
+                                     "--budget", "100k", contains="127.0.0.1"),
     "storage-sqlite-folder-missing": row(*SEARCH[:-1], "sqlite:///{tmp}/no/such/folder/s.db", "--budget", "100k",
                                          contains="no/such/folder"),
     "storage-journal-random-bytes": row(*SEARCH[:-1], "journal:{bad:random-bytes.log}", "--budget", "100k",

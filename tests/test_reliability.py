@@ -303,3 +303,81 @@ def test_two_processes_with_one_seed_propose_different_candidates_and_one_is_rep
     again = [create_or_load(open_storage(f"journal:{tmp_path}/{name}.log"), "s", settings, sampler, seed=0)
              for name in ("a", "b")]
     assert _ask_params(again[0], 5) == _ask_params(again[1], 5)  # one process: reproducible from --seed
+
+
+# --- credentials ----------------------------------------------------------------------------------
+
+SECRET = "s3cret-Pw"
+
+
+@pytest.mark.parametrize("url", [
+    f"postgresql://me:{SECRET}@db:5432/nas",
+    f"postgresql://me@db:5432/nas?password={SECRET}",
+    f"postgresql://me@db/nas?sslmode=require&password={SECRET}&application_name=x",
+    f"postgresql://me@db/nas?sslpassword={SECRET}",
+    f"host=db user=me password={SECRET} dbname=nas",
+])
+def test_every_credential_form_is_redacted(url):
+    from budgetnas.storage import command_storage, has_secret, redact
+
+    assert SECRET not in redact(url) and "***" in redact(url) and has_secret(url)
+    assert command_storage(url) == command_storage(redact(url)) == "$BUDGETNAS_STORAGE"
+    assert not has_secret("postgresql://me@db/nas?sslmode=require") and not has_secret("sqlite:///a@b.db")
+
+
+def test_printed_commands_are_runnable_without_showing_the_secret(tmp_path):
+    """The resume, dashboard and replay commands name $BUDGETNAS_STORAGE, which the shell expands to the URL."""
+    import argparse
+
+    from budgetnas.cli.search import commands, resume_command
+    from budgetnas.search import SearchConfig, SearchSummary
+
+    url = f"postgresql+psycopg2://me@db:5432/nas?password={SECRET}"
+    config = SearchConfig(budget=5000, storage=url, study="s")
+    args = argparse.Namespace(timeout=None, device="auto", precision="auto", max_mult_adds=None, workers=1)
+    summary = SearchSummary(study="s", storage_url="postgresql+psycopg2://me@db:5432/nas?password=***",
+                            objectives=("accuracy", "runtime"), trials=1, complete=1, stopped_early=0, rejected=0,
+                            failed=0, wall_seconds=1.0, front=[{"trial": 0}])
+    printed = [resume_command(args, config), *commands(summary).values()]
+    for line in printed:
+        assert SECRET not in line and "***" not in line and '--storage "$BUDGETNAS_STORAGE"' in line, line
+        # What a shell makes of the printed line: the storage argument is the real URL again.
+        words = subprocess.run(["bash", "-c", f"set -- {line.removeprefix('budgetnas ')}; printf '%s\\n' \"$@\""],
+                               capture_output=True, text=True, env={"BUDGETNAS_STORAGE": url}, check=True).stdout
+        assert words.splitlines()[words.splitlines().index("--storage") + 1] == url
+
+
+def test_storage_from_the_environment_and_no_secret_on_stderr(cli, tiny_npz, tmp_path):
+    """$BUDGETNAS_STORAGE is the storage when --storage is left out; a ?password= URL is never echoed."""
+    from test_storage import closed_port
+
+    url = f"postgresql://me@127.0.0.1:{closed_port()}/nas?password={SECRET}"
+    for how in ({"env": {"BUDGETNAS_STORAGE": url}}, {}):
+        extra = () if how else ("--storage", url)
+        proc = cli("search", "--budget", "5k", "--dataset", f"npz:{tiny_npz}", "--trials", "1", *extra, **how)
+        assert_one_line_error(proc, 2, "cannot reach database")
+        assert SECRET not in proc.stderr + proc.stdout and "password=***" in proc.stderr
+    assert not list(tmp_path.glob("*.db"))  # the environment's storage was used, not ./budgetnas.db
+
+
+def test_load_weights_is_safe_and_load_exported_is_documented_as_trusted_only(tiny_npz, tmp_path, cli):
+    import torch
+
+    from budgetnas import export
+
+    assert "Trusted files only" in export.load_exported.__doc__
+    out = tmp_path / "run"
+    proc = cli("train", "cnn-10k", "--dataset", f"npz:{tiny_npz}", "--epochs", "1", "--device", "cpu",
+               "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model, config = export.load_weights(out)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10) and config.spec.family == "cnn"
+
+    class Payload:  # what a crafted file would carry: code that runs when it is unpickled
+        def __reduce__(self):
+            return (Path.write_text, (tmp_path / "pwned", "ran"))
+
+    torch.save({"weights": Payload()}, out / "model.pt")
+    with pytest.raises(Exception):
+        export.load_weights(out)
+    assert not (tmp_path / "pwned").exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 from typing import TYPE_CHECKING, Any
 
 from budgetnas.cli._common import (add_data_options, add_device_options, add_json_option, add_storage_option,
@@ -88,11 +87,14 @@ def config_from_args(args: argparse.Namespace, budget: int | None = None) -> "Se
 
 def run(args: argparse.Namespace) -> int:
     from budgetnas.search import SearchInterrupted
-    from budgetnas.storage import redact
+    from budgetnas.storage import STORAGE_ENV, has_secret, redact
     from budgetnas.workers import run_workers
 
     config = config_from_args(args)
     progress(f"storage: {redact(config.storage_url)}  study: {config.study_name}")
+    if has_secret(config.storage_url):
+        progress(f"note: the storage URL holds a password, so the commands printed below read it from "
+                 f"${STORAGE_ENV}: export {STORAGE_ENV}='<the URL>' before running them")
     try:
         summary = run_workers(config, args.workers, progress=progress)  # 1 worker: run_search here
     except SearchInterrupted as stop:
@@ -140,17 +142,19 @@ def render(summary: "SearchSummary") -> str:
 
 def commands(summary: "SearchSummary") -> dict[str, str]:
     """The exact follow-up commands (dashboard always; replay of the most accurate front trial)."""
-    where = ["--storage", summary.storage_url]
-    result = {"dashboard": shlex.join(["budgetnas", "dashboard", *where])}
+    from budgetnas.storage import command_storage, shell_join
+
+    where = ["--storage", command_storage(summary.storage_url)]  # never a password, and still runnable
+    result = {"dashboard": shell_join(["budgetnas", "dashboard", *where])}
     if summary.front:
-        result["replay"] = shlex.join(["budgetnas", "replay", *where, "--study", summary.study,
+        result["replay"] = shell_join(["budgetnas", "replay", *where, "--study", summary.study,
                                        "--trial", str(summary.front[0]["trial"])])
     return result
 
 
 def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
     """The same search as a command line with every setting spelled out (and the storage made explicit)."""
-    from budgetnas.storage import redact
+    from budgetnas.storage import command_storage, shell_join
 
     parts = ["budgetnas", "search", "--budget", str(config.budget), "--family", config.family,
              "--dataset", config.dataset]
@@ -162,7 +166,8 @@ def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
         parts += ["--trials", str(config.trials)]
     if args.timeout:
         parts += ["--timeout", args.timeout]
-    parts += ["--epochs", str(config.epochs), "--storage", redact(config.storage_url), "--study", config.study_name,
+    parts += ["--epochs", str(config.epochs), "--storage", command_storage(config.storage_url),
+              "--study", config.study_name,
               "--sampler", config.sampler, "--objectives", ",".join(config.objectives),
               "--parameterisation", config.parameterisation, "--seed", str(config.seed)]
     if args.device != "auto":
@@ -179,4 +184,4 @@ def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
         parts.append("--no-early-stop")
     if getattr(args, "workers", 1) != 1:
         parts += ["--workers", str(args.workers)]
-    return shlex.join(parts)
+    return shell_join(parts)

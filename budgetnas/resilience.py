@@ -5,8 +5,9 @@ search with four tracebacks (the heartbeat thread's and the main thread's), then
 own ``UnboundLocalError``, and the trial left RUNNING. Now:
 
 * every call of an RDB storage retries *transient* errors (SQLAlchemy's ``OperationalError``,
-  ``InterfaceError`` or ``DisconnectionError`` anywhere in the exception chain: a refused or
-  dropped connection, SQLite's "database is locked") with exponential backoff (0.5 s,
+  ``InterfaceError``, ``DisconnectionError`` or ``PendingRollbackError`` anywhere in the
+  exception chain: a refused or dropped connection, a session whose rollback failed while the
+  server was away, SQLite's "database is locked"), on a fresh session, with exponential backoff (0.5 s,
   1 s, 2 s, ... at most 10 s apart) for up to ``BUDGETNAS_STORAGE_RETRY`` seconds (default
   60). The engine's ``pool_pre_ping`` replaces the dead connections once the server is back,
   so a restart within that window costs the search nothing;
@@ -62,7 +63,8 @@ def is_transient(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError)):
+        if isinstance(current, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError,
+                                sa.PendingRollbackError)) or getattr(current, "connection_invalidated", False):
             return True
         current = current.__cause__ or current.__context__
     return False
@@ -109,10 +111,18 @@ class RetryingRDBStorage(RDBStorage):
                             f"{self._retry_for:.0f}s ({RETRY_ENV}); the study is saved: rerun the same command "
                             "when the server is up (a trial that was running is failed and retried)")
                         raise self.unavailable from None
+                    self._forget_session()
                     time.sleep(delay)
                     delay = min(delay * 2, 10.0)
         finally:
             self._depth.value = 0
+
+    def _forget_session(self) -> None:
+        """Drop this thread's session: one whose rollback failed with the server gone cannot be reused."""
+        try:
+            self.scoped_session.remove()
+        except Exception:
+            pass
 
     def record_heartbeat(self, trial_id: int) -> None:
         """Never raises (it runs in Optuna's heartbeat thread); a missed heartbeat is only late."""
@@ -121,7 +131,7 @@ class RetryingRDBStorage(RDBStorage):
         try:
             RDBStorage.record_heartbeat(self, trial_id)
         except Exception:
-            return
+            self._forget_session()
 
 
 def _retried(name: str) -> Callable[..., Any]:

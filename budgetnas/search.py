@@ -40,7 +40,7 @@ from budgetnas.space import SPACE_VERSION, check_choices, minimal_spec, smallest
 from budgetnas.storage import normalise_url, open_storage, redact
 from budgetnas.study import create_or_load, default_study_name, parse_objectives
 from budgetnas.trainer import PAPER_RECIPE, Recipe
-from budgetnas.workers import StopAtTotal, retried_numbers
+from budgetnas.workers import GiveWay, StopAtTotal, retried_numbers
 
 Progress = Callable[[str], None]
 
@@ -191,10 +191,12 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Prog
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_Reporter(config, say)]
     if config.trials is not None:
         callbacks.insert(0, StopAtTotal(config.trials, _counts, say=say))
+        objective = GiveWay(objective, config.trials, _counts)  # exactly --trials, even when workers race
     start = time.perf_counter()
     try:
         with guard.installed(study):
-            study.optimize(objective, timeout=config.timeout, catch=(RunFailure,), callbacks=callbacks)
+            while not optimize_once(study, objective, config.timeout, start, callbacks, say):
+                pass  # this worker's trial was failed as stale by another one: go on with the next trial
     except KeyboardInterrupt:
         guard.requested = True
     except Exception:
@@ -207,6 +209,30 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Prog
         summary.interrupted = True
         raise SearchInterrupted(summary)
     return summary
+
+
+def optimize_once(study: optuna.Study, objective: Callable[[Any], Any], timeout: float | None, start: float,
+                  callbacks: list[Callable[[optuna.Study, FrozenTrial], None]], say: Progress) -> bool:
+    """``study.optimize`` for what is left of ``timeout``; False if it must be called again.
+
+    While the database is away a trial's heartbeat cannot be recorded; if that lasts longer
+    than the grace period, another worker fails the trial as stale and queues its retry. When
+    this worker then reports its result, Optuna refuses ("Cannot tell a FAIL trial", or its
+    "Should not reach" assertion) and ``optimize`` ends. The result is dropped (the retry runs
+    elsewhere) and the search goes on.
+    """
+    left = None if timeout is None else timeout - (time.perf_counter() - start)
+    if left is not None and left <= 0:
+        return True
+    try:
+        study.optimize(objective, timeout=left, catch=(RunFailure,), callbacks=callbacks)
+    except (ValueError, AssertionError) as exc:
+        if "Cannot tell a FAIL trial" not in str(exc) and "Should not reach" not in str(exc):
+            raise
+        say("this worker's trial was failed as stale by another worker while the database was away (its "
+            "heartbeat could not be recorded); its retry runs there, so this result is dropped")
+        return False
+    return True
 
 
 def check_config(config: SearchConfig) -> None:
@@ -236,8 +262,9 @@ def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_cl
 
 
 def count_finished(study: optuna.Study) -> int:
-    """Trials that count towards ``--trials``: every finished trial except ones cut by Ctrl-C
-    and ones of a killed worker that were queued again (their retry counts instead)."""
+    """Trials that count towards ``--trials``: every finished trial except ones cut by Ctrl-C,
+    ones of a killed worker that were queued again (their retry counts instead) and ones that
+    gave way to another worker's (``surplus``, :class:`budgetnas.workers.GiveWay`)."""
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)
     return sum(1 for t in trials if _counts(t, retried))
@@ -246,7 +273,8 @@ def count_finished(study: optuna.Study) -> int:
 def _counts(trial: FrozenTrial, retried: AbstractSet[int] = frozenset()) -> bool:
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and "interrupted" not in trial.user_attrs and trial.number not in retried
+    return (trial.state == TrialState.FAIL and "interrupted" not in trial.user_attrs and "surplus" not in trial.user_attrs
+            and trial.number not in retried)
 
 
 def summarise(study: optuna.Study, config: SearchConfig, wall_seconds: float) -> SearchSummary:

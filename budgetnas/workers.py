@@ -24,9 +24,9 @@ stop rule of every worker) ends a worker when the study has enough finished tria
 also does not start a new trial when the finished ones plus those other workers are
 running already reach the total: it waits for them instead. If one of those dies (its
 heartbeat goes stale, see :mod:`budgetnas.storage`), Optuna fails it and queues a retry,
-and the waiting worker runs the retry, so the study still completes. The only overshoot is
-a race: two workers that finish at the same moment may both start a trial, so a study can
-end with up to N-1 trials more than asked (rare; usually none). Without a heartbeat
+and the waiting worker runs the retry, so the study still completes. Two workers that finish
+at the same moment may both start a trial; :class:`GiveWay` then lets the higher-numbered one
+give way (a ``surplus`` FAIL that does not count), so a study ends with exactly the total. Without a heartbeat
 (journal storage) a worker cannot tell a dead peer from a slow one, so it stops instead of
 waiting; a killed worker's trial then stays RUNNING and the study ends one short, until
 :func:`budgetnas.storage.fail_running_trials` fails it and the search is run again.
@@ -130,6 +130,34 @@ class StopAtTotal:
                  f"so at most about {grace + (interval or 0)}s from the kill") if grace else ""
         self.say(f"waiting for running trial(s) {', '.join(map(str, running))} to finish before starting another "
                  f"(--trials {self.total} counts them){limit}")
+
+
+class GiveWay:
+    """Wraps an objective so that a trial that would overshoot ``--trials`` is not run.
+
+    :class:`StopAtTotal` decides before a trial is created, so two workers finishing at the same
+    moment could both start one. Trial numbers are handed out atomically by the storage, so the
+    newly created trial checks again: if the counted finished trials plus the trials running
+    with a *lower* number already reach the total, it gives way (FAIL with the user attribute
+    ``surplus``, which does not count), and exactly one of two racing workers trains.
+    """
+
+    def __init__(self, objective: Callable[[Any], Any], total: int, counts: Callable[[Any, set[int]], bool]) -> None:
+        self.objective = objective
+        self.total = total
+        self.counts = counts
+
+    def __call__(self, trial: Any) -> Any:
+        from optuna.trial import TrialState
+
+        trials = trial.study.get_trials(deepcopy=False)
+        retried = retried_numbers(trials)
+        finished = sum(1 for t in trials if t.state.is_finished() and self.counts(t, retried))
+        ahead = sum(1 for t in trials if t.state == TrialState.RUNNING and t.number < trial.number)
+        if finished + ahead >= self.total:
+            trial.set_user_attr("surplus", f"{finished} finished + {ahead} running reach --trials {self.total}")
+            raise RunFailure(f"trial {trial.number} gives way: the study's other trials reach --trials {self.total}")
+        return self.objective(trial)
 
 
 def retried_numbers(trials: list[Any]) -> set[int]:

@@ -88,7 +88,8 @@ def counted(trials) -> list:
     """Finished trials that count towards --trials (the rule of budgetnas.search.count_finished)."""
     again = retried(trials)
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            or (t.state == TrialState.FAIL and "interrupted" not in t.user_attrs and t.number not in again)]
+            or (t.state == TrialState.FAIL and "interrupted" not in t.user_attrs and "surplus" not in t.user_attrs
+                and t.number not in again)]
 
 
 def assert_well_formed(trials) -> None:

@@ -93,7 +93,8 @@ def check_model_memory(spec: "Spec", input_shape: tuple[int, int, int], num_clas
     need = model_bytes(spec, input_shape, num_classes, batch=batch, training=training)
     have = available_memory()
     if need > have:
-        doing = f"to train at batch {batch}" if training else (f"for a batch of {batch}" if batch else "for its weights")
+        doing = (f"to train at batch {batch}" if training
+                 else f"for a batch of {batch}" if batch else "for its weights")
         raise UsageError(f"{what} needs at least {gib(need)} {doing} ({spec.describe()[:120]}), more than the "
                          f"{gib(have)} of memory available; use smaller widths" + (" or batch" if batch else ""))
 

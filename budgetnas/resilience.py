@@ -19,7 +19,8 @@ own ``UnboundLocalError``, and the trial left RUNNING. Now:
 * the heartbeat thread never raises: a missed heartbeat is harmless while the main thread
   retries (it is late, not lost), and a thread's exception would print a traceback;
 * a retried call whose first attempt reached the server but whose answer was lost is
-  repeated: for writes this can, rarely, duplicate a trial or fail with "already finished".
+  repeated: a state change then finds its own earlier write and succeeds, but a trial
+  creation can, rarely, leave a duplicate trial.
 
 :class:`RetryStaleTrial` is Optuna's ``RetryHeartbeatStaleTrialCallback`` without the
 copied constraint values: the retry computes its own, and Optuna warns ("The constraint
@@ -117,6 +118,28 @@ class RetryingRDBStorage(RDBStorage):
         finally:
             self._depth.value = 0
 
+    def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
+        """Retried like every call; a retry that finds the trial already in ``state`` reports success.
+
+        A commit whose answer was lost in the outage did change the state; without this the
+        retry's "already finished" would make Optuna skip the stale trial's retry.
+        """
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        attempts = 0
+
+        def once(storage: RetryingRDBStorage, *args: Any) -> bool:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return RDBStorage.set_trial_state_values(storage, *args)
+            except UpdateFinishedTrialError:
+                if attempts > 1 and RDBStorage.get_trial(storage, trial_id).state == state:
+                    return True
+                raise
+
+        return self._call(once, trial_id, state, values)
+
     def _forget_session(self) -> None:
         """Drop this thread's session: one whose rollback failed with the server gone cannot be reused."""
         try:
@@ -146,7 +169,7 @@ def _retried(name: str) -> Callable[..., Any]:
 
 
 for _name in [n for n in dir(RDBStorage) if (not n.startswith("_") or n == "_get_stale_trial_ids")]:
-    if _name not in _NOT_RETRIED and callable(getattr(RDBStorage, _name)) and not isinstance(
+    if _name not in _NOT_RETRIED | {"set_trial_state_values"} and callable(getattr(RDBStorage, _name)) and not isinstance(
             RDBStorage.__dict__.get(_name), (staticmethod, classmethod)):
         setattr(RetryingRDBStorage, _name, _retried(_name))
 

@@ -9,11 +9,11 @@ the :class:`SearchSummary`. ``trials`` is the total for the study: trials alread
 (complete, pruned or rejected, or failed by an error) count, so rerunning an interrupted
 search finishes the same study.
 
-Ctrl-C (or SIGTERM, answered the same way, exit code 130): during training it interrupts at once; the trial is recorded FAIL with an
-``interrupted`` user attribute. Elsewhere (while Optuna writes to the storage) it is only
-noted, and the search stops before the next trial starts, so the storage is never left
-half-written. Either way :class:`SearchInterrupted` is raised and the study can be resumed
-by running the same search again.
+Ctrl-C (or SIGTERM, answered the same way; exit code 130): during training it interrupts at
+once; the trial is recorded FAIL with an ``interrupted`` user attribute. Elsewhere (while
+Optuna writes to the storage) it is only noted, and the search stops before the next trial
+starts, so the storage is never left half-written. Either way :class:`SearchInterrupted` is
+raised and the study can be resumed by running the same search again.
 """
 
 from __future__ import annotations
@@ -273,8 +273,9 @@ def count_finished(study: optuna.Study) -> int:
 def _counts(trial: FrozenTrial, retried: AbstractSet[int] = frozenset()) -> bool:
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return (trial.state == TrialState.FAIL and "interrupted" not in trial.user_attrs and "surplus" not in trial.user_attrs
-            and trial.number not in retried)
+    attrs = trial.user_attrs
+    return trial.state == TrialState.FAIL and "interrupted" not in attrs and "surplus" not in attrs and \
+        trial.number not in retried
 
 
 def summarise(study: optuna.Study, config: SearchConfig, wall_seconds: float) -> SearchSummary:

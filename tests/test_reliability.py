@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import REPO, assert_one_line_error, run_cli
-from pg import own_postgres, postgres_url  # noqa: F401
+from pg import own_postgres, postgres_url  # noqa: F401, F811
 
 from budgetnas.errors import StorageError
 from budgetnas.journal import check_journal, repair_journal

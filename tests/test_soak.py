@@ -25,7 +25,7 @@ import optuna
 import pytest
 from conftest import REPO
 from optuna.trial import TrialState
-from pg import FAST_HEARTBEAT, assert_well_formed, counted, own_postgres, postgres_url, search_args  # noqa: F401
+from pg import FAST_HEARTBEAT, assert_well_formed, counted, own_postgres, postgres_url, search_args  # noqa: F401, F811
 
 from budgetnas.storage import Heartbeat, open_storage
 

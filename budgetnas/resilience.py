@@ -140,6 +140,36 @@ class RetryingRDBStorage(RDBStorage):
 
         return self._call(once, trial_id, state, values)
 
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials, plus RUNNING trials that never recorded a heartbeat.
+
+        Optuna skips a trial without any heartbeat, but a worker killed between creating a trial
+        and its first heartbeat (while the sampler proposes it) leaves exactly that: a trial
+        RUNNING for ever, which every other worker then waits for. Such a trial is stale once it
+        started longer ago than the grace period plus one interval.
+        """
+        from datetime import datetime, timedelta
+
+        from optuna.storages._rdb import models
+        from optuna.trial import TrialState
+        from sqlalchemy import orm
+
+        def silent(storage: RetryingRDBStorage, study_id: int) -> list[int]:
+            grace = (storage.grace_period or 2 * storage.heartbeat_interval) + storage.heartbeat_interval
+            cutoff = datetime.now() - timedelta(seconds=grace)
+            session = storage.scoped_session()
+            try:
+                running = (session.query(models.TrialModel).options(orm.selectinload(models.TrialModel.heartbeats))
+                           .filter(models.TrialModel.state == TrialState.RUNNING,
+                                   models.TrialModel.study_id == study_id).all())
+                return [t.trial_id for t in running
+                        if not t.heartbeats and t.datetime_start is not None and t.datetime_start < cutoff]
+            finally:
+                session.rollback()
+                session.close()
+
+        return self._call(RDBStorage._get_stale_trial_ids, study_id) + self._call(silent, study_id)
+
     def _forget_session(self) -> None:
         """Drop this thread's session: one whose rollback failed with the server gone cannot be reused."""
         try:
@@ -169,7 +199,7 @@ def _retried(name: str) -> Callable[..., Any]:
 
 
 for _name in [n for n in dir(RDBStorage) if (not n.startswith("_") or n == "_get_stale_trial_ids")]:
-    if _name not in _NOT_RETRIED | {"set_trial_state_values"} and callable(getattr(RDBStorage, _name)) and not isinstance(
+    if _name not in _NOT_RETRIED | {"set_trial_state_values", "_get_stale_trial_ids"} and callable(getattr(RDBStorage, _name)) and not isinstance(
             RDBStorage.__dict__.get(_name), (staticmethod, classmethod)):
         setattr(RetryingRDBStorage, _name, _retried(_name))
 

@@ -381,3 +381,19 @@ def test_load_weights_is_safe_and_load_exported_is_documented_as_trusted_only(ti
     with pytest.raises(Exception):
         export.load_weights(out)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_trial_killed_before_its_first_heartbeat_becomes_stale(tmp_path):
+    """Optuna skips trials without any heartbeat: one killed while it was being sampled would stay RUNNING."""
+    from optuna.trial import TrialState
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=Heartbeat(interval=1, grace_period=2))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=storage, study_name="s")
+    orphan = study.ask()  # created RUNNING; its worker dies before the heartbeat thread starts
+    assert storage._get_stale_trial_ids(study._study_id) == []  # too young
+    time.sleep(3.5)  # past grace + one interval
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert [t.system_attrs["failed_trial"] for t in trials if t.state == TrialState.WAITING] == [orphan.number]

@@ -5,7 +5,8 @@ command), a private real PostgreSQL cluster (``tests/pg.py``), real training on 
 Fashion-MNIST slice (1 epoch, a 5k budget). Every few finished trials one worker is
 SIGKILLed and started again; once, the server is stopped and started while they train.
 At the end the study must hold exactly ``--trials`` counted trials, consecutive unique
-numbers, nothing RUNNING, and every trial a kill left behind must have been retried.
+numbers, nothing RUNNING, no candidate proposed twice (all workers use the default seed),
+and every trial a kill left behind must have been retried.
 Heartbeats are shortened through the environment (1 s interval, 3 s grace).
 
 Run it with ``pytest tests/test_soak.py -s`` to see its figures (duration, kills, retries).
@@ -102,6 +103,8 @@ def test_soak_four_workers_kills_and_a_server_restart(tiny_npz, tmp_path, own_po
     assert set(killed) <= retried, [(t.number, t.params, sorted(t.user_attrs), t.system_attrs,  # every kill's
                                      t.datetime_start, t.datetime_complete)  # trial was retried
                                     for t in trials if t.number in set(killed) - retried]
+    fresh = [tuple(sorted(t.params.items())) for t in trials if "failed_trial" not in t.system_attrs and t.params]
+    assert len(set(fresh)) == len(fresh), "independent workers with one --seed proposed the same candidate"
     retries = [t for t in trials if "failed_trial" in t.system_attrs]
     assert all(t.state.is_finished() for t in retries)
     figures = {"seconds": round(seconds, 1), "workers": WORKERS, "kills": kills, "trials_killed_mid_run": len(killed),

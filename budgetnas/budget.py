@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from budgetnas.errors import UsageError
 
 _ACCEPTED = "accepted forms: 100k, 100K, 0.1M, 100000, 100_000"
-_PATTERN = re.compile(r"^\s*(\d[\d_]*(?:\.\d+)?|\.\d+)\s*([kKmMgG]?)\s*$")
+# ASCII digits only: Python's \d (and float()) would also take full-width or Arabic-Indic digits,
+# which a budget typed by mistake in another script should not silently become.
+_PATTERN = re.compile(r"^\s*(\d[\d_]*(?:\.\d+)?|\.\d+)\s*([kKmMgG]?)\s*$", re.ASCII)
 
 
 def parse_budget(text: str | int, what: str = "budget") -> int:
@@ -19,15 +22,16 @@ def parse_budget(text: str | int, what: str = "budget") -> int:
     if isinstance(text, bool):
         raise UsageError(f"{what} {text!r} is not a number; {_ACCEPTED}")
     if isinstance(text, int):
-        value = float(text)
+        value = Decimal(text)
     else:
         match = _PATTERN.match(str(text))
         if not match or "__" in match.group(1) or match.group(1).endswith("_"):
-            raise UsageError(f"{what} {text!r} is not understood; {_ACCEPTED}")
+            ascii_only = "" if str(text).isascii() else " (digits must be ASCII 0-9)"
+            raise UsageError(f"{what} {text!r} is not understood{ascii_only}; {_ACCEPTED}")
         number, suffix = match.groups()
         scale = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}[suffix.lower()]
-        value = float(number.replace("_", "")) * scale
-    if value != int(value):
+        value = Decimal(number.replace("_", "")) * scale  # exact: 1.005k is 1005, not 1004.9999
+    if value != value.to_integral_value():
         raise UsageError(f"{what} {text!r} is not a whole number of parameters; {_ACCEPTED}")
     if value <= 0:
         raise UsageError(f"{what} {text!r} must be positive; {_ACCEPTED}")

@@ -32,6 +32,7 @@ import tomli_w
 
 from budgetnas.data import check_dataset_name
 from budgetnas.errors import UsageError
+from budgetnas.limits import check_small_file
 from budgetnas.spec import Spec, spec_from_dict, spec_to_dict
 from budgetnas.trainer import Recipe
 
@@ -91,11 +92,15 @@ def load_config(path: str | Path) -> RunConfig:
     """Read a run config; every problem is a one-line :class:`UsageError` naming the file."""
     path = Path(path)
     try:
+        if path.exists():
+            check_small_file(path, "config file")  # never read /dev/zero, a FIFO or a huge file
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(f"config file {path} does not exist") from None
     except OSError as exc:
         raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config file {path} is not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

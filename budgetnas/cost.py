@@ -36,11 +36,12 @@ Rejections are Optuna constraints (``Trial.set_constraint``), so TPE learns wher
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Literal, Union
 
-from budgetnas.counting import PAPER_BATCH, count_mult_adds, human_count
+from budgetnas.counting import PAPER_BATCH, count_mult_adds, count_params, human_count
+from budgetnas.errors import UsageError
+from budgetnas.limits import _FLOAT, available_memory as host_memory, gib
 from budgetnas.space import POOL, POOLED_SIZE
 from budgetnas.spec import CNNSpec, FCNSpec, Spec, feature_shapes
 
@@ -115,17 +116,7 @@ def available_memory(device: str = "cpu") -> int | None:
         import torch
 
         return int(torch.cuda.mem_get_info()[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
+    return host_memory()
 
 
 def default_max_memory(device: str = "cpu") -> int | None:
@@ -175,3 +166,41 @@ def human_bytes(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{int(n)} B"
+
+
+def activation_values(spec: "Spec", input_shape: tuple[int, int, int]) -> int:
+    """Values one sample's forward pass produces (each layer output, before and after pooling)."""
+    total = math.prod(input_shape)
+    if isinstance(spec, CNNSpec):
+        _, h, w = input_shape
+        for block, (c, ph, pw) in zip(spec.conv, feature_shapes(spec, input_shape)):
+            h = h + 2 * block.padding - block.kernel_size + 1
+            w = w + 2 * block.padding - block.kernel_size + 1
+            total += c * h * w * (3 if block.batch_norm else 2) + c * ph * pw  # conv, [bn], act, pool
+            h, w = ph, pw
+        widths = spec.fc
+    elif isinstance(spec, FCNSpec):
+        widths = spec.hidden
+    else:  # another family: its activations are not estimated here (the weights still are)
+        widths = ()
+    return total + 3 * sum(widths)
+
+
+def model_bytes(spec: "Spec", input_shape: tuple[int, int, int], num_classes: int, *, batch: int = 0,
+                training: bool = False) -> int:
+    """Lower bound of the memory a model needs: weights (x4 when training: grads, Adam) + activations."""
+    params = count_params(spec, input_shape, num_classes)
+    values = params * (4 if training else 1) + batch * activation_values(spec, input_shape) * (2 if training else 1)
+    return values * _FLOAT
+
+
+def check_model_memory(spec: "Spec", input_shape: tuple[int, int, int], num_classes: int, *, batch: int = 0,
+                       training: bool = False, what: str = "this model") -> None:
+    """Raise UsageError if ``spec`` cannot fit in the memory available now (see the module docstring)."""
+    need = model_bytes(spec, input_shape, num_classes, batch=batch, training=training)
+    have = host_memory()
+    if need > have:
+        doing = (f"to train at batch {batch}" if training
+                 else f"for a batch of {batch}" if batch else "for its weights")
+        raise UsageError(f"{what} needs at least {gib(need)} {doing} ({spec.describe()[:120]}), more than the "
+                         f"{gib(have)} of memory available; use smaller widths" + (" or batch" if batch else ""))

@@ -61,9 +61,9 @@ def torchinfo_mult_adds(spec: Spec, input_shape: tuple[int, int, int], num_class
     """torchinfo's mult-adds of the built model (used to cross-check :func:`count_mult_adds`)."""
     import torchinfo
 
-    from budgetnas.model import build_model
+    from budgetnas.families import family_of  # the family's builder: no import of model.py from here
 
-    model = build_model(spec, input_shape, num_classes)
+    model = family_of(spec).build(spec, input_shape, num_classes)
     stats = torchinfo.summary(model, input_size=(batch, *input_shape), verbose=0, device="cpu")
     return int(stats.total_mult_adds)
 
@@ -81,9 +81,9 @@ def torchinfo_trainable(spec: Spec, input_shape: tuple[int, int, int], num_class
     """torchinfo's trainable-parameter count (used to cross-check :func:`count_params`)."""
     import torchinfo
 
-    from budgetnas.model import build_model
+    from budgetnas.families import family_of  # the family's builder: no import of model.py from here
 
-    model = build_model(spec, input_shape, num_classes)
+    model = family_of(spec).build(spec, input_shape, num_classes)
     stats = torchinfo.summary(model, input_size=(1, *input_shape), verbose=0, device="cpu")
     return int(stats.trainable_params)
 

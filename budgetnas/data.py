@@ -94,6 +94,8 @@ def load_dataset(name: str = "fashion-mnist", root: str | os.PathLike | None = N
     if subset is not None:
         if subset < 20:
             raise DataError(f"subset must be at least 20 images, got {subset}")
+        if subset > len(y_train):
+            raise DataError(f"subset {subset:,} is larger than the {len(y_train):,} training images of {name}")
         x_train, y_train = _stratified_take(x_train, y_train, subset, seed)
         x_test, y_test = _stratified_take(x_test, y_test, subset, seed)
     train_idx, val_idx = _split_indices(y_train, val_fraction, seed)
@@ -203,8 +205,11 @@ def _load_npz(path: Path):
         raise DataError(f"npz file {path} does not exist; give npz:PATH to a file with "
                         "x_train, y_train, x_test, y_test")
     try:
+        _check_npz_sizes(path)  # from the headers, before numpy allocates what they declare
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"cannot read {path} as an npz file ({_short(exc)})") from exc
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
@@ -214,12 +219,39 @@ def _load_npz(path: Path):
     if xs[0].shape[1:] != xs[1].shape[1:]:
         raise DataError(f"{path}: x_train images are {xs[0].shape[1:]} but x_test images are {xs[1].shape[1:]}")
     ys = [_npz_labels(arrays[k], k, path, len(x)) for k, x in (("y_train", xs[0]), ("y_test", xs[1]))]
-    num_classes = int(ys[0].max()) + 1
+    present = np.unique(ys[0])
+    num_classes = int(present[-1]) + 1
+    if num_classes > len(present):  # sparse labels would silently become extra (empty) classes
+        missing = int(np.setdiff1d(np.arange(min(num_classes, len(present) + 1)), present)[0])
+        raise DataError(f"{path}: y_train labels must be 0..K-1 with every class present, but its {len(present)} "
+                        f"distinct labels go up to {num_classes - 1:,} (label {missing} is missing)")
     if num_classes < 2:
         raise DataError(f"{path}: y_train has a single class; labels must be 0..K-1 with K >= 2")
     if int(ys[1].max()) >= num_classes:
         raise DataError(f"{path}: y_test has label {int(ys[1].max())} not seen in y_train (0..{num_classes - 1})")
     return xs[0], ys[0], xs[1], ys[1], tuple(str(i) for i in range(num_classes))
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Refuse arrays whose declared size exceeds what the file stores, or all of them the free memory."""
+    import zipfile
+
+    from budgetnas.limits import available_memory, gib
+
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(member)
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if declared > info.file_size:
+                raise DataError(f"{path}: {info.filename.removesuffix('.npy')} declares shape {shape} "
+                                f"({declared:,} bytes) but the file stores only {info.file_size:,}; it is corrupt")
+            total += declared
+    if total > available_memory():
+        raise DataError(f"{path} needs {gib(total)} of memory, more than the {gib(available_memory())} available")
 
 
 def _npz_images(x: np.ndarray, key: str, path: Path) -> np.ndarray:

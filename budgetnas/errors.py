@@ -42,3 +42,7 @@ class RunFailure(BudgetNASError, RuntimeError):
 
 class TrainingDiverged(RunFailure):
     """The training loss became NaN or infinite."""
+
+
+class StorageUnavailable(RunFailure):
+    """The database went away while running and did not come back within the retry window."""

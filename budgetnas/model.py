@@ -42,6 +42,9 @@ class Net(nn.Module):
 
 def build_model(spec: Spec, input_shape: tuple[int, int, int], num_classes: int) -> Net:
     """Build the network that ``spec`` describes for ``input_shape`` (C, H, W) inputs."""
+    from budgetnas.cost import check_model_memory
+
+    check_model_memory(spec, input_shape, num_classes)  # before PyTorch allocates the weights
     if not isinstance(spec, (CNNSpec, FCNSpec)):  # any other family builds its own model
         from budgetnas.families import family_of
 

@@ -36,6 +36,7 @@ from budgetnas.counting import PAPER_BATCH, count_params, human_count
 from budgetnas.errors import RunFailure
 from budgetnas.families import get_family
 from budgetnas.fmt import percent
+from budgetnas.limits import available_memory, gib
 from budgetnas.proxies import SCREEN_ATTR, ProxyScreen
 from budgetnas.space import sample_recipe
 from budgetnas.spec import spec_to_dict
@@ -111,6 +112,10 @@ class Objective:
         elif self.bounds.max_memory is not None and memory is not None and memory > self.bounds.max_memory:
             reason = (f"{cost.human_bytes(memory)} of training activations (estimated, batch {recipe.batch_size}) "
                       f"> cap {cost.human_bytes(self.bounds.max_memory)}: {spec.describe()}")
+        elif (need := cost.model_bytes(spec, data.input_shape, data.num_classes, batch=recipe.batch_size,
+                                  training=True)) > available_memory():
+            # Whatever the caps say (even none): a model that cannot fit at all is never built.
+            reason = f"needs at least {gib(need)} of memory to train, more than is available: {spec.describe()}"
         if not reason and self.screen is not None:
             reason = self._screened(trial, spec)
         if reason:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from budgetnas.errors import UsageError
+from budgetnas.limits import MAX_EPOCHS, MAX_SEED, MAX_SPEC_INT
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -36,10 +37,13 @@ class Recipe:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
+        for name, minimum, maximum in (("epochs", 1, MAX_EPOCHS), ("batch_size", 1, MAX_SPEC_INT),
+                                       ("seed", 0, MAX_SEED)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise UsageError(f"recipe {name} must be an integer >= {minimum}, got {value!r}")
+            if value > maximum:  # bounded before anything is allocated or seeded (budgetnas.limits)
+                raise UsageError(f"recipe {name} must be <= {maximum:,}, got {value:,}")
         for name, low, high in (("lr", 0.0, 10.0), ("weight_decay", 0.0, 1.0), ("label_smoothing", 0.0, 0.5)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:

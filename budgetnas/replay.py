@@ -222,24 +222,12 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
 def load_trained(folder: str | Path) -> tuple[Any, Any]:
     """(Net with its trained weights, RunConfig) from a folder holding ``model.pt`` and its config.
 
-    Reads a replay's ``out`` (``spec.toml``) as well as ``budgetnas train --out`` (``config.toml``).
+    Reads a replay's ``out`` (``spec.toml``) as well as ``budgetnas train --out`` (``config.toml``);
+    nothing is unpickled (:func:`budgetnas.export.load_weights`, which this is).
     """
-    import torch
+    from budgetnas.export import load_weights
 
-    from budgetnas.config import load_config
-    from budgetnas.data import dataset_info
-    from budgetnas.model import build_model
-
-    folder = Path(folder)
-    config_path = next((folder / n for n in ("spec.toml", "config.toml") if (folder / n).is_file()), None)
-    if config_path is None or not (folder / "model.pt").is_file():
-        raise UsageError(f"{folder} holds no trained model: expected model.pt with spec.toml or config.toml "
-                         "(written by budgetnas replay or budgetnas train --out)")
-    config = load_config(config_path)
-    input_shape, num_classes = dataset_info(config.dataset)
-    model = build_model(config.spec, input_shape, num_classes)
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-    return model.eval(), config
+    return load_weights(folder)
 
 
 def _numbered_trial(study: Any, number: int) -> Any:

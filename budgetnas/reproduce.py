@@ -26,6 +26,7 @@ from budgetnas import tables
 from budgetnas.config import RunConfig, load_config, save_config
 from budgetnas.errors import FieldError, UsageError
 from budgetnas.fmt import percent, plural
+from budgetnas.cost import check_model_memory
 from budgetnas.progress import Remaining
 from budgetnas.replay import check_writable
 from budgetnas.families import family_of
@@ -122,6 +123,7 @@ def count_config(config: RunConfig, batch: int = 512, data_root: str | None = No
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise UsageError(f"--batch must be a positive integer, got {batch!r}")
     input_shape, num_classes = dataset_info(config.dataset, data_root)
+    check_model_memory(config.spec, input_shape, num_classes, batch=batch, what=config.name)  # torchinfo runs it
     return {
         "name": config.name, "dataset": config.dataset, "input_shape": list(input_shape),
         "num_classes": num_classes, "batch": batch, "spec": config.spec.describe(),
@@ -154,6 +156,8 @@ def train_config(config: RunConfig, *, device: str = "auto", precision: str = "a
 
     if data is None:
         data = load_dataset(config.dataset, data_root, with_test=True, subset=subset)
+    check_model_memory(config.spec, data.input_shape, data.num_classes, batch=config.recipe.batch_size,
+                       training=True, what=config.name)
     run = train_run(config.spec, config.recipe, data, dataset=config.dataset, subset=subset, device=device,
                     precision=precision, on_epoch=on_epoch, threads=threads)
     metrics = {**run.metrics, "name": config.name, "threads": _torch_threads(),

@@ -9,11 +9,11 @@ the :class:`SearchSummary`. ``trials`` is the total for the study: trials alread
 (complete, pruned or rejected, or failed by an error) count, so rerunning an interrupted
 search finishes the same study.
 
-Ctrl-C: during training it interrupts at once; the trial is recorded FAIL with an
-``interrupted`` user attribute. Elsewhere (while Optuna writes to the storage) it is only
-noted, and the search stops before the next trial starts, so the storage is never left
-half-written. Either way :class:`SearchInterrupted` is raised and the study can be resumed
-by running the same search again.
+Ctrl-C (or SIGTERM, answered the same way; exit code 130): during training it interrupts at
+once; the trial is recorded FAIL with an ``interrupted`` user attribute. Elsewhere (while
+Optuna writes to the storage) it is only noted, and the search stops before the next trial
+starts, so the storage is never left half-written. Either way :class:`SearchInterrupted` is
+raised and the study can be resumed by running the same search again.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from budgetnas.device import resolve_placement
 from budgetnas.errors import FieldError, RunFailure, UsageError
 from budgetnas.families import check_choices, family_key, get_family
 from budgetnas.fmt import percent
+from budgetnas.limits import check_search_edges
 from budgetnas.objective import Objective
 from budgetnas.progress import Monitor, as_monitor, clock
 from budgetnas.proxies import ProxyScreen, check_screen
@@ -44,7 +45,7 @@ from budgetnas.stopping import make_pruner, resolve_pruner
 from budgetnas.storage import normalise_url, open_storage, redact
 from budgetnas.study import create_or_load, default_study_name, parse_objectives
 from budgetnas.trainer import PAPER_RECIPE, Recipe
-from budgetnas.trialcount import StopAtTotal, count_finished, counted_trials, counts
+from budgetnas.trialcount import GiveWay, StopAtTotal, count_finished, counted_trials, counts
 
 Progress = Callable[[str], None]
 DEFAULT_TIMEOUT = 15 * 60.0  # seconds, when neither trials nor timeout is given: ends in ~15-20 min on a 2-core CPU
@@ -253,19 +254,25 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Moni
     say(f"cost bounds: {objective.bounds.describe()} (checked before a candidate is built; widen with "
         "--max-mult-adds / --max-memory)")
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_Reporter(config, say)]
-    total = StopAtTotal(config.trials) if config.trials is not None else None
+    total = StopAtTotal(config.trials, say=say) if config.trials is not None else None
     if total is not None:
         callbacks.insert(0, total)
+        objective = GiveWay(objective, config.trials)  # exactly --trials, even when independent processes race
     start = time.perf_counter()
     say.start(config.trials, done_before, config.timeout)
     try:
         with guard.installed(study):
             # The first trial is checked too: other workers may hold the last places (workers.py).
             if total is None or total.room(study):
-                study.optimize(_released(objective, total), timeout=config.timeout, catch=(RunFailure,),
-                               callbacks=callbacks)
+                while not optimize_once(study, _released(objective, total), config.timeout, start, callbacks, say):
+                    pass  # this worker's trial was failed as stale by another one: go on with the next trial
     except KeyboardInterrupt:
         guard.requested = True
+    except Exception:
+        lost = getattr(storage, "unavailable", None)  # budgetnas.resilience gave up on the database
+        if lost is not None:  # Optuna's own clean-up then fails too (e.g. an UnboundLocalError): report the cause
+            raise lost from None
+        raise
     finally:
         if total is not None:
             total.release()
@@ -277,13 +284,15 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Moni
     return summary
 
 
-def _released(objective: Objective, total: StopAtTotal | None) -> Callable[[optuna.Trial], Any]:
+def _released(objective: Any, total: StopAtTotal | None) -> Callable[[optuna.Trial], Any]:
     """The objective, first releasing the total's gate: the trial is RUNNING in the storage by now."""
     def run(trial: optuna.Trial) -> Any:
         if total is not None:
             total.release()
         return objective(trial)
     return run
+
+
 def plan(config: SearchConfig) -> str:
     """How long this run will take, said before it starts."""
     limit = f"{config.trials} trials in the study" if config.trials is not None else ""
@@ -291,6 +300,30 @@ def plan(config: SearchConfig) -> str:
         until = f"{config.timeout / 60:.3g} minutes (the trial running then still finishes)"
         limit = f"{limit} or {until}, whichever comes first" if limit else until
     return f"this run stops after {limit}; up to {config.epochs} epochs per trial"
+
+
+def optimize_once(study: optuna.Study, objective: Callable[[Any], Any], timeout: float | None, start: float,
+                  callbacks: list[Callable[[optuna.Study, FrozenTrial], None]], say: Progress) -> bool:
+    """``study.optimize`` for what is left of ``timeout``; False if it must be called again.
+
+    While the database is away a trial's heartbeat cannot be recorded; if that lasts longer
+    than the grace period, another worker fails the trial as stale and queues its retry. When
+    this worker then reports its result, Optuna refuses ("Cannot tell a FAIL trial", or its
+    "Should not reach" assertion) and ``optimize`` ends. The result is dropped (the retry runs
+    elsewhere) and the search goes on.
+    """
+    left = None if timeout is None else timeout - (time.perf_counter() - start)
+    if left is not None and left <= 0:
+        return True
+    try:
+        study.optimize(objective, timeout=left, catch=(RunFailure,), callbacks=callbacks)
+    except (ValueError, AssertionError) as exc:
+        if "Cannot tell a FAIL trial" not in str(exc) and "Should not reach" not in str(exc):
+            raise
+        say("this worker's trial was failed as stale by another worker while the database was away (its "
+            "heartbeat could not be recorded); its retry runs there, so this result is dropped")
+        return False
+    return True
 
 
 def check_config(config: SearchConfig) -> None:
@@ -308,6 +341,7 @@ def check_config(config: SearchConfig) -> None:
         raise FieldError(str(exc), "budget") from None
     for name in ("max_mult_adds", "max_memory"):
         object.__setattr__(config, name, parse_cap(getattr(config, name), name))
+    check_search_edges(config)
     if config.trials is not None and config.trials < 1:
         raise FieldError(f"trials must be at least 1, got {config.trials}", "trials")
     if config.trials is None and config.timeout is None:
@@ -419,11 +453,12 @@ class _CtrlC:
         return self
 
     def __enter__(self) -> "_CtrlC":
-        self._previous = None
+        self._previous = {}
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            # SIGTERM (kill, a batch system, timeout) is answered like Ctrl-C: trial marked, exit 130.
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

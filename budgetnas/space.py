@@ -47,7 +47,7 @@ from budgetnas.counting import count_params
 from budgetnas.errors import UsageError
 from budgetnas.spec import ACTIVATIONS, INITS, CNNSpec, ConvBlock, FCNSpec, Spec
 from budgetnas.spec import FAMILIES as SPEC_FAMILIES
-from budgetnas.trainer import AUGMENTS, SCHEDULES, Recipe
+from budgetnas.recipe import AUGMENTS, SCHEDULES, Recipe
 
 if TYPE_CHECKING:
     from optuna.trial import BaseTrial

@@ -26,11 +26,12 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar, Literal, Union
 
 from budgetnas.errors import UsageError
+from budgetnas.limits import MAX_SPEC_INT
 
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "elu", "tanh")
 INITS = ("default", "xavier_normal", "kaiming")
 HEADS = ("flatten", "gap")
-MAX_WIDTH = 1 << 20  # sanity bound on any width: a typo such as 10**9 is refused, never allocated
+MAX_WIDTH = MAX_SPEC_INT  # sanity bound on any width (budgetnas.limits): a typo such as 10**9 is refused, never allocated
 MAX_KERNEL = 64  # and on kernel sizes and padding
 
 
@@ -225,8 +226,8 @@ def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) 
         raise UsageError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise UsageError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise UsageError(f"{name} must be <= {maximum:,}, got {value:,}")
+    if value > (MAX_SPEC_INT if maximum is None else maximum):  # before any tensor is allocated (budgetnas.limits)
+        raise UsageError(f"{name} must be <= {MAX_SPEC_INT if maximum is None else maximum:,}, got {value:,}")
 
 
 def _check_bool(name: str, value: Any) -> None:

@@ -7,8 +7,10 @@
   (or MySQL) is the storage for many workers on many machines. A URL without a driver uses
   whichever driver is installed (SQLAlchemy 2.1 would insist on psycopg 3; budgetnas's
   ``postgres`` extra installs psycopg2).
-* ``journal:PATH`` -> ``JournalStorage(JournalFileBackend(PATH))``, safe for several
-  processes on one machine (file locks; not over NFS for many nodes).
+* ``journal:PATH`` -> ``JournalStorage`` on a checked file, safe for several processes on
+  one machine (file locks; not over NFS for many nodes). A file torn by a crash during a
+  write is refused, never appended to, and repaired on request (:mod:`budgetnas.journal`,
+  ``python -m budgetnas.storage repair journal:PATH``).
 
 Crash safety. RDB storages are opened with Optuna's heartbeat: while a trial runs inside
 ``Study.optimize`` a thread records a heartbeat every ``interval`` seconds; a trial whose
@@ -93,12 +95,42 @@ def default_storage_url() -> str:
 
 
 def redact(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``; also ``?password=...``.
+
+    Every credential form is hidden: the password of the user-info part, and query or libpq
+    keyword parameters that carry one (``password``, ``sslpassword``, ``passwd``, ``pwd``,
+    ``secret``, ``token``, ``api_key``).
+    """
     # Greedy up to the last '@', so a raw '@' in a password stays hidden; also "user:pw@host" without a scheme.
     text = re.sub(r"(://[^:/@\s]*):\S*@", r"\1:***@", url)
     if "://" not in url and not url.startswith(JOURNAL_PREFIX):
         text = re.sub(r"^([^:/@\s]*):\S*@", r"\1:***@", text)
-    return text
+    return _SECRET_PARAM.sub(r"\1***", text)
+
+
+_SECRET_PARAM = re.compile(r"(?i)((?:^|[?&;\s])[a-z_]*(?:password|passwd|pwd|secret|token|api_?key)\s*=)[^&;#\s]*")
+STORAGE_ENV = "BUDGETNAS_STORAGE"  # the storage URL when --storage is left out (keeps a password off command lines)
+
+
+def has_secret(url: str) -> bool:
+    """Whether ``url`` holds a credential (or is an already redacted URL that held one)."""
+    return redact(url) != url or "***" in url
+
+
+def command_storage(url: str) -> str:
+    """The storage as printed commands should name it: the URL, or ``$BUDGETNAS_STORAGE`` if it holds a secret.
+
+    A redacted URL (``***``) cannot be pasted back; :func:`shell_join` writes the variable so
+    that the shell expands it (``export BUDGETNAS_STORAGE=URL`` first, or keep it set).
+    """
+    return f"${STORAGE_ENV}" if has_secret(url) else url
+
+
+def shell_join(parts: list[str]) -> str:
+    """``shlex.join``, except that ``$BUDGETNAS_STORAGE`` stays an expandable ``"$BUDGETNAS_STORAGE"``."""
+    import shlex
+
+    return " ".join(f'"${STORAGE_ENV}"' if part == f"${STORAGE_ENV}" else shlex.quote(part) for part in parts)
 
 
 def storage_kind(url: str | None) -> str:
@@ -115,13 +147,18 @@ def supports_many_workers(url: str | None) -> bool:
 
 
 def normalise_url(url: str | None) -> str:
-    """The URL to use: the default SQLite file, or ``url`` checked for a known form.
+    """The URL to use: ``$BUDGETNAS_STORAGE`` or the default SQLite file, or ``url`` checked for a known form.
 
     ``postgres://`` becomes ``postgresql://`` and a URL without a driver gets an installed
     one (``postgresql+psycopg2://``); raises StorageError for anything else.
     """
-    if url is None or url == "":
-        return default_storage_url()
+    if url is None:
+        url = os.environ.get(STORAGE_ENV) or None
+        if url is None:
+            return default_storage_url()
+    if not url.strip():
+        raise StorageError("the storage URL is empty; give one (sqlite:///PATH.db, postgresql://..., journal:PATH) "
+                           "or leave --storage out for ./budgetnas.db")
     if url.startswith(JOURNAL_PREFIX):
         if not url[len(JOURNAL_PREFIX):].strip():
             raise StorageError("journal storage needs a file path: journal:PATH")
@@ -188,17 +225,14 @@ def open_storage(url: str | None, *, heartbeat: Heartbeat | None = None, heartbe
     missing or the database cannot be reached.
     """
     from optuna.exceptions import ExperimentalWarning
-    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-    from optuna.storages.journal import JournalFileBackend
+
+    from budgetnas.resilience import RetryingRDBStorage, RetryStaleTrial
 
     url = normalise_url(url)
     if url.startswith(JOURNAL_PREFIX):
-        path = Path(url[len(JOURNAL_PREFIX):]).expanduser()
-        _check_parent(path)
-        try:
-            return JournalStorage(JournalFileBackend(str(path)))
-        except OSError as exc:
-            raise StorageError(f"cannot open journal file {path}: {exc.strerror or exc}") from None
+        from budgetnas.journal import open_journal
+
+        return open_journal(Path(url[len(JOURNAL_PREFIX):]).expanduser(), _check_parent)
     backend = _parse(url).get_backend_name()
     if backend == "sqlite":
         _check_parent(Path(url.split(":///", 1)[1]))
@@ -216,10 +250,10 @@ def open_storage(url: str | None, *, heartbeat: Heartbeat | None = None, heartbe
     def connect() -> Any:
         with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.8; we rely on it knowingly
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat.interval,
-                              grace_period=heartbeat.grace_period,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                                  max_retry=heartbeat.max_retry))
+            # Retries lost connections, then fails with one line (budgetnas.resilience).
+            return RetryingRDBStorage(url, where=where(url), engine_kwargs=engine_kwargs,
+                                      heartbeat_interval=heartbeat.interval, grace_period=heartbeat.grace_period,
+                                      heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=heartbeat.max_retry))
 
     try:
         # Workers on several machines started at once all create Optuna's tables on an empty
@@ -288,8 +322,9 @@ def fail_running_trials(storage: Any, study_name: str, *, older_than: float | No
 
     import optuna
     from optuna.exceptions import ExperimentalWarning
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
+
+    from budgetnas.resilience import RetryStaleTrial
 
     if isinstance(storage, str) or storage is None:
         storage = open_storage(storage)
@@ -311,8 +346,21 @@ def fail_running_trials(storage: Any, study_name: str, *, older_than: float | No
         if retry:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
-                RetryHeartbeatStaleTrialCallback()(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
+                RetryStaleTrial()(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
     return failed
+
+
+def repair(url: str) -> str:
+    """Repair the journal file ``url`` names (see :mod:`budgetnas.journal`); returns a one-line summary."""
+    from budgetnas.journal import repair_journal
+
+    if not url.startswith(JOURNAL_PREFIX):
+        raise StorageError(f"repair works on journal files (journal:PATH), not {redact(url)!r}")
+    result = repair_journal(normalise_url(url)[len(JOURNAL_PREFIX):])
+    if result.backup is None:
+        return f"journal {result.path} is healthy ({result.kept} records); nothing changed"
+    return (f"repaired journal {result.path}: kept {result.kept} complete records, dropped {result.dropped_bytes} "
+            f"torn bytes; the original is at {result.backup}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from budgetnas.budget import format_budget
 from budgetnas.choices import SAMPLERS
 from budgetnas.errors import StorageError, UsageError
 from budgetnas.objectives import OBJECTIVES
+from budgetnas.seeding import PerTrialSeed
 
 NSGA2_POPULATION = 16  # Optuna's default of 50 would leave a 20..50-trial search purely random
 
@@ -63,15 +64,21 @@ def create_or_load(storage: Any, name: str, settings: records.StudySettings, sam
                    seed: int | None = 0, *, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     """Create study ``name`` with ``settings``, or load it and check that its settings match.
 
-    The sampler seed is offset by the number of trials already in the study, so a resumed
-    search does not replay the first proposals of the interrupted one.
+    The sampler is reseeded from ``(seed, trial number)`` before each trial
+    (:mod:`budgetnas.seeding`), so a resumed search does not replay the first proposals of the
+    interrupted one and independent processes on one study do not duplicate each other.
     """
     if sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     directions = [OBJECTIVES[o].direction for o in settings.objectives]
     try:
-        study = optuna.create_study(storage=storage, study_name=name, directions=directions,
-                                    load_if_exists=True, pruner=pruner)
+        try:  # load first: a journal storage appends a record for every create attempt, even a refused one
+            study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+        except KeyError:
+            study = optuna.create_study(storage=storage, study_name=name, directions=directions,
+                                        load_if_exists=True, pruner=pruner)
+    except StorageError:
+        raise
     except Exception as exc:
         raise StorageError(f"cannot open study {name!r}: {' '.join(str(exc).split())[:200]}") from None
     stored = study.user_attrs.get(records.SETTINGS_ATTR)
@@ -89,5 +96,7 @@ def create_or_load(storage: Any, name: str, settings: records.StudySettings, sam
                                "rerun with the study's settings to resume it, or choose a new --study name")
         if stored != settings.to_dict():  # only caps differ: the study now records the ones in force
             study.set_user_attr(records.SETTINGS_ATTR, settings.to_dict())
-    study.sampler = make_sampler(sampler, None if seed is None else seed + len(study.trials))
+    # Reseeded per trial number (budgetnas.seeding): independent processes on one study never draw the
+    # same candidates, and a resumed search does not replay the first proposals of the interrupted one.
+    study.sampler = make_sampler(sampler, seed) if seed is None else PerTrialSeed(make_sampler(sampler, seed), seed)
     return study

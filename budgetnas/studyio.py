@@ -56,4 +56,4 @@ def load_existing_study(storage_url: str | None = None, study_name: str | None =
 
 def safe_name(study_name: str) -> str:
     """``study_name`` usable as one file name (default output paths are built from it)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", study_name).strip("-.") or "study"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", study_name).strip("-.")[:100] or "study"  # file names stop at 255

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from budgetnas.cost import check_model_memory
 from budgetnas.data import Data
 from budgetnas.device import Placement, resolve_placement
 from budgetnas.errors import TrainingDiverged, UsageError
+from budgetnas.families import family_of
 from budgetnas.inputs import scale
 from budgetnas.model import build_model, trainable_params
-from budgetnas.families import family_of
 from budgetnas.recipe import AUGMENTS, OPTIMIZERS, PAPER_RECIPE, SCHEDULES, EpochStats, Recipe  # noqa: F401 (re-exported)
 from budgetnas.spec import Spec
 
@@ -136,6 +137,8 @@ class _Session:
         torch.manual_seed(recipe.seed)
         self.device = dev = self.placement.device
         self.recipe = recipe
+        # A model that cannot fit is refused before PyTorch allocates anything (budgetnas.limits).
+        check_model_memory(spec, data.input_shape, data.num_classes, batch=recipe.batch_size, training=True)
         model = build_model(spec, data.input_shape, data.num_classes).to(dev)
         channels_last = family_of(spec).channels_last and dev.type != "mps"
         if channels_last:

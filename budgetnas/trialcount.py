@@ -2,10 +2,11 @@
 
 ``--trials`` is the study's total, finished trials of earlier runs included, so rerunning an
 interrupted search finishes the same study. A finished trial counts when it is COMPLETE or
-PRUNED (stopped early or rejected before training), or FAIL for a reason of its own. Two
-kinds of FAIL do not count: a trial cut by Ctrl-C (user attribute ``interrupted``), and a
-trial of a killed worker that was queued again (its retry counts instead; Optuna's heartbeat
-lists the replaced numbers in the retry's system attribute ``retry_history``).
+PRUNED (stopped early or rejected before training), or FAIL for a reason of its own. Three
+kinds of FAIL do not count: a trial cut by Ctrl-C (user attribute ``interrupted``), a trial
+of a killed worker that was queued again (its retry counts instead; Optuna's heartbeat lists
+the replaced numbers in the retry's system attribute ``retry_history``), and a trial that gave
+way to another process's (``surplus``, :class:`GiveWay`).
 
 This module is the one place that rule lives: the search's start check and summary, the
 per-trial progress line, and every worker's stop rule (:class:`StopAtTotal`) read it. It
@@ -14,6 +15,7 @@ imports neither torch nor the search, so the search and the workers both build o
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -43,7 +45,9 @@ def counts(trial: Any, retried: AbstractSet[int] = frozenset()) -> bool:
 
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and "interrupted" not in trial.user_attrs and trial.number not in retried
+    attrs = trial.user_attrs
+    return trial.state == TrialState.FAIL and "interrupted" not in attrs and "surplus" not in attrs and \
+        trial.number not in retried
 
 
 def counted_trials(study: "optuna.Study") -> list[Any]:
@@ -101,11 +105,13 @@ class StopAtTotal:
     """
 
     def __init__(self, total: int, counts: Callable[[Any, AbstractSet[int]], bool] = counts,
-                 poll: float = 1.0, lock: str | None = None) -> None:
+                 poll: float = 1.0, lock: str | None = None, say: Callable[[str], None] | None = None) -> None:
         self.total = total
         self.counts = counts
         self.poll = poll
         self.gate = TrialGate(lock if lock is not None else os.environ.get(LOCK_ENV) or None)
+        self.say = say  # told what the worker waits for, and for how long at most
+        self._told = -math.inf
 
     def __call__(self, study: "optuna.Study", trial: Any) -> None:
         if not self.room(study):
@@ -131,6 +137,7 @@ class StopAtTotal:
             if not is_heartbeat_enabled(study._storage):
                 break  # cannot tell a dead worker from a slow one: leave the rest to the others
             self.gate.release()
+            self._explain_wait(study, [t.number for t in trials if t.state == TrialState.RUNNING])
             time.sleep(self.poll)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -140,3 +147,48 @@ class StopAtTotal:
 
     def release(self) -> None:
         self.gate.release()
+
+    def _explain_wait(self, study: "optuna.Study", running: list[int]) -> None:
+        """Say (at most every 30 s) which trials this worker waits for and the longest the wait can last."""
+        now = time.monotonic()
+        if self.say is None or now - self._told < 30:
+            return
+        self._told = now
+        backend = getattr(study._storage, "_backend", study._storage)
+        grace, interval = getattr(backend, "grace_period", None), getattr(backend, "heartbeat_interval", None)
+        limit = (f"; if their worker was killed, they are failed and retried once their heartbeat is {grace}s old, "
+                 f"so at most about {grace + (interval or 0)}s from the kill") if grace else ""
+        self.say(f"waiting for running trial(s) {', '.join(map(str, running))} to finish before starting another "
+                 f"(--trials {self.total} counts them){limit}")
+
+
+class GiveWay:
+    """Wraps an objective so that a trial that would overshoot ``--trials`` is not run.
+
+    :class:`StopAtTotal` decides before a trial is created, and its :class:`TrialGate` orders
+    the workers of one command; independent processes (several machines on one study) can
+    still both start one. Trial numbers are handed out atomically by the storage, so the newly
+    created trial checks again: if the counted finished trials plus the trials running with a
+    *lower* number already reach the total, it gives way (FAIL with the user attribute
+    ``surplus``, which does not count), and exactly one of two racing processes trains.
+    """
+
+    def __init__(self, objective: Callable[[Any], Any], total: int,
+                 counts: Callable[[Any, AbstractSet[int]], bool] = counts) -> None:
+        self.objective = objective
+        self.total = total
+        self.counts = counts
+
+    def __call__(self, trial: Any) -> Any:
+        from optuna.trial import TrialState
+
+        from budgetnas.errors import RunFailure
+
+        trials = trial.study.get_trials(deepcopy=False)
+        retried = retried_numbers(trials)
+        finished = sum(1 for t in trials if t.state.is_finished() and self.counts(t, retried))
+        ahead = sum(1 for t in trials if t.state == TrialState.RUNNING and t.number < trial.number)
+        if finished + ahead >= self.total:
+            trial.set_user_attr("surplus", f"{finished} finished + {ahead} running reach --trials {self.total}")
+            raise RunFailure(f"trial {trial.number} gives way: the study's other trials reach --trials {self.total}")
+        return self.objective(trial)

@@ -35,10 +35,10 @@ running already reach the total: it waits for them instead. If one of those dies
 heartbeat goes stale, see :mod:`budgetnas.storage`), Optuna fails it and queues a retry,
 and the waiting worker runs the retry, so the study still completes. Workers started by
 one ``--workers N`` hold a file lock (:class:`TrialGate`) from that check until their next
-trial is RUNNING, so two of them never both take the last place: the total is exact. The only overshoot is
-a race between separately started commands (other machines on PostgreSQL), which share
-no lock: two that finish at the same moment may both start a trial, so a study can end
-with up to N-1 trials more than asked (rare; usually none). Without a heartbeat
+trial is RUNNING, so two of them never both take the last place. Separately started
+commands (other machines on PostgreSQL) share no lock: two that finish at the same moment
+may both start a trial, and :class:`GiveWay` then lets the higher-numbered one give way (a
+``surplus`` FAIL that does not count), so a study ends with exactly the total. Without a heartbeat
 (journal storage) a worker cannot tell a dead peer from a slow one, so it stops instead of
 waiting; a killed worker's trial then stays RUNNING and the study ends one short, until
 :func:`budgetnas.storage.fail_running_trials` fails it and the search is run again.
@@ -60,8 +60,9 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from budgetnas.errors import RunFailure, UsageError
-from budgetnas.storage import redact, storage_kind
-from budgetnas.trialcount import LOCK_ENV, StopAtTotal, TrialGate, count_finished, retried_numbers  # noqa: F401  (their old home; tests import them here)
+from budgetnas.storage import command_storage, storage_kind
+from budgetnas.trialcount import (LOCK_ENV, GiveWay, StopAtTotal, TrialGate, count_finished,  # noqa: F401
+                                  retried_numbers)  # (their old home; tests import them here)
 
 if TYPE_CHECKING:
 
@@ -172,7 +173,7 @@ def run_workers(config: "SearchConfig", workers: int | str = DEFAULT_WORKERS,
         elif code < 0:
             say(f"worker {index} was killed by signal {-code}; journal storage has no heartbeat, so its trial stays "
                 "RUNNING. When no worker of this study runs any more, fail it and queue it again with: "
-                f"budgetnas storage fail-running --storage {redact(config.storage_url)} "
+                f"budgetnas storage fail-running --storage {command_storage(config.storage_url)} "
                 f"--study {config.study_name}; then rerun this search to finish the study")
     summary = search.summarise(study, config, time.perf_counter() - start)
     if interrupted or EXIT_INTERRUPTED in codes:

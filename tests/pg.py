@@ -95,7 +95,8 @@ def counted(trials) -> list:
     """Finished trials that count towards --trials (the rule of budgetnas.search.count_finished)."""
     again = retried(trials)
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            or (t.state == TrialState.FAIL and "interrupted" not in t.user_attrs and t.number not in again)]
+            or (t.state == TrialState.FAIL and "interrupted" not in t.user_attrs and "surplus" not in t.user_attrs
+                and t.number not in again)]
 
 
 def assert_well_formed(trials) -> None:
@@ -136,3 +137,40 @@ def kill_a_training_worker(parent: subprocess.Popen, load_study: Callable[[], An
             os.kill(pids[0], signal.SIGKILL)
             return pids[0]
     pytest.fail("never saw both workers training at once")
+
+
+class Server:
+    """A private PostgreSQL cluster that a test may stop and start again (outage and soak tests)."""
+
+    def __init__(self) -> None:
+        self.url, self.folder = _start_server()
+
+    def _ctl(self, *args: str) -> None:
+        folder = Path(self.folder)
+        command = [f"{(folder / 'bindir').read_text().strip()}/pg_ctl", "-D", str(folder / "data"), *args]
+        if os.getuid() == 0:  # the cluster belongs to the `postgres` user (.ci/postgres.sh)
+            command = ["runuser", "-u", (folder / "owner").read_text().strip(), "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "-w", "stop")
+
+    def start(self) -> None:
+        from urllib.parse import urlparse
+
+        self._ctl("-l", f"{self.folder}/server.log", "-w", "-t", "60", "-o",
+                  f"-p {urlparse(self.url).port} -k {self.folder} -c listen_addresses=127.0.0.1 "
+                  "-c max_connections=200 -c fsync=off", "start")
+
+    def close(self) -> None:
+        subprocess.run(["bash", str(SCRIPT), "stop", self.folder], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def own_postgres():
+    """A :class:`Server` of this test's own (stopping the shared one would break other tests)."""
+    server = Server()
+    try:
+        yield server
+    finally:
+        server.close()

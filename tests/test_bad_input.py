@@ -48,6 +48,22 @@ def _npz(path: Path, **changes) -> None:
     np.savez(path, **arrays)
 
 
+def _npz_declaring_huge_shape(path: Path) -> None:
+    """A valid npz except that x_train's header declares (10^9, 28, 28): 730 GiB in a small file."""
+    import io
+    import zipfile
+
+    _npz(path)
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["x_train.npy"] = members["x_train.npy"].replace(b"(200, 28, 28)", b"(1000000000, 28, 28)", 1)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    path.write_bytes(buffer.getvalue())
+
+
 def _corrupt_root(path: Path) -> None:
     raw = path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
@@ -86,6 +102,17 @@ BAD_FILES = {
     "unknown-conv-key.toml": _text('[spec]\nfamily = "cnn"\n[[spec.conv]]\nout_channels = 4\nstride = 2\n'),
     "unknown-dataset.toml": _text('dataset = "imagenet"\n' + GOOD_SPEC),
     "four-pools.toml": _text('[spec]\nfamily = "cnn"\n' + '[[spec.conv]]\nout_channels = 4\npool = 2\n' * 4),
+    "random-bytes.log": lambda p: p.write_bytes(bytes(range(256)) * 16),
+    # sizes that must be refused before anything is allocated
+    "width-1e9.toml": _text('[spec]\nfamily = "cnn"\n[[spec.conv]]\nout_channels = 1000000000\n'),
+    "width-1e20.toml": _text('[spec]\nfamily = "fcn"\nhidden = [100000000000000000000]\n'),
+    "wide-300GB.toml": _text('[spec]\nfamily = "cnn"\n' + '[[spec.conv]]\nout_channels = 65536\npool = 0\n' * 3),
+    "latin1.toml": lambda p: p.write_bytes('name = "caf\u00e9"\n[spec]\nfamily = "fcn"\nhidden = [8]\n'.encode("latin-1")),
+    "npz-huge-shape.npz": _npz_declaring_huge_shape,
+    "npz-huge-label.npz": lambda p: _npz(p, y_train=np.where(np.arange(200) == 0, 1_000_000, np.arange(200) % 10)),
+    "npz-sparse-labels.npz": lambda p: _npz(p, y_train=np.arange(200) % 10 * 100, y_test=np.arange(50) % 10 * 100),
+    "torn.log": lambda p: p.write_bytes(b'{"op_code":0,"worker_id":"w","study_name":"tiny-cnn","directions":[1]}\n'
+                                        b'{"op_code":4,"worker_id":"w","st'),
 }
 
 
@@ -147,6 +174,31 @@ ROWS = {
     "npz-wrong-shape": row(*S100, "--dataset", "npz:{bad:npz-2d-images.npz}", contains="NHWC", study="fresh"),
     "npz-negative-labels": row(*S100, "--dataset", "npz:{bad:npz-negative-labels.npz}", contains="negative",
                                study="fresh"),
+    "npz-huge-shape": row(*S100, "--dataset", "npz:{bad:npz-huge-shape.npz}", contains="declares shape",
+                          study="fresh"),
+    "npz-huge-label": row(*S100, "--dataset", "npz:{bad:npz-huge-label.npz}", contains="labels", study="fresh"),
+    "npz-sparse-labels": row(*S100, "--dataset", "npz:{bad:npz-sparse-labels.npz}", contains="label 1 is missing",
+                             study="fresh"),
+    "subset-larger-than-data": row(*S100, "--subset", "5000", contains="larger than", study="fresh"),
+    # sizes, seeds and names refused before anything is allocated or created
+    "budget-1000G": row(*SEARCH, "--budget", "1000G", contains="100,000,000", study="fresh"),
+    "budget-full-width-digits": row(*SEARCH, "--budget", "\uff11\uff10\uff10k", contains="ASCII"),
+    "seed-negative": row(*S100, "--seed=-1", contains="--seed", study="fresh"),
+    "seed-2-64": row(*S100, "--seed", str(2**64), contains="--seed", study="fresh"),
+    "storage-empty": row(*SEARCH[:-1], "", "--budget", "100k", contains="empty"),
+    "study-empty": row(*S100, "--study", "", contains="--study", study="fresh"),
+    "study-500-chars": row(*S100, "--study", "s" * 500, contains="at most 100", study="fresh"),
+    "report-storage-empty": row("report", "--storage", "", contains="empty"),
+    "count-width-1e9": row("count", "{bad:width-1e9.toml}", contains="65,536"),
+    "count-width-1e20": row("count", "{bad:width-1e20.toml}", contains="65,536"),
+    "count-needs-300GB": row("count", "{bad:wide-300GB.toml}", contains="memory"),
+    "count-batch-1e9": row("count", "cnn-10k", "--batch", str(10**9), contains="memory"),
+    "count-dev-zero": row("count", "/dev/zero", contains="not a regular file"),
+    "count-not-utf8": row("count", "{bad:latin1.toml}", contains="UTF-8"),
+    "train-width-1e9": row("train", "{bad:width-1e9.toml}", "--dataset", "npz:{npz}", *CPU1, contains="65,536"),
+    "train-seed-2-64": row("train", "cnn-10k", "--dataset", "npz:{npz}", *CPU1, "--seed", str(2**64),
+                           contains="seed"),
+    "search-enqueue-not-utf8": row(*S100, "--enqueue", "{bad:latin1.toml}", contains="UTF-8", study="fresh"),
     "npz-float-labels": row(*S100, "--dataset", "npz:{bad:npz-float-labels.npz}", contains="integers",
                             study="fresh"),
     # storages
@@ -155,8 +207,14 @@ ROWS = {
     "storage-journal-without-path": row(*SEARCH[:-1], "journal:", "--budget", "100k", contains="journal"),
     "storage-unreachable-postgres": row(*SEARCH[:-1], f"postgresql://nas:{SECRET}@127.0.0.1:9/nas",
                                         "--budget", "100k", contains="127.0.0.1"),
+    "storage-password-in-query": row(*SEARCH[:-1], f"postgresql://nas@127.0.0.1:9/nas?password={SECRET}",
+                                     "--budget", "100k", contains="127.0.0.1"),
     "storage-sqlite-folder-missing": row(*SEARCH[:-1], "sqlite:///{tmp}/no/such/folder/s.db", "--budget", "100k",
                                          contains="no/such/folder"),
+    "storage-journal-random-bytes": row(*SEARCH[:-1], "journal:{bad:random-bytes.log}", "--budget", "100k",
+                                         contains="not an Optuna journal"),
+    "storage-journal-torn": row(*SEARCH[:-1], "journal:{bad:torn.log}", "--budget", "100k", contains="repair journal:"),
+    "report-journal-torn": row("report", "--storage", "journal:{bad:torn.log}", contains="partial last record"),
     "storage-journal-under-a-file": row(*SEARCH[:-1], "journal:{file}/j.log", "--budget", "100k",
                                         contains="{file}"),
     "dashboard-malformed-storage": row("dashboard", "--storage", "foo://bar", contains="foo://bar"),

@@ -142,8 +142,9 @@ def _live_screen(npz, folder, env_extra: str) -> str:
                           "--storage", f"sqlite:///{folder}/s.db", "--device", "cpu", "--threads", "1"])
     env = f"PYTHONPATH={shlex.quote(str(REPO))} OMP_NUM_THREADS=1 {env_extra}"
     tmux = ["tmux", "-L", session]  # a server of its own: no race with another session's shutdown
+    # The pane outlives the command (sleep), so a search that fails shows its error in the assertion.
     subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "150", "-y", "30",
-                    f"cd {shlex.quote(str(folder))} && env {env} {command}; sleep 30"], check=True)
+                    f"cd {shlex.quote(str(folder))} && env {env} {command}; sleep 600"], check=True)
     try:
         screen, deadline = "", time.time() + 120
         while time.time() < deadline:

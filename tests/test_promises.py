@@ -57,19 +57,20 @@ class _LoadSpy:
         monkeypatch.setattr(budgetnas.data.Data, "require_test", counting_require_test)
 
 
-@pytest.mark.parametrize("objectives, reason", [
-    (("accuracy",), "pruned by the median rule after epoch 1"),
-    (("accuracy", "params"), "on the front was"),
-], ids=["median-pruner", "front-rule"])
+@pytest.mark.parametrize("objectives, pruner, reason", [
+    (("accuracy",), "median", "pruned by the median rule after epoch 1"),
+    (("accuracy", "params"), "front", "on the front was"),
+    (("accuracy", "params"), "sha", "stopped at the epoch-1 rung"),
+], ids=["median-pruner", "front-rule", "rung-rule"])
 def test_early_stopping_stops_trials_in_a_real_search_that_never_loads_the_test_split(
-        objectives, reason, tiny_npz, tmp_path, monkeypatch):
+        objectives, pruner, reason, tiny_npz, tmp_path, monkeypatch):
     import budgetnas.search  # noqa: F401  (loaded before the spy looks for holders of load_dataset)
 
     spy = _LoadSpy(monkeypatch)
     storage = f"sqlite:///{tmp_path / 's.db'}"
     summary = run_search(SearchConfig(budget=20_000, family="fcn", dataset=f"npz:{tiny_npz}", trials=8, epochs=2,
-                                      objectives=objectives, storage=storage, study="t", device="cpu",
-                                      precision="fp32", recipe=Recipe(batch_size=64)))
+                                      objectives=objectives, pruner=pruner, storage=storage, study="t",
+                                      device="cpu", precision="fp32", recipe=Recipe(batch_size=64)))
     # The search selected on validation data alone: every load left the test split out, none read it.
     assert spy.calls and all(not call["test_loaded"] for call in spy.calls), spy.calls
     assert spy.tests_read == 0

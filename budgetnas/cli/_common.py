@@ -40,7 +40,7 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
 
 def parse_duration(text: str) -> float:
     """'90' / '90s' / '30m' / '2h' -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text), re.ASCII)  # ASCII digits, as budgets
     if not match or float(match.group(1)) <= 0:
         raise UsageError(f"duration {text!r} is not understood; use seconds or a suffix: 90s, 30m, 2h")
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
@@ -89,8 +89,13 @@ def invocation() -> list[str]:
 
 
 def absolute_storage(url: str) -> str:
-    """``url`` with a relative SQLite or journal path made absolute (a printed command works from any folder)."""
+    """``url`` as a printed command names it: a relative SQLite or journal path made absolute (it works
+    from any folder), and a URL holding a password replaced by ``$BUDGETNAS_STORAGE`` (storage.command_storage)."""
     import os
+
+    from budgetnas.storage import command_storage
+
+    url = command_storage(url)
 
     for prefix in ("sqlite:///", "journal:"):
         if url.startswith(prefix) and not os.path.isabs(url[len(prefix):]):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 from typing import TYPE_CHECKING, Any
 
 from budgetnas.cli._common import (absolute_storage, add_data_options, add_device_options, add_json_option,
@@ -155,12 +154,15 @@ def run(args: argparse.Namespace) -> int:
     from budgetnas.cli import _configfile
     from budgetnas.progress import monitor
     from budgetnas.search import SearchInterrupted
-    from budgetnas.storage import redact
+    from budgetnas.storage import STORAGE_ENV, has_secret, redact
     from budgetnas.workers import run_workers
 
     config = config_from_args(args)
     say = monitor(quiet=args.quiet)  # live on a terminal, one line per event elsewhere, nothing with --quiet
     say(f"storage: {redact(config.storage_url)}  study: {config.study_name}")
+    if has_secret(config.storage_url):
+        say(f"note: the storage URL holds a password, so the commands printed below read it from "
+            f"${STORAGE_ENV}: export {STORAGE_ENV}='<the URL>' before running them")
     try:
         summary = run_workers(config, args.workers, progress=None if args.quiet else say)  # 1 worker: run_search
     except SearchInterrupted as stop:
@@ -210,19 +212,22 @@ def render(summary: "SearchSummary", config: "SearchConfig") -> str:
 
 def commands(summary: "SearchSummary", config: "SearchConfig") -> dict[str, str]:
     """The exact follow-up commands (dashboard always; replay of the most accurate front trial), each as
-    the user's shell runs it: this program's executable, absolute paths, the data root spelled out."""
+    the user's shell runs it: this program's executable, absolute paths, the data root spelled out, and
+    never a password (a secret storage URL is read from $BUDGETNAS_STORAGE instead)."""
+    from budgetnas.storage import shell_join
+
     where = ["--storage", absolute_storage(summary.storage_url)]
-    result = {"dashboard": shlex.join([*invocation(), "dashboard", *where])}
+    result = {"dashboard": shell_join([*invocation(), "dashboard", *where])}
     if summary.front:
         data_root = data_options(config.dataset, config.data_root)[2:]  # replay reads the dataset from the study
-        result["replay"] = shlex.join([*invocation(), "replay", *where, "--study", summary.study,
+        result["replay"] = shell_join([*invocation(), "replay", *where, "--study", summary.study,
                                        "--trial", str(summary.front[0]["trial"]), *data_root])
     return result
 
 
 def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
     """The same search as a command line with every setting spelled out (and the storage made explicit)."""
-    from budgetnas.storage import redact
+    from budgetnas.storage import shell_join
 
     parts = [*invocation(), "search", "--budget", str(config.budget), "--family", config.family,
              *data_options(config.dataset, config.data_root)]
@@ -232,7 +237,7 @@ def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
         parts += ["--trials", str(config.trials)]
     if args.timeout:
         parts += ["--timeout", args.timeout]
-    parts += ["--epochs", str(config.epochs), "--storage", absolute_storage(redact(config.storage_url)),
+    parts += ["--epochs", str(config.epochs), "--storage", absolute_storage(config.storage_url),
               "--study", config.study_name,
               "--sampler", config.sampler, "--objectives", ",".join(config.objectives),
               "--parameterisation", config.parameterisation, "--seed", str(config.seed)]
@@ -240,10 +245,11 @@ def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
         parts += ["--device", args.device]
     if args.precision != "auto":
         parts += ["--precision", args.precision]
-    for flag, value in (("--max-mult-adds", args.max_mult_adds), ("--max-memory", args.max_memory)):
-        if value != "auto":
-            parts += [flag, value]
-    if args.pruner != "auto":
+    for flag, value in (("--max-mult-adds", getattr(args, "max_mult_adds", "auto")),
+                        ("--max-memory", getattr(args, "max_memory", "auto"))):
+        if value not in ("auto", None):
+            parts += [flag, str(value)]
+    if getattr(args, "pruner", "auto") != "auto":
         parts += ["--pruner", args.pruner]
     if config.recipe_space != "paper":
         parts += ["--recipe-space", config.recipe_space]
@@ -259,4 +265,4 @@ def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
         parts += ["--workers", str(args.workers)]
     if config.threads:
         parts += ["--threads", str(config.threads)]
-    return shlex.join(parts)
+    return shell_join(parts)

@@ -2,9 +2,9 @@
 
 ``fail-running`` is the command-line face of :func:`budgetnas.storage.fail_running_trials`,
 for journal storages after a worker was killed (RDB storages do this themselves through the
-heartbeat). Each action is one subparser and one small function, so another maintenance step
-(say, repairing a journal) is one more ``add_parser`` and handler here.
-``python -m budgetnas.storage fail-running ...`` still works: it forwards to this command.
+heartbeat). ``repair`` is that of :func:`budgetnas.storage.repair`, for a journal file whose
+last record a crash cut in half (see :mod:`budgetnas.journal`). Each action is one subparser
+and one small function. ``python -m budgetnas.storage ACTION ...`` still works: it forwards here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import argparse
 
 from budgetnas.cli._common import parse_duration, set_examples
 
-HELP = "storage maintenance: fail-running (trials left RUNNING by killed workers on a journal file)"
+HELP = ("storage maintenance: fail-running (trials left RUNNING by killed workers on a journal file), "
+        "repair (a journal file torn by a crash)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="only trials started longer ago than this (90s, 30m, 2h): safe while workers run")
     fail.add_argument("--no-retry", action="store_true", help="do not queue the failed trials again")
     fail.set_defaults(handler=fail_running)
+    fix = actions.add_parser("repair", help="keep every complete record of a journal file torn by a crash "
+                             "(the original is kept as PATH.torn-TIME)",
+                             description="Keep every complete record of a journal file whose end a crash cut "
+                                         "(the original is kept beside it as PATH.torn-TIME).")
+    set_examples(fix, "budgetnas storage repair journal:runs/s.log")
+    fix.add_argument("url", nargs="?", default=None, metavar="journal:PATH", help="the journal (same as --storage)")
+    fix.add_argument("--storage", default=None, metavar="URL")
+    fix.set_defaults(handler=repair)
 
 
 def fail_running(args: argparse.Namespace) -> int:
@@ -43,4 +52,15 @@ def fail_running(args: argparse.Namespace) -> int:
     queued = "" if args.no_retry else "; each is queued again and runs with the next search"
     print(f"failed {len(numbers)} running trial(s){': ' + ', '.join(map(str, numbers)) if numbers else ''}"
           + (queued if numbers else ""))
+    return 0
+
+
+def repair(args: argparse.Namespace) -> int:
+    from budgetnas.errors import UsageError
+    from budgetnas.storage import repair as repair_storage
+
+    url = args.storage or args.url
+    if not url:
+        raise UsageError("give the journal to repair: budgetnas storage repair journal:PATH")
+    print(repair_storage(url))
     return 0

@@ -1,0 +1,403 @@
+"""Reliability: torn journals, sizes checked before allocation, outages, signals, secrets (issue 15).
+
+Real files, real subprocesses, real training on the tiny Fashion-MNIST slice. Bad-input cases
+that fit the one-line-error table live in ``test_bad_input.py``; this module holds the crash
+tests, the byte-identical checks and the library-level checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import REPO, assert_one_line_error, run_cli
+from pg import own_postgres, postgres_url  # noqa: F401, F811
+
+from budgetnas.errors import StorageError
+from budgetnas.journal import check_journal, repair_journal
+from budgetnas.storage import Heartbeat, open_storage
+
+TORN = b'{"op_code":4,"worker_id":"dead-worker","trial_id":0,"par'
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def storage_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "budgetnas.storage", *args], capture_output=True, text=True,
+                          cwd=cwd, env={"PYTHONPATH": str(REPO), "PATH": ""}, timeout=120)
+
+
+def small_search(npz: Path, url: str, trials: int = 1, *extra: str) -> list[str]:
+    return ["search", "--budget", "5k", "--dataset", f"npz:{npz}", "--trials", str(trials), "--epochs", "1",
+            "--device", "cpu", "--storage", url, "--study", "j", *extra]
+
+
+def _journal_with_trials(path: Path, n: int = 3) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=open_storage(f"journal:{path}"), study_name="s")
+    for value in range(n):
+        study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), value)
+
+
+# --- journals -----------------------------------------------------------------------------------
+
+def test_torn_journal_is_refused_byte_identical_then_repaired_and_resumed(tiny_npz, tmp_path, cli):
+    """A crash mid-write leaves a partial last line: no command appends to it; repair keeps every trial."""
+    journal = tmp_path / "study.log"
+    first = cli(*small_search(tiny_npz, f"journal:{journal}"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    records = check_journal(journal).records
+    with journal.open("ab") as f:
+        f.write(TORN)
+    before = digest(journal)
+
+    for args in (small_search(tiny_npz, f"journal:{journal}", 2),  # resume
+                 small_search(tiny_npz, f"journal:{journal}", 2, "--epochs", "3"),  # resume, other settings
+                 ["report", "--storage", f"journal:{journal}", "--out", str(tmp_path / "r.html")]):
+        assert_one_line_error(cli(*args), 2, "repair journal:")
+        assert digest(journal) == before, f"budgetnas {args[0]} changed the torn journal"
+    fail_running = storage_cli("fail-running", "--storage", f"journal:{journal}", "--study", "j", cwd=tmp_path)
+    assert fail_running.returncode == 2 and "repair" in fail_running.stderr, fail_running.stderr
+    assert digest(journal) == before
+
+    fixed = storage_cli("repair", f"journal:{journal}", cwd=tmp_path)
+    assert fixed.returncode == 0 and f"kept {records} complete records" in fixed.stdout, fixed.stderr
+    backups = list(tmp_path.glob("study.log.torn-*"))
+    assert len(backups) == 1 and digest(backups[0]) == before  # the original, byte for byte
+    assert check_journal(journal).healthy
+
+    again = cli(*small_search(tiny_npz, f"journal:{journal}", 2))
+    assert again.returncode == 0, again.stderr[-2000:]
+    trials = optuna.load_study(study_name="j", storage=open_storage(f"journal:{journal}")).trials
+    assert len(trials) == 2 and all(t.state.is_finished() for t in trials)
+
+
+def test_repair_keeps_a_record_glued_onto_a_torn_one(tmp_path):
+    """What an older budgetnas (plain Optuna) did: append after the torn tail. Repair still keeps that record."""
+    path = tmp_path / "j.log"
+    _journal_with_trials(path, 3)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]) + TORN + lines[-1])  # trial 2's last record glued onto torn bytes
+    with pytest.raises(StorageError, match="unreadable line"):
+        open_storage(f"journal:{path}")
+    result = repair_journal(path)
+    assert result.backup is not None and result.dropped_bytes == len(TORN)
+    values = [t.value for t in optuna.load_study(study_name="s", storage=open_storage(f"journal:{path}")).trials]
+    assert values == [0.0, 1.0, 2.0]
+
+
+def test_guarded_journal_never_appends_after_a_torn_tail(tmp_path):
+    """A writer that dies mid-record while this process runs: the next append is refused, the file unchanged."""
+    path = tmp_path / "j.log"
+    _journal_with_trials(path, 1)
+    study = optuna.load_study(study_name="s", storage=open_storage(f"journal:{path}"))
+    with path.open("ab") as f:
+        f.write(TORN)
+    before = digest(path)
+    with pytest.raises(StorageError, match="partial last record"):
+        study.tell(study.ask(), 1.0)
+    assert digest(path) == before
+
+
+def test_repair_of_a_healthy_or_foreign_file_changes_nothing(tmp_path):
+    path = tmp_path / "j.log"
+    _journal_with_trials(path, 2)
+    before = digest(path)
+    assert repair_journal(path).backup is None and digest(path) == before
+    noise = tmp_path / "noise.log"
+    noise.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(StorageError, match="no journal record"):
+        repair_journal(noise)
+    assert noise.read_bytes() == bytes(range(256)) * 8 and not list(tmp_path.glob("noise.log.*"))
+
+
+# --- sizes and edges --------------------------------------------------------------------------
+
+def test_budget_parsing_is_exact_decimal_and_ascii_only():
+    from budgetnas.budget import parse_budget
+    from budgetnas.errors import UsageError
+
+    assert [parse_budget(t) for t in ("1.005k", "0.3k", "1.1M", "2.5G", "100_000")] == \
+        [1005, 300, 1_100_000, 2_500_000_000, 100_000]
+    for text in ("\u0661\u0660\u0660k", "\uff11\uff10\uff10", "1.0005k"):  # Arabic-Indic, full-width, a fraction
+        with pytest.raises(UsageError):
+            parse_budget(text)
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_bad_seed_creates_nothing(cli, tiny_npz, tmp_path, seed):
+    db = tmp_path / "fresh.db"
+    proc = cli("search", "--budget", "5k", "--dataset", f"npz:{tiny_npz}", "--trials", "1", "--storage",
+               f"sqlite:///{db}", f"--seed={seed}")
+    assert_one_line_error(proc, 2, "--seed")
+    assert not db.exists()
+
+
+def test_model_memory_is_estimated_before_building():
+    from budgetnas.errors import UsageError
+    from budgetnas.cost import model_bytes
+    from budgetnas.limits import available_memory
+    from budgetnas.model import build_model
+    from budgetnas.spec import FCNSpec
+
+    small = FCNSpec(hidden=(16,))
+    assert model_bytes(small, (1, 28, 28), 10) == (784 * 16 + 16 + 16 * 10 + 10) * 4
+    assert model_bytes(small, (1, 28, 28), 10, batch=8, training=True) > 4 * model_bytes(small, (1, 28, 28), 10)
+    huge = FCNSpec(hidden=(65536, 65536, 65536, 65536))  # 12.9G parameters: 51 GB of weights
+    if model_bytes(huge, (1, 28, 28), 10) <= available_memory():
+        pytest.skip("this machine has more memory than the huge model needs")
+    with pytest.raises(UsageError, match="memory available"):
+        build_model(huge, (1, 28, 28), 10)
+
+
+# --- outages, kills and signals -------------------------------------------------------------------
+
+def load_trials(url: str, study: str) -> list:
+    return optuna.load_study(study_name=study, storage=open_storage(url, heartbeat=Heartbeat(interval=60))).get_trials(
+        deepcopy=False)
+
+
+def _running_for(url: str, study: str, seconds: float = 0.5) -> list:
+    from optuna.trial import TrialState
+
+    try:
+        trials = load_trials(url, study)
+    except Exception:  # no database or study yet
+        return []
+    now = time.time()
+    return [t for t in trials if t.state == TrialState.RUNNING and now - t.datetime_start.timestamp() > seconds]
+
+
+def _wait_for(predicate, proc, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_postgres_stopped_mid_trial_is_one_line_then_resumes(tiny_npz, tmp_path, own_postgres):
+    """The server stops while a trial trains: bounded retries, one error line (exit 1), no thread's traceback."""
+    from pg import FAST_HEARTBEAT, assert_well_formed, counted, search_args, start_cli
+
+    url, study = own_postgres.url, "outage"
+    env = {**FAST_HEARTBEAT, "BUDGETNAS_STORAGE_RETRY": "4"}
+    proc = start_cli(search_args(tiny_npz, url, study, trials=100, epochs=3), tmp_path, env=env)
+    try:
+        _wait_for(lambda: _running_for(url, study, seconds=0), proc)
+        own_postgres.stop()
+        started = time.time()
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    for noise in ("Traceback", "Exception in thread", "UnboundLocalError", "internal error"):
+        assert noise not in err, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "lost the database" in errors[0] and "within 4s" in errors[0], err[-3000:]
+    assert time.time() - started < 60  # bounded: 4 s of retries, not a hang
+
+    own_postgres.start()
+    time.sleep(4)  # past the 3 s grace: the trial that was running is failed as stale and retried
+    total = len(counted(load_trials(url, study))) + 1
+    again = run_cli(*search_args(tiny_npz, url, study, trials=total, epochs=3), cwd=tmp_path, env=FAST_HEARTBEAT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = load_trials(url, study)
+    assert_well_formed(trials)
+    assert len(counted(trials)) == total
+    assert [t for t in trials if "failed_trial" in t.system_attrs]  # the interrupted trial was retried
+
+
+@pytest.mark.slow
+def test_killed_search_rerun_says_what_it_waits_for_and_retries_quietly(tiny_npz, tmp_path):
+    """SIGKILL during the first trial; the rerun waits out the heartbeat grace aloud, then retries it quietly."""
+    from pg import FAST_HEARTBEAT, assert_well_formed, counted, search_args, start_cli
+
+    url, study = f"sqlite:///{tmp_path}/s.db", "killed"
+    proc = start_cli(search_args(tiny_npz, url, study, trials=2, epochs=2), tmp_path, env=FAST_HEARTBEAT)
+    try:
+        _wait_for(lambda: _running_for(url, study), proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    # A grace longer than the rerun's start-up and first trial: the rerun then has to wait for trial 0.
+    slow_grace = {**FAST_HEARTBEAT, "BUDGETNAS_HEARTBEAT_GRACE": "30"}
+    again = run_cli(*search_args(tiny_npz, url, study, trials=2, epochs=2), cwd=tmp_path, env=slow_grace)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "waiting for running trial(s) 0" in again.stderr and "30s old" in again.stderr, again.stderr[-3000:]
+    assert "Warning" not in again.stderr, again.stderr[-3000:]  # no "constraint value is ignored" on the retry
+    trials = load_trials(url, study)
+    assert_well_formed(trials)
+    assert len(counted(trials)) == 2 and [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_single_process_search_like_ctrl_c(tiny_npz, tmp_path):
+    from optuna.trial import TrialState
+    from pg import assert_well_formed, search_args, start_cli
+
+    url, study = f"sqlite:///{tmp_path}/s.db", "terminated"
+    proc = start_cli(search_args(tiny_npz, url, study, trials=50, epochs=3), tmp_path)
+    try:
+        _wait_for(lambda: _running_for(url, study), proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "Resume with:" in err, err[-3000:]
+    trials = load_trials(url, study)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert any("interrupted" in t.user_attrs for t in trials)
+    assert_well_formed(trials)
+
+
+# --- independent processes on one study ------------------------------------------------------------
+
+def _ask_params(study, n: int) -> list[dict]:
+    from budgetnas.space import sample_spec
+
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        sample_spec(trial, "cnn", 5_000, (1, 28, 28), 10, "fit")
+        out.append(dict(trial.params))
+        study.tell(trial, [0.5, 1.0])
+    return out
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random"])
+def test_two_processes_with_one_seed_propose_different_candidates_and_one_is_reproducible(tmp_path, sampler):
+    """Two loaders of one study (two machines, in effect) with the same seed, asking in turn."""
+    from budgetnas.records import StudySettings
+    from budgetnas.seeding import reseed
+    from budgetnas.study import create_or_load
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    settings = StudySettings(family="cnn", budget=5_000, dataset="fashion-mnist", epochs=1,
+                             objectives=("accuracy", "runtime"), sampler=sampler, parameterisation="fit",
+                             space_version=1)
+    shared = f"journal:{tmp_path}/shared.log"
+    first = create_or_load(open_storage(shared), "s", settings, sampler, seed=0)
+    second = create_or_load(open_storage(shared), "s", settings, sampler, seed=0)  # started at the same moment
+    proposals = []
+    for _ in range(4):
+        proposals += _ask_params(first, 1) + _ask_params(second, 1)
+    keys = [tuple(sorted(p.items())) for p in proposals]
+    assert len(set(keys)) == len(keys), "two processes proposed the same candidate"
+    assert reseed(first.sampler.sampler, 1) >= 1  # the wrapper really reaches the sampler's random state
+
+    again = [create_or_load(open_storage(f"journal:{tmp_path}/{name}.log"), "s", settings, sampler, seed=0)
+             for name in ("a", "b")]
+    assert _ask_params(again[0], 5) == _ask_params(again[1], 5)  # one process: reproducible from --seed
+
+
+# --- credentials ----------------------------------------------------------------------------------
+
+SECRET = "s3cret-Pw"
+
+
+@pytest.mark.parametrize("url", [
+    f"postgresql://me:{SECRET}@db:5432/nas",
+    f"postgresql://me@db:5432/nas?password={SECRET}",
+    f"postgresql://me@db/nas?sslmode=require&password={SECRET}&application_name=x",
+    f"postgresql://me@db/nas?sslpassword={SECRET}",
+    f"host=db user=me password={SECRET} dbname=nas",
+])
+def test_every_credential_form_is_redacted(url):
+    from budgetnas.storage import command_storage, has_secret, redact
+
+    assert SECRET not in redact(url) and "***" in redact(url) and has_secret(url)
+    assert command_storage(url) == command_storage(redact(url)) == "$BUDGETNAS_STORAGE"
+    assert not has_secret("postgresql://me@db/nas?sslmode=require") and not has_secret("sqlite:///a@b.db")
+
+
+def test_printed_commands_are_runnable_without_showing_the_secret(tmp_path):
+    """The resume, dashboard and replay commands name $BUDGETNAS_STORAGE, which the shell expands to the URL."""
+    import argparse
+
+    from budgetnas.cli.search import commands, resume_command
+    from budgetnas.search import SearchConfig, SearchSummary
+
+    url = f"postgresql+psycopg2://me@db:5432/nas?password={SECRET}"
+    config = SearchConfig(budget=5000, storage=url, study="s")
+    args = argparse.Namespace(timeout=None, device="auto", precision="auto", max_mult_adds=None, workers=1)
+    summary = SearchSummary(study="s", storage_url="postgresql+psycopg2://me@db:5432/nas?password=***",
+                            objectives=("accuracy", "runtime"), trials=1, complete=1, stopped_early=0, rejected=0,
+                            failed=0, wall_seconds=1.0, front=[{"trial": 0}])
+    printed = [resume_command(args, config), *commands(summary, config).values()]
+    for line in printed:
+        assert SECRET not in line and "***" not in line and '--storage "$BUDGETNAS_STORAGE"' in line, line
+        # What a shell makes of the printed line: the storage argument is the real URL again.
+        words = subprocess.run(["bash", "-c", f"set -- {line.removeprefix('budgetnas ')}; printf '%s\\n' \"$@\""],
+                               capture_output=True, text=True, env={"BUDGETNAS_STORAGE": url}, check=True).stdout
+        assert words.splitlines()[words.splitlines().index("--storage") + 1] == url
+
+
+def test_storage_from_the_environment_and_no_secret_on_stderr(cli, tiny_npz, tmp_path):
+    """$BUDGETNAS_STORAGE is the storage when --storage is left out; a ?password= URL is never echoed."""
+    from test_storage import closed_port
+
+    url = f"postgresql://me@127.0.0.1:{closed_port()}/nas?password={SECRET}"
+    for how in ({"env": {"BUDGETNAS_STORAGE": url}}, {}):
+        extra = () if how else ("--storage", url)
+        proc = cli("search", "--budget", "5k", "--dataset", f"npz:{tiny_npz}", "--trials", "1", *extra, **how)
+        assert_one_line_error(proc, 2, "cannot reach database")
+        assert SECRET not in proc.stderr + proc.stdout and "password=***" in proc.stderr
+    assert not list(tmp_path.glob("*.db"))  # the environment's storage was used, not ./budgetnas.db
+
+
+def test_load_weights_is_safe_and_load_exported_is_documented_as_trusted_only(tiny_npz, tmp_path, cli):
+    import torch
+
+    from budgetnas import export
+
+    assert "Trusted files only" in export.load_exported.__doc__
+    out = tmp_path / "run"
+    proc = cli("train", "cnn-10k", "--dataset", f"npz:{tiny_npz}", "--epochs", "1", "--device", "cpu",
+               "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model, config = export.load_weights(out)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10) and config.spec.family == "cnn"
+
+    class Payload:  # what a crafted file would carry: code that runs when it is unpickled
+        def __reduce__(self):
+            return (Path.write_text, (tmp_path / "pwned", "ran"))
+
+    torch.save({"weights": Payload()}, out / "model.pt")
+    with pytest.raises(Exception):
+        export.load_weights(out)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_trial_killed_before_its_first_heartbeat_becomes_stale(tmp_path):
+    """Optuna skips trials without any heartbeat: one killed while it was being sampled would stay RUNNING."""
+    from optuna.trial import TrialState
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=Heartbeat(interval=1, grace_period=2))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=storage, study_name="s")
+    with warnings.catch_warnings():  # ask() with a heartbeat storage, and the "experimental" helper
+        warnings.simplefilter("ignore")
+        orphan = study.ask()  # created RUNNING; its worker dies before the heartbeat thread starts
+        assert storage._get_stale_trial_ids(study._study_id) == []  # too young
+        time.sleep(3.5)  # past grace + one interval
+        optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert [t.system_attrs["failed_trial"] for t in trials if t.state == TrialState.WAITING] == [orphan.number]

@@ -47,6 +47,7 @@ from budgetnas.spec import CNNSpec, FCNSpec, Spec, feature_shapes
 
 Cap = Union[int, None, Literal["auto"]]  # a number, no cap, or the default rule below
 
+DEFAULT_BOUND_FAMILIES = ("cnn", "fcn")  # the families the default compute bound was derived for
 COMPUTE_FACTOR = 2  # default max mult-adds per image = COMPUTE_FACTOR * budget * (area of the pooled map)
 MEMORY_FRACTION = 0.15  # default max training-activation memory = this share of available memory
 _FLOAT_BYTES = 4
@@ -133,9 +134,15 @@ class CostBounds:
 
     @classmethod
     def resolve(cls, max_mult_adds: Cap, max_memory: Cap, budget: int, input_shape: tuple[int, int, int],
-                device: str = "cpu") -> "CostBounds":
-        """Turn ``"auto"`` into the defaults above for this budget, input size and machine."""
-        compute = default_max_mult_adds(budget, input_shape) if max_mult_adds == "auto" else max_mult_adds
+                device: str = "cpu", family: str = "cnn") -> "CostBounds":
+        """Turn ``"auto"`` into the defaults above for this budget, input size and machine.
+
+        The default compute bound was derived for (and checked against) the plain families'
+        always-pooled maps; another family (``mbconv``, a plug-in) keeps its mult-adds unbounded
+        under ``auto`` until a bound is derived for it (a number still applies to every family)."""
+        compute = max_mult_adds
+        if max_mult_adds == "auto":
+            compute = default_max_mult_adds(budget, input_shape) if family in DEFAULT_BOUND_FAMILIES else None
         memory = default_max_memory(device) if max_memory == "auto" else max_memory
         return cls(compute, memory)
 

@@ -83,7 +83,8 @@ class Objective:
             from budgetnas.device import resolve_placement
 
             bounds = CostBounds.resolve(settings.max_mult_adds, settings.max_memory, settings.budget,
-                                        data.input_shape, resolve_placement(device, precision).device.type)
+                                        data.input_shape, resolve_placement(device, precision).device.type,
+                                        family=settings.family)
         self.bounds = bounds
         self.screen = screen  # --proxy: score (and maybe reject) each candidate before training
 

@@ -198,7 +198,8 @@ def _retried(name: str) -> Callable[..., Any]:
     return call
 
 
-for _name in [n for n in dir(RDBStorage) if (not n.startswith("_") or n == "_get_stale_trial_ids")]:
+# _get_trials too: Optuna's cached storage reads the trials through it, not through get_all_trials.
+for _name in [n for n in dir(RDBStorage) if (not n.startswith("_") or n in ("_get_stale_trial_ids", "_get_trials"))]:
     if _name not in _NOT_RETRIED | {"set_trial_state_values", "_get_stale_trial_ids"} and callable(getattr(RDBStorage, _name)) and not isinstance(
             RDBStorage.__dict__.get(_name), (staticmethod, classmethod)):
         setattr(RetryingRDBStorage, _name, _retried(_name))

@@ -115,7 +115,8 @@ class SearchConfig:
     def cost_bounds(self, input_shape: tuple[int, int, int]) -> CostBounds:
         """The compute and memory bounds in force, ``"auto"`` resolved for this input and machine."""
         device = resolve_placement(self.device, self.precision).device.type
-        return CostBounds.resolve(self.max_mult_adds, self.max_memory, self.budget, input_shape, device)
+        return CostBounds.resolve(self.max_mult_adds, self.max_memory, self.budget, input_shape, device,
+                                  family=self.family)
 
     def pruner_name(self) -> str:
         """The early-stopping rule this search uses (``"auto"`` and ``early_stop=False`` resolved)."""
@@ -311,7 +312,14 @@ def optimize_once(study: optuna.Study, objective: Callable[[Any], Any], timeout:
     this worker then reports its result, Optuna refuses ("Cannot tell a FAIL trial", or its
     "Should not reach" assertion) and ``optimize`` ends. The result is dropped (the retry runs
     elsewhere) and the search goes on.
+
+    A lost connection that reaches this far (a storage read that no retry wraps, e.g. the
+    sampler's, through Optuna's trial cache) ends ``optimize`` too; within the retry window
+    (``BUDGETNAS_STORAGE_RETRY``, counted from the first such loss in a row) the search waits and
+    goes on, and its trial, left RUNNING, is failed and retried through the heartbeat.
     """
+    from budgetnas.resilience import StorageUnavailable, is_transient, retry_seconds
+
     left = None if timeout is None else timeout - (time.perf_counter() - start)
     if left is not None and left <= 0:
         return True
@@ -323,7 +331,23 @@ def optimize_once(study: optuna.Study, objective: Callable[[Any], Any], timeout:
         say("this worker's trial was failed as stale by another worker while the database was away (its "
             "heartbeat could not be recorded); its retry runs there, so this result is dropped")
         return False
+    except StorageUnavailable:
+        raise
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        first = _LOST.setdefault(id(study), time.monotonic())
+        if time.monotonic() - first > retry_seconds():
+            raise StorageUnavailable(f"lost the database and it did not come back within {retry_seconds()}s; "
+                                     "the study is saved: rerun the same command when the server is up") from None
+        say("lost the database connection; waiting for it (the running trial is retried through its heartbeat)")
+        time.sleep(2.0)
+        return False
+    _LOST.pop(id(study), None)
     return True
+
+
+_LOST: dict[int, float] = {}  # study -> when the current run of lost connections began (optimize_once)
 
 
 def check_config(config: SearchConfig) -> None:

@@ -227,6 +227,19 @@ def _regularisation(trial: "BaseTrial") -> tuple[float, str, str]:
     return dropout, activation, init
 
 
+def fit_params(widths: dict[str, int], params: int, budget: int, what: str) -> dict[str, float]:
+    """The ``fit`` parameters that rebuild ``widths`` exactly: relative widths around their
+    geometric middle and the fill that makes the exact count (``params``) the target. Every
+    family's inverse (``params_of``) uses it; out of the fit space is a UsageError naming ``what``."""
+    middle = math.sqrt(max(widths.values()) * min(widths.values()))
+    values: dict[str, float] = {f"{name}_width": width / middle for name, width in widths.items()}
+    values["fill"] = (params + 0.5) / budget
+    if values["fill"] < FILL[0] or max(widths.values()) / min(widths.values()) > RELATIVE_WIDTH[1] ** 2:
+        raise UsageError(f"{what} ({params:,} parameters) is outside the fit space for budget {budget:,} "
+                         "(under half the budget, or widths too far apart); use --parameterisation direct")
+    return values
+
+
 def params_of(spec: Spec, recipe: Recipe | None, budget: int, input_shape: tuple[int, int, int], num_classes: int,
               parameterisation: str = "fit") -> dict[str, Any]:
     """The trial parameters from which :func:`sample_spec` rebuilds ``spec`` exactly (and, given a
@@ -279,14 +292,7 @@ def params_of(spec: Spec, recipe: Recipe | None, budget: int, input_shape: tuple
     if parameterisation == "direct":
         values.update({f"{name}_{unit_names[name]}": width for name, width in widths.items()})
     else:
-        # relative widths around their geometric middle, and the fill that makes the exact count the target
-        middle = math.sqrt(max(widths.values()) * min(widths.values()))
-        values.update({f"{name}_width": width / middle for name, width in widths.items()})
-        values["fill"] = (params + 0.5) / budget
-        if values["fill"] < FILL[0] or max(widths.values()) / min(widths.values()) > RELATIVE_WIDTH[1] ** 2:
-            raise UsageError(f"{spec.describe()} ({params:,} parameters) is outside the fit space for budget "
-                             f"{budget:,} (under half the budget, or widths too far apart); use "
-                             "--parameterisation direct")
+        values.update(fit_params(widths, params, budget, spec.describe()))
     if recipe is not None:
         values.update(recipe_params(recipe))
     from optuna.trial import FixedTrial

@@ -78,7 +78,8 @@ FAST_HEARTBEAT = {"BUDGETNAS_HEARTBEAT_INTERVAL": "1", "BUDGETNAS_HEARTBEAT_GRAC
 
 def search_args(npz: Path, url: str, study: str, trials: int, epochs: int = 1) -> list[str]:
     return ["search", "--budget", "5k", "--family", "cnn", "--dataset", f"npz:{npz}", "--trials", str(trials),
-            "--epochs", str(epochs), "--storage", url, "--study", study]
+            "--epochs", str(epochs), "--storage", url, "--study", study,
+            "--workers", "1"]  # one process each: these tests start, kill and count processes themselves
 
 
 def start_cli(args: list[str], cwd: Path, env: dict | None = None, **popen: Any) -> subprocess.Popen:

@@ -23,6 +23,7 @@ from optuna.trial import FixedTrial
 from budgetnas.config import RunConfig, load_config, save_config
 from budgetnas.counting import count_mult_adds, count_params, torchinfo_mult_adds, torchinfo_trainable
 from budgetnas.errors import UsageError
+from budgetnas.fmt import percent
 from budgetnas.families import (available_families, family_key, family_of, get_family, register_family,
                                 spec_from_dict, spec_to_dict)
 from budgetnas.families.mbconv import BLOCKS, MBConvSpec, Stage
@@ -333,7 +334,7 @@ def test_mbconv_through_search_replay_report_count_and_train(cli, tiny_npz, tmp_
     assert {"export", "featuremaps", "config"} <= set(doc["artifacts"])
     report = cli("report", "--storage", url, "--out", "r.html")
     assert report.returncode == 0, report.stderr
-    assert f"{doc['test_accuracy']:.4f}" in (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert percent(doc['test_accuracy']) in (tmp_path / "r.html").read_text(encoding="utf-8")
     count = cli("count", str(tmp_path / "best" / "spec.toml"), "--batch", "1", "--json")
     assert count.returncode == 0, count.stderr
     counted = json.loads(count.stdout)

@@ -98,7 +98,7 @@ def test_bad_transfer_sources_fail_with_one_line_before_any_study(search, tmp_pa
 
 @pytest.mark.slow
 def test_proxy_screen_rejects_candidates_below_the_quantile_of_earlier_ones(search, tmp_path):
-    proc = search("--trials", "10", "--objectives", "accuracy", "--sampler", "random", "--proxy", "synflow",
+    proc = search("--trials", "16", "--objectives", "accuracy", "--sampler", "random", "--proxy", "synflow",
                   "--proxy-screen", "0.5")
     assert proc.returncode == 0, proc.stderr
     trials = load(tmp_path).trials

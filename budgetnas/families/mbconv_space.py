@@ -15,12 +15,11 @@ is dropped and the spec records stride 1 (as the cnn family drops a pool on 8x8 
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 from budgetnas.errors import UsageError
 from budgetnas.families.mbconv_spec import BLOCKS, MAX_EXPANSION, MBConvSpec, Stage, count_params
-from budgetnas.space import (CHANNELS, DROPOUT, FILL, RELATIVE_WIDTH, _regularisation, fit_widths,
+from budgetnas.space import (CHANNELS, DROPOUT, FILL, RELATIVE_WIDTH, _regularisation, fit_params, fit_widths,
                              recipe_params)
 
 if TYPE_CHECKING:
@@ -125,14 +124,7 @@ def params_of(spec: MBConvSpec, recipe: "Recipe | None", budget: int, input_shap
     if parameterisation == "direct":
         values.update({f"{name}_channels": width for name, width in widths.items()})
     else:
-        # relative widths around their geometric middle; the fill that makes the exact count the target
-        middle = math.sqrt(max(widths.values()) * min(widths.values()))
-        values.update({f"{name}_width": width / middle for name, width in widths.items()})
-        values["fill"] = (params + 0.5) / budget
-        if values["fill"] < FILL[0] or max(widths.values()) / min(widths.values()) > RELATIVE_WIDTH[1] ** 2:
-            raise UsageError(f"{spec.describe()} ({params:,} parameters) is outside the fit space for budget "
-                             f"{budget:,} (under half the budget, or widths too far apart); use "
-                             "--parameterisation direct")
+        values.update(fit_params(widths, params, budget, spec.describe()))
     if recipe is not None:
         values.update(recipe_params(recipe))
     rebuilt = sample(FixedTrial(values), budget, input_shape, num_classes, parameterisation)

@@ -137,8 +137,10 @@ def _live_screen(npz, folder, env_extra: str) -> str:
     """The tmux screen (with its escape codes) once a search's live display shows a training step."""
     folder.mkdir()
     session = f"budgetnas-test-{os.getpid()}-{folder.name}"
+    # Thousands of epochs: on an idle machine 30 epochs of this tiny set end within a second, and the live
+    # display is gone before the screen is read; the session is killed once a training step shows.
     command = shlex.join([sys.executable, "-m", "budgetnas", "search", "--budget", "3k", "--dataset",
-                          f"npz:{npz}", "--epochs", "30", "--trials", "1", "--no-early-stop",
+                          f"npz:{npz}", "--epochs", "5000", "--trials", "1", "--no-early-stop",
                           "--storage", f"sqlite:///{folder}/s.db", "--device", "cpu", "--threads", "1"])
     env = f"PYTHONPATH={shlex.quote(str(REPO))} OMP_NUM_THREADS=1 {env_extra}"
     tmux = ["tmux", "-L", session]  # a server of its own: no race with another session's shutdown

@@ -16,13 +16,17 @@ costs 46 mult-adds per parameter on 28x28 inputs (7 x 7 = 49), the issue-8 winne
 every paper pick, found config and starting point (tested; ``studies/seeds/cnn-10k-b`` sits
 right at it) and rejects everything the
 issue reported: 5.0G at 100K and 28x28 inputs, about 2.1x the paper's CNN-100K. An FCN costs
-about its parameter count per image, far below the bound, so it never binds there.
+about its parameter count per image, far below the bound, so it never binds there. The factor is the family's
+(``Family.compute_factor``): ``mbconv``'s depthwise convs apply few weights at many positions,
+so at factor 2 about half of its randomly sampled candidates would be rejected (measured: 51%
+at 10K, 53% at 100K, against 38% and 33% for cnn); its factor 4 rejects the costliest ~13%.
 
 **Memory** (``--max-memory``, bytes of training activations at the recipe's batch size).
 :func:`training_memory` counts, per image, what autograd keeps for the backward pass (each
-conv block's conv output, its batch-norm output, its activation output and, when it pools,
-the pooled map and its int64 indices) plus 1.5x the largest map for the gradients in flight,
-all in fp32. Calibrated on this CPU: ``conv 128k3bn p2`` at batch 512 measured 1,046 MiB of
+family says what, ``Family.activations``: for a conv block its conv output, its batch-norm
+output, its activation output and, when it pools, the pooled map and its int64 indices) plus
+1.5x the largest map for the gradients in flight, all in fp32. The same estimate, plus the
+weights, is what refuses a model that cannot fit in memory at all (:func:`model_bytes`). Calibrated on this CPU: ``conv 128k3bn p2`` at batch 512 measured 1,046 MiB of
 peak RSS growth against an estimate of 1,031 MiB; ``conv 256k3 | gap`` at batch 256, 604 MiB
 against 687 MiB. The default bound is :data:`MEMORY_FRACTION` of the memory available when
 the search starts (``MemAvailable``, else physical memory; the GPU's free memory on CUDA),
@@ -41,14 +45,13 @@ from typing import Literal, Union
 
 from budgetnas.counting import PAPER_BATCH, count_mult_adds, count_params, human_count
 from budgetnas.errors import UsageError
-from budgetnas.limits import _FLOAT, available_memory as host_memory, gib
+from budgetnas.limits import available_memory as host_memory, gib
 from budgetnas.space import POOL, POOLED_SIZE
-from budgetnas.spec import CNNSpec, FCNSpec, Spec, feature_shapes
+from budgetnas.spec import Spec
 
 Cap = Union[int, None, Literal["auto"]]  # a number, no cap, or the default rule below
 
-DEFAULT_BOUND_FAMILIES = ("cnn", "fcn")  # the families the default compute bound was derived for
-COMPUTE_FACTOR = 2  # default max mult-adds per image = COMPUTE_FACTOR * budget * (area of the pooled map)
+COMPUTE_FACTOR = 2  # cnn's: default max mult-adds per image = factor * budget * (area of the pooled map)
 MEMORY_FRACTION = 0.15  # default max training-activation memory = this share of available memory
 _FLOAT_BYTES = 4
 _GRADIENT_FACTOR = 1.5  # gradients in flight during backward, in units of the largest map
@@ -76,38 +79,38 @@ def parse_cap(value: object, field: str) -> Cap:
         raise FieldError(f"{exc} (or auto, or none)", field) from None
 
 
-def training_memory(spec: Spec, input_shape: tuple[int, int, int], batch: int) -> int | None:
-    """Estimated peak bytes of training activations for one step of ``batch`` images (fp32);
-    None for a family this module does not know (no memory bound applies to it)."""
-    saved = float(math.prod(input_shape))
-    largest = saved
-    if isinstance(spec, CNNSpec):
-        _, h, w = input_shape
-        for block, (c, h_out, w_out) in zip(spec.conv, feature_shapes(spec, input_shape)):
-            conv_map = c * (h + 2 * block.padding - block.kernel_size + 1) * (w + 2 * block.padding - block.kernel_size + 1)
-            saved += conv_map * (3 if block.batch_norm else 2)  # conv output, [batch norm], activation
-            if block.pool:
-                saved += 3 * c * h_out * w_out  # the pooled map (fp32) and its indices (int64)
-            largest = max(largest, conv_map)
-            h, w = h_out, w_out
-        widths, batch_norm = spec.fc, spec.fc_batch_norm
-    elif isinstance(spec, FCNSpec):
-        widths, batch_norm = spec.hidden, spec.batch_norm
-    else:
+def activation_estimate(spec: Spec, input_shape: tuple[int, int, int]) -> tuple[int, int] | None:
+    """Per image: (values autograd keeps for the backward pass, largest single map), the input
+    included; from the spec's family (:meth:`~budgetnas.families.Family.activations`), None if it
+    does not say. The one estimate behind :func:`training_memory` and :func:`model_bytes`."""
+    from budgetnas.families import family_of
+
+    found = family_of(spec).activations(spec, input_shape)
+    if found is None:
         return None
-    for width in widths:
-        saved += width * (3 if batch_norm else 2)
-        largest = max(largest, width)
+    pixels = math.prod(input_shape)
+    return found[0] + pixels, max(found[1], pixels)
+
+
+def training_memory(spec: Spec, input_shape: tuple[int, int, int], batch: int) -> int | None:
+    """Estimated peak bytes of training activations for one step of ``batch`` images (fp32): what
+    autograd keeps plus :data:`_GRADIENT_FACTOR` x the largest map for the gradients in flight;
+    None for a family that does not estimate its activations (no memory bound applies to it)."""
+    estimate = activation_estimate(spec, input_shape)
+    if estimate is None:
+        return None
+    saved, largest = estimate
     return int(_FLOAT_BYTES * batch * (saved + _GRADIENT_FACTOR * largest))
 
 
-def default_max_mult_adds(budget: int, input_shape: tuple[int, int, int], batch: int = PAPER_BATCH) -> int:
-    """The default compute bound: ``COMPUTE_FACTOR * budget * h * w`` mult-adds per image, times
+def default_max_mult_adds(budget: int, input_shape: tuple[int, int, int], batch: int = PAPER_BATCH,
+                          factor: float = COMPUTE_FACTOR) -> int:
+    """The default compute bound: ``factor * budget * h * w`` mult-adds per image, times
     ``batch``, where ``h x w`` is the map after the pools the space always makes (7x7 for 28x28)."""
     _, h, w = input_shape
     while min(h, w) > POOLED_SIZE:
         h, w = h // POOL, w // POOL
-    return COMPUTE_FACTOR * budget * h * w * batch
+    return int(factor * budget * h * w * batch)
 
 
 def available_memory(device: str = "cpu") -> int | None:
@@ -135,14 +138,17 @@ class CostBounds:
     @classmethod
     def resolve(cls, max_mult_adds: Cap, max_memory: Cap, budget: int, input_shape: tuple[int, int, int],
                 device: str = "cpu", family: str = "cnn") -> "CostBounds":
-        """Turn ``"auto"`` into the defaults above for this budget, input size and machine.
+        """Turn ``"auto"`` into the defaults above for this budget, input size, machine and family.
 
-        The default compute bound was derived for (and checked against) the plain families'
-        always-pooled maps; another family (``mbconv``, a plug-in) keeps its mult-adds unbounded
-        under ``auto`` until a bound is derived for it (a number still applies to every family)."""
+        The compute bound's factor is the family's (:attr:`~budgetnas.families.Family.compute_factor`):
+        2 for the plain families it was derived for, 4 for ``mbconv``; a family without one (a
+        plug-in that sets none) keeps its mult-adds unbounded under ``auto`` (a number still applies)."""
+        from budgetnas.families import get_family
+
         compute = max_mult_adds
         if max_mult_adds == "auto":
-            compute = default_max_mult_adds(budget, input_shape) if family in DEFAULT_BOUND_FAMILIES else None
+            factor = get_family(family).compute_factor
+            compute = None if factor is None else default_max_mult_adds(budget, input_shape, factor=factor)
         memory = default_max_memory(device) if max_memory == "auto" else max_memory
         return cls(compute, memory)
 
@@ -175,30 +181,18 @@ def human_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def activation_values(spec: "Spec", input_shape: tuple[int, int, int]) -> int:
-    """Values one sample's forward pass produces (each layer output, before and after pooling)."""
-    total = math.prod(input_shape)
-    if isinstance(spec, CNNSpec):
-        _, h, w = input_shape
-        for block, (c, ph, pw) in zip(spec.conv, feature_shapes(spec, input_shape)):
-            h = h + 2 * block.padding - block.kernel_size + 1
-            w = w + 2 * block.padding - block.kernel_size + 1
-            total += c * h * w * (3 if block.batch_norm else 2) + c * ph * pw  # conv, [bn], act, pool
-            h, w = ph, pw
-        widths = spec.fc
-    elif isinstance(spec, FCNSpec):
-        widths = spec.hidden
-    else:  # another family: its activations are not estimated here (the weights still are)
-        widths = ()
-    return total + 3 * sum(widths)
-
-
 def model_bytes(spec: "Spec", input_shape: tuple[int, int, int], num_classes: int, *, batch: int = 0,
                 training: bool = False) -> int:
-    """Lower bound of the memory a model needs: weights (x4 when training: grads, Adam) + activations."""
-    params = count_params(spec, input_shape, num_classes)
-    values = params * (4 if training else 1) + batch * activation_values(spec, input_shape) * (2 if training else 1)
-    return values * _FLOAT
+    """The memory a model needs: fp32 weights (x4 when training: gradients and Adam's two moments),
+    plus, for a batch, the activation estimate (:func:`training_memory` when training, else the
+    values one forward pass writes). A family without an activation estimate counts weights only."""
+    weights = count_params(spec, input_shape, num_classes) * _FLOAT_BYTES * (4 if training else 1)
+    estimate = activation_estimate(spec, input_shape) if batch else None
+    if estimate is None:
+        return weights
+    if training:
+        return weights + int(training_memory(spec, input_shape, batch) or 0)
+    return weights + _FLOAT_BYTES * batch * estimate[0]
 
 
 def check_model_memory(spec: "Spec", input_shape: tuple[int, int, int], num_classes: int, *, batch: int = 0,

@@ -265,8 +265,9 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Moni
         with guard.installed(study):
             # The first trial is checked too: other workers may hold the last places (workers.py).
             if total is None or total.room(study):
-                while not optimize_once(study, _released(objective, total), config.timeout, start, callbacks, say):
-                    pass  # this worker's trial was failed as stale by another one: go on with the next trial
+                running = _Running(objective, total)
+                while not optimize_once(study, running, config.timeout, start, callbacks, say):
+                    pass  # the database came back, or another worker took over this one's trial: go on
     except KeyboardInterrupt:
         guard.requested = True
     except Exception:
@@ -285,13 +286,52 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Moni
     return summary
 
 
-def _released(objective: Any, total: StopAtTotal | None) -> Callable[[optuna.Trial], Any]:
-    """The objective, first releasing the total's gate: the trial is RUNNING in the storage by now."""
-    def run(trial: optuna.Trial) -> Any:
-        if total is not None:
-            total.release()
-        return objective(trial)
-    return run
+class _Running:
+    """The objective, first releasing the total's gate (the trial is RUNNING in the storage by now).
+
+    It remembers the trial it runs until the objective returns: when a lost database connection
+    ends ``optimize`` in the middle of a trial, :func:`optimize_once` queues that trial's retry.
+    """
+
+    def __init__(self, objective: Callable[[Any], Any], total: StopAtTotal | None) -> None:
+        self.objective, self.total = objective, total
+        self.trial_id: int | None = None  # the trial being run, None between trials
+        self.lost: set[int] = set()  # trials a lost connection interrupted, whose retry is not queued yet
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        if self.total is not None:
+            self.total.release()
+        from budgetnas.resilience import is_transient
+
+        self.trial_id = trial._trial_id
+        try:
+            result = self.objective(trial)
+        except BaseException as exc:
+            if not is_transient(exc):  # pruned, failed or interrupted: recorded as such, nothing to retry
+                self.trial_id = None
+            raise
+        self.trial_id = None
+        return result
+
+    def retry_lost(self, study: optuna.Study) -> None:
+        """Queue the retry of each trial a lost connection interrupted, once the database answers.
+
+        Optuna records such a trial FAIL itself (its objective raised), and no heartbeat retries a
+        finished trial, so without this it would be lost. A trial still RUNNING is left to the
+        heartbeat (another worker fails it as stale and queues its retry).
+        """
+        import copy
+
+        from budgetnas.resilience import RetryStaleTrial
+
+        for trial_id in sorted(self.lost):
+            trial = study._storage.get_trial(trial_id)
+            retried = any(trial.number in t.system_attrs.get("retry_history", ())
+                          for t in study.get_trials(deepcopy=False))
+            if trial.state == TrialState.FAIL and not retried and not {"failed", "surplus", "interrupted"} & set(
+                    trial.user_attrs):
+                RetryStaleTrial()(study, copy.deepcopy(trial))
+            self.lost.discard(trial_id)
 
 
 def plan(config: SearchConfig) -> str:
@@ -303,7 +343,7 @@ def plan(config: SearchConfig) -> str:
     return f"this run stops after {limit}; up to {config.epochs} epochs per trial"
 
 
-def optimize_once(study: optuna.Study, objective: Callable[[Any], Any], timeout: float | None, start: float,
+def optimize_once(study: optuna.Study, objective: _Running, timeout: float | None, start: float,
                   callbacks: list[Callable[[optuna.Study, FrozenTrial], None]], say: Progress) -> bool:
     """``study.optimize`` for what is left of ``timeout``; False if it must be called again.
 
@@ -316,7 +356,8 @@ def optimize_once(study: optuna.Study, objective: Callable[[Any], Any], timeout:
     A lost connection that reaches this far (a storage read that no retry wraps, e.g. the
     sampler's, through Optuna's trial cache) ends ``optimize`` too; within the retry window
     (``BUDGETNAS_STORAGE_RETRY``, counted from the first such loss in a row) the search waits and
-    goes on, and its trial, left RUNNING, is failed and retried through the heartbeat.
+    goes on. The trial it interrupted is retried: queued here once the database answers if
+    Optuna recorded it FAIL (:meth:`_Running.retry_lost`), through the heartbeat if it was left RUNNING.
     """
     from budgetnas.resilience import StorageUnavailable, is_transient, retry_seconds
 
@@ -324,6 +365,8 @@ def optimize_once(study: optuna.Study, objective: Callable[[Any], Any], timeout:
     if left is not None and left <= 0:
         return True
     try:
+        objective.retry_lost(study)
+
         study.optimize(objective, timeout=left, catch=(RunFailure,), callbacks=callbacks)
     except (ValueError, AssertionError) as exc:
         if "Cannot tell a FAIL trial" not in str(exc) and "Should not reach" not in str(exc):
@@ -336,6 +379,9 @@ def optimize_once(study: optuna.Study, objective: Callable[[Any], Any], timeout:
     except Exception as exc:
         if not is_transient(exc):
             raise
+        if objective.trial_id is not None:
+            objective.lost.add(objective.trial_id)
+            objective.trial_id = None
         first = _LOST.setdefault(id(study), time.monotonic())
         if time.monotonic() - first > retry_seconds():
             raise StorageUnavailable(f"lost the database and it did not come back within {retry_seconds()}s; "

@@ -3,6 +3,7 @@ rejection before a candidate is built, in a real search on real (tiny) data."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import optuna
@@ -11,6 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_core import INPUT_SHAPES, _fits, cnn_specs, fcn_specs
+from test_families import _fits as _mbconv_fits, mbconv_specs
 from test_search import small_npz  # noqa: F401  (the 8x8 real-image slice, a fixture)
 from torch import nn
 
@@ -19,6 +21,7 @@ from budgetnas.config import RunConfig, load_config, save_config
 from budgetnas.counting import count_mult_adds, count_params
 from budgetnas.model import build_model
 from budgetnas.search import SearchConfig, run_search
+from budgetnas.families.mbconv import MBConvSpec
 from budgetnas.spec import CNNSpec, ConvBlock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +59,56 @@ def test_memory_estimate_covers_every_activation_the_model_writes(spec, shape):
     estimate = cost.training_memory(spec, shape, batch=4)
     assert estimate >= 4 * sum(written)
     assert cost.training_memory(spec, shape, batch=8) >= 2 * estimate - 8  # linear in the batch (int rounding)
+
+
+def _autograd_saved_bytes(model: nn.Module, shape, batch: int) -> int:
+    """Bytes of the distinct tensors autograd keeps for the backward pass (weights excluded), measured
+    with ``saved_tensors_hooks`` on a real training-mode forward pass."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(torch.zeros(batch, *shape)).sum()
+    return sum(kept.values())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(spec=st.one_of(cnn_specs, fcn_specs, mbconv_specs), shape=st.sampled_from(INPUT_SHAPES))
+def test_one_activation_estimate_for_every_family_bounds_what_autograd_keeps(spec, shape):
+    """Every family's ``activations`` (the one estimate behind the memory bound and the refusal of
+    models that cannot fit) is at least what autograd really keeps, and not wildly more."""
+    if not (_fits(spec, shape) if not isinstance(spec, MBConvSpec) else _mbconv_fits(spec, shape)):
+        return
+    batch = 2
+    kept = _autograd_saved_bytes(build_model(spec, shape, 10), shape, batch)
+    saved, largest = cost.activation_estimate(spec, shape)
+    estimate = 4 * batch * saved
+    assert estimate + 4096 >= kept  # + batch norm's per-channel statistics, the same at any batch
+    assert estimate <= 2.5 * kept + 4 * batch * 2 * math.prod(shape) + 4096, (estimate, kept)
+    assert cost.training_memory(spec, shape, batch) >= estimate
+    weights = 4 * count_params(spec, shape, 10)
+    assert cost.model_bytes(spec, shape, 10) == weights
+    assert cost.model_bytes(spec, shape, 10, batch=batch, training=True) == 4 * weights + cost.training_memory(
+        spec, shape, batch)
+
+
+def test_default_compute_bound_is_the_familys():
+    """cnn and fcn: factor 2 (derived above); mbconv: factor 4; a family with no factor: no default bound."""
+    from budgetnas.families import get_family
+
+    assert cost.CostBounds.resolve("auto", None, 100_000, FMNIST, family="fcn").max_mult_adds == \
+        cost.default_max_mult_adds(100_000, FMNIST)
+    mbconv = cost.CostBounds.resolve("auto", None, 100_000, FMNIST, family="mbconv").max_mult_adds
+    assert mbconv == 2 * cost.default_max_mult_adds(100_000, FMNIST) == get_family("mbconv").compute_factor * \
+        100_000 * 7 * 7 * 512
+    assert cost.CostBounds.resolve(5 * 10**9, None, 100_000, FMNIST, family="mbconv").max_mult_adds == 5 * 10**9
 
 
 def test_default_compute_bound_keeps_every_known_good_cnn_and_rejects_the_issues_candidates():

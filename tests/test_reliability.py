@@ -404,3 +404,44 @@ def test_a_trial_killed_before_its_first_heartbeat_becomes_stale(tmp_path):
     trials = study.get_trials(deepcopy=False)
     assert trials[orphan.number].state == TrialState.FAIL
     assert [t.system_attrs["failed_trial"] for t in trials if t.state == TrialState.WAITING] == [orphan.number]
+
+
+def test_a_trial_a_lost_connection_interrupted_is_retried_once_the_database_answers(tmp_path):
+    """The soak's gap: a storage error raised inside a trial makes Optuna record it FAIL, and no heartbeat retries it.
+
+    A real SQLite study; the lost connection is a real SQLAlchemy ``OperationalError`` raised where the
+    sampler's read would raise it, inside the objective. ``optimize_once`` must wait, then queue that trial's
+    retry (once, with the same parameters), and go on.
+    """
+    from optuna.trial import TrialState
+    from sqlalchemy.exc import OperationalError
+
+    from budgetnas.search import _Running, optimize_once
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=Heartbeat(interval=60))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=storage, study_name="s", sampler=optuna.samplers.RandomSampler(seed=0))
+    calls: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        calls.append(trial.number)
+        if len(calls) == 3:  # the retry of trial 0, then one new trial
+            trial.study.stop()
+        if len(calls) == 1:
+            raise OperationalError("SELECT trials", {}, ConnectionRefusedError("server closed the connection"))
+        return x
+
+    running, said = _Running(objective, None), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert optimize_once(study, running, None, time.perf_counter(), [], said.append) is False  # lost: call again
+        assert running.lost and "waiting" in said[-1]
+        assert optimize_once(study, running, None, time.perf_counter(), [], said.append) is True
+    trials = study.get_trials(deepcopy=False)
+    assert trials[0].state == TrialState.FAIL and not running.lost
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == trials[0].params  # the same candidate, run again
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 2
+

@@ -55,6 +55,9 @@ class Family(ABC):
     feature_maps: ClassVar[bool] = False  # replay draws the activations of ``model.blocks``
     summary: ClassVar[str] = ""  # one line for ``--help`` and the README
     paper_family: ClassVar[str] = ""  # the paper's models reports and sweeps draw beside it ("cnn", "fcn", "": none)
+    # The default compute bound (``--max-mult-adds auto``) is this many mult-adds per parameter of
+    # the budget at every position of the always-pooled map (budgetnas.cost); None: no default bound.
+    compute_factor: ClassVar[float | None] = None
 
     @property
     def space_version(self) -> int:
@@ -123,6 +126,16 @@ class Family(ABC):
     def with_batch_norm(self, spec: Any) -> Any:
         """``spec`` with batch norm everywhere it is optional (``budgetnas train NAME+bn``)."""
         raise UsageError(f"the {self.name} family has no batch-norm variant (+bn)")
+
+    def activations(self, spec: Any, input_shape: Shape) -> tuple[int, int] | None:
+        """Per image, counted from the spec: (values the forward pass writes and autograd keeps for
+        the backward pass, elements of the largest single map), the input excluded.
+
+        :mod:`budgetnas.cost` turns this into the one memory estimate that the search's memory bound
+        and the refusal of models that cannot fit at all both use. None: not known, so no memory
+        bound applies to the family's candidates (their weights are still checked).
+        """
+        return None
 
     def largest_activation(self, spec: Any, input_shape: Shape) -> int | None:
         """Elements per image of the largest activation map, when the trainer may split a CPU batch

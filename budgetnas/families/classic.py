@@ -86,6 +86,7 @@ class CNNFamily(_Classic):
     name = "cnn"
     spec_type = CNNSpec
     paper_family = "cnn"
+    compute_factor = 2  # derived and checked in budgetnas.cost
     channels_last = True
     feature_maps = True
     summary = "the paper's plain CNN: conv blocks (conv, batch norm, activation, max-pool), flatten or GAP, FC layers"
@@ -103,14 +104,34 @@ class CNNFamily(_Classic):
     def with_batch_norm(self, spec: CNNSpec) -> CNNSpec:
         return replace(spec, conv=tuple(replace(b, batch_norm=True) for b in spec.conv), fc_batch_norm=True)
 
+    def activations(self, spec: CNNSpec, input_shape: Shape) -> tuple[int, int]:
+        saved = largest = 0
+        for block, (h, w), (c, h_out, w_out) in zip(spec.conv, _conv_sizes(spec, input_shape),
+                                                    feature_shapes(spec, input_shape)):
+            conv_map = block.out_channels * h * w
+            saved += conv_map * (3 if block.batch_norm else 2)  # conv output, [batch norm], activation
+            if block.pool:
+                saved += 3 * c * h_out * w_out  # the pooled map (fp32) and its indices (int64)
+            largest = max(largest, conv_map)
+        return _fc_activations(spec.fc, spec.fc_batch_norm, saved, largest)
+
     def largest_activation(self, spec: CNNSpec, input_shape: Shape) -> int | None:
         return max(b.out_channels * h * w for b, (h, w) in zip(spec.conv, _conv_sizes(spec, input_shape)))
+
+
+def _fc_activations(widths: tuple[int, ...], batch_norm: bool, saved: int, largest: int) -> tuple[int, int]:
+    """``activations`` of the hidden FC layers (linear output, [batch norm], activation) added on."""
+    for width in widths:
+        saved += width * (3 if batch_norm else 2)
+        largest = max(largest, width)
+    return saved, largest
 
 
 class FCNFamily(_Classic):
     name = "fcn"
     spec_type = FCNSpec
     paper_family = "fcn"
+    compute_factor = 2  # an FCN costs about its parameter count per image: never binds
     summary = "the paper's fully connected net: flatten, 1-4 hidden layers (optional batch norm, dropout)"
 
     def count_mult_adds(self, spec: FCNSpec, input_shape: Shape, num_classes: int, batch: int = 1) -> int:
@@ -118,3 +139,6 @@ class FCNFamily(_Classic):
 
     def with_batch_norm(self, spec: FCNSpec) -> FCNSpec:
         return replace(spec, batch_norm=True)
+
+    def activations(self, spec: FCNSpec, input_shape: Shape) -> tuple[int, int]:
+        return _fc_activations(spec.hidden, spec.batch_norm, 0, 0)

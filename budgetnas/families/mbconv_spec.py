@@ -205,6 +205,43 @@ def layer_costs(spec: MBConvSpec, input_shape: Shape, num_classes: int) -> list[
     return costs + [(channels * num_classes + num_classes, 1)]
 
 
+def activations(spec: MBConvSpec, input_shape: Shape) -> tuple[int, int]:
+    """(values the forward pass writes per image, largest single map): the memory estimate's input.
+
+    Every conv, batch norm and activation output of the builder (:mod:`mbconv_model`), SE's
+    rescaled map and its small per-channel vectors, the residual sums, and the head's pooled
+    vector; the maps are counted where :func:`blocks` says their sizes are.
+    """
+    h, w = stem_size(spec, input_shape)
+    saved, largest = 3 * spec.stem * h * w, spec.stem * h * w  # conv, batch norm, activation
+    for b in blocks(spec, input_shape):
+        s, (hi, wi), (ho, wo) = b.stage, b.in_size, b.out_size
+        out_map = s.out_channels * ho * wo
+        maps = []
+        if s.block != "plain":
+            if s.block == "inverted" and s.expansion > 1:
+                maps += [b.hidden * hi * wi] * 3  # expand: conv, batch norm, activation
+            maps += [b.hidden * ho * wo] * 3  # depthwise: conv, batch norm, activation
+        maps += [out_map] * 2  # the (projecting) conv and its batch norm
+        if s.se:
+            c = _se_width(b)
+            maps.append(c * ho * wo)  # the rescaled map
+            saved += 3 * c + 2 * se_channels(c)  # mean, reduce, activation, expand, sigmoid
+        if b.residual:
+            maps.append(out_map)  # the sum
+        if s.block != "inverted":
+            maps.append(out_map)  # the activation after the block (an inverted block has none)
+        saved += sum(maps)
+        largest = max(largest, *maps)
+        h, w = ho, wo
+    channels = spec.stages[-1].out_channels
+    if spec.head:
+        saved += 3 * spec.head * h * w
+        largest = max(largest, spec.head * h * w)
+        channels = spec.head
+    return saved + 2 * channels, largest  # the pooled vector (and its dropout)
+
+
 def count_params(spec: MBConvSpec, input_shape: Shape, num_classes: int) -> int:
     """Exact trainable parameters of ``spec`` (the search space sizes widths with it)."""
     return sum(p for p, _ in layer_costs(spec, input_shape, num_classes))

@@ -14,7 +14,7 @@ Sources (``SearchConfig.transfer_from`` / ``budgetnas search --transfer-from``):
 
 ``auto``
     the search's own storage: studies of the same family and dataset at the nearest budget
-    below and the nearest above this one;
+    below and the nearest above this one, among those with trained trials;
 a storage URL (``sqlite:///other.db``, ``journal:PATH``, ``postgresql://...``)
     the same, in that storage;
 a run config (a TOML path such as ``studies/found/cnn-50k.toml``, or a paper name)
@@ -149,13 +149,15 @@ def _from_storage(url: str, config: "SearchConfig", top: int, must_exist: bool) 
             continue  # not a budgetnas study
         if settings.family == config.family and settings.dataset == config.dataset and settings.budget != config.budget:
             # same dataset: the source widths were fitted on the search's own input shape
-            studies.setdefault(settings.budget, []).append((study, settings))
+            trained = trained_trials(study)
+            if trained:  # a neighbour that has trained nothing yet (e.g. started beside this one) has nothing to give
+                studies.setdefault(settings.budget, []).append((trained, study.study_name, settings))
     found = []
     for budget in neighbours(sorted(studies), config.budget):
-        for study, settings in studies[budget]:
-            best = sorted(trained_trials(study), key=lambda t: -val_accuracy_of(t, settings))[:top]
+        for trained, name, settings in studies[budget]:
+            best = sorted(trained, key=lambda t: -val_accuracy_of(t, settings))[:top]
             for trial in best:
                 recipe = recipe_of(trial) if settings.recipe_space == "search" else None
-                found.append(Source(ref=f"transfer:{study.study_name}#{trial.number}", spec=spec_of(trial),
+                found.append(Source(ref=f"transfer:{name}#{trial.number}", spec=spec_of(trial),
                                     recipe=recipe, budget=budget))
     return found

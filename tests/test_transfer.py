@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import optuna
 import pytest
@@ -10,11 +12,13 @@ from conftest import REPO, assert_one_line_error
 from optuna.trial import FixedTrial
 from test_search import load, search, small_npz  # noqa: F401
 
+from budgetnas import records
 from budgetnas.counting import count_params
 from budgetnas.proxies import MIN_SCORED, SCREEN_ATTR, ProxyScreen
 from budgetnas.reproduce import resolve_config
 from budgetnas.space import sample_spec
 from budgetnas.spec import FCNSpec
+from budgetnas.study import create_or_load
 from budgetnas.transfer import Source, neighbours, refit
 
 SHAPE_8X8 = (1, 8, 8)
@@ -33,6 +37,9 @@ def test_transfer_auto_enqueues_the_neighbouring_winners_refitted_to_this_budget
     source = load(tmp_path)
     best = sorted((t for t in source.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)
 
+    # A study between the two that has trained nothing yet (one started beside this search) is passed over.
+    settings = records.StudySettings.from_dict(source.user_attrs[records.SETTINGS_ATTR])
+    create_or_load(f"sqlite:///{tmp_path}/s.db", "empty", dataclasses.replace(settings, budget=5000))
     proc = search("--trials", "3", "--objectives", "accuracy", "--study", "big", "--transfer-from", "auto",
                   budget="8k")
     assert proc.returncode == 0, proc.stderr

@@ -83,7 +83,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="also reject, before building them, candidates above N mult-adds at batch 512 "
                              "(e.g. 5G; the paper's CNN-100K has 2.37G): the budget bounds parameters, not compute. "
                              "auto (default): 2 x budget x the area of the map after the always-made pools, per image "
-                             "(5.0G at 100k on 28x28); none: no bound. "
+                             "(5.0G at 100k on 28x28; 4 x for mbconv); none: no bound. "
                              "May be changed when resuming a study")
     parser.add_argument("--max-memory", default="auto", metavar="BYTES|auto|none",
                         help="reject, before building them, candidates whose estimated training activations exceed "

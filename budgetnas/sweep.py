@@ -178,6 +178,8 @@ def found_config(row: SweepRow, search: SearchConfig) -> "RunConfig":
     from budgetnas.spec import spec_from_dict
     from budgetnas.trainer import Recipe
 
+    from budgetnas.families import get_family
+
     r = row.replay
     result = {"budget": row.budget, **{k: r[k] for k in ("params", "val_accuracy", "test_accuracy", "train_seconds",
                                                           "mult_adds", "epochs", "seed", "device", "precision")
@@ -187,9 +189,9 @@ def found_config(row: SweepRow, search: SearchConfig) -> "RunConfig":
               "search_subset": search.subset or 0, "search_objectives": list(search.objectives),
               "search_sampler": search.sampler, "search_recipe_space": search.recipe_space,
               "search_max_mult_adds": search.max_mult_adds or 0, "search_seed": search.seed,
-              "search_enqueue": list(search.enqueue), "finalists": len(row.finalists) or 1}
-    from budgetnas.families import get_family
-
+              "search_enqueue": list(search.enqueue), "search_transfer_from": list(search.transfer_from),
+              "search_pruner": search.pruner_name(), "search_space_version": get_family(search.family).space_version,
+              "finalists": len(row.finalists) or 1}
     name = f"{get_family(search.family).name}-{format_budget(row.budget)}"  # a plug-in's name, not its module path
     return RunConfig(name=f"found-{name}", dataset=search.dataset, spec=spec_from_dict(r["spec"]),
                      recipe=Recipe.from_dict(r["recipe"]), result=result,

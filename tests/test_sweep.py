@@ -79,7 +79,11 @@ def test_found_config_records_the_enqueued_starting_points():
     replay = {"spec": spec.to_dict(), "recipe": Recipe().to_dict(), "params": 8_000, "val_accuracy": 0.9,
               "test_accuracy": 0.9, "train_seconds": 1.0, "mult_adds": 1, "epochs": 20, "seed": 0}
     row = SweepRow(budget=10_000, study="s", trial=3, search_trials=5, search_seconds=60.0, replay=replay)
-    search = SearchConfig(budget=10_000, enqueue=("cnn-10k+bn", "studies/seeds/cnn-10k-a.toml"))
+    search = SearchConfig(budget=10_000, enqueue=("cnn-10k+bn", "studies/seeds/cnn-10k-a.toml"),
+                          transfer_from=("auto",), objectives=("accuracy",), pruner="sha")
     result = found_config(row, search).result
     assert result["search_enqueue"] == ["cnn-10k+bn", "studies/seeds/cnn-10k-a.toml"]
+    # ... and the other sources of starting points, the early-stopping rule and the space it searched
+    assert result["search_transfer_from"] == ["auto"] and result["search_pruner"] == "sha"
+    assert result["search_space_version"] == 2
     assert result["trial"] == 3 and result["search_seconds"] == 60.0

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from budgetnas import CNNSpec, ConvBlock, FCNSpec, UsageError, build_model, count_params, parse_budget
+from budgetnas import CNNSpec, ConvBlock, FCNSpec, UsageError, count_params, parse_budget
 from budgetnas.budget import format_budget
-from budgetnas.counting import count_mult_adds, torchinfo_trainable
-from budgetnas.model import trainable_params
+from budgetnas.counting import count_mult_adds
 from budgetnas.spec import ACTIVATIONS, INITS, spec_from_dict, spec_from_json, spec_to_json
 
 INPUT_SHAPES = [(1, 28, 28), (3, 32, 32), (1, 8, 8)]
@@ -51,23 +50,7 @@ def _fits(spec, shape) -> bool:
     return True
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(spec=st.one_of(cnn_specs, fcn_specs), shape=st.sampled_from(INPUT_SHAPES), classes=st.integers(2, 12))
-def test_count_params_matches_model_and_torchinfo(spec, shape, classes):
-    if not _fits(spec, shape):
-        # A spec that shrinks a map below 1x1 must be refused by the counter and the builder, never built.
-        with pytest.raises(UsageError):
-            count_params(spec, shape, classes)
-        with pytest.raises(UsageError):
-            build_model(spec, shape, classes)
-        return
-    expected = count_params(spec, shape, classes)
-    model = build_model(spec, shape, classes)
-    assert trainable_params(model) == expected
-    assert torchinfo_trainable(spec, shape, classes) == expected
-    # The model really runs on inputs of that shape and gives one logit per class.
-    model.eval()
-    assert model(torch.zeros(2, *shape)).shape == (2, classes)
+# The counting property test (count == built model == torchinfo) covers every family: tests/test_families.py.
 
 
 @settings(max_examples=100, deadline=None)

@@ -188,13 +188,16 @@ def _wait_for(predicate, proc, timeout: float = 300) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_postgres_stopped_mid_trial_is_one_line_then_resumes(tiny_npz, tmp_path, own_postgres):
-    """The server stops while a trial trains: bounded retries, one error line (exit 1), no thread's traceback."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_postgres_stopped_mid_trial_is_one_line_then_resumes(tiny_npz, tmp_path, own_postgres, workers):
+    """The server stops while a trial trains: bounded retries, one error line (exit 1), no thread's traceback;
+    with several local workers too (each reports to the parent, which prints the one line)."""
     from pg import FAST_HEARTBEAT, assert_well_formed, counted, search_args, start_cli
 
     url, study = own_postgres.url, "outage"
     env = {**FAST_HEARTBEAT, "BUDGETNAS_STORAGE_RETRY": "4"}
-    proc = start_cli(search_args(tiny_npz, url, study, trials=100, epochs=3), tmp_path, env=env)
+    args = search_args(tiny_npz, url, study, trials=100, epochs=3) + ["--workers", str(workers)]
+    proc = start_cli(args, tmp_path, env=env)
     try:
         _wait_for(lambda: _running_for(url, study, seconds=0), proc)
         own_postgres.stop()

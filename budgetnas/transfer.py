@@ -60,20 +60,44 @@ class Source:
 
 
 def refit(source: Source, budget: int, input_shape: tuple[int, int, int], num_classes: int,
-          recipe_space: str = "paper") -> dict[str, Any]:
+          recipe_space: str = "paper", max_mult_adds: int | None = None) -> dict[str, Any]:
     """The ``fit`` trial parameters that rebuild ``source`` re-fitted to ``budget`` (see the module docstring).
 
-    Raises :class:`UsageError` when the current space cannot express the source spec.
+    A shape's mult-adds grow with its widths about as fast as its parameters, so a winner scaled
+    up from a smaller budget can land over the search's compute bound (``max_mult_adds``, at
+    batch 512), where the objective would reject it untrained. Its fill is then lowered, keeping
+    the shape, to the largest that fits the bound. Raises :class:`UsageError` when the current
+    space cannot express the source spec, or no fill brings it within the bound.
     """
+    from optuna.trial import FixedTrial
+
+    from budgetnas.counting import PAPER_BATCH, count_mult_adds, human_count
+
     recipe = source.recipe if recipe_space == "search" else None
     values = params_of(source.spec, recipe, source.budget, source.input_shape or input_shape,
                        source.num_classes or num_classes, "fit")
     values["fill"] = min(values["fill"], FILL[1])  # (params + 0.5) / budget can exceed 1 by a hair
-    from optuna.trial import FixedTrial
 
-    fitted = sample_spec(FixedTrial(values), source.spec.family, budget, input_shape, num_classes, "fit")
-    if count_params(fitted, input_shape, num_classes) > budget:  # fit guarantees it; a start must never break it
-        raise UsageError(f"{source.ref}: re-fitted spec {fitted.describe()} is over the budget {budget:,}")
+    def fitted(fill: float) -> Spec:
+        return sample_spec(FixedTrial({**values, "fill": fill}), source.spec.family, budget, input_shape,
+                           num_classes, "fit")
+
+    def within(fill: float) -> bool:
+        return max_mult_adds is None or count_mult_adds(fitted(fill), input_shape, num_classes,
+                                                        PAPER_BATCH) <= max_mult_adds
+
+    if not within(values["fill"]):
+        if not within(FILL[0]):
+            raise UsageError(f"{source.ref}: re-fitted to {budget:,} it costs more than the compute bound "
+                             f"{human_count(max_mult_adds)} mult-adds at any fill; widen --max-mult-adds")
+        low, high = FILL[0], values["fill"]  # low fits the bound, high does not
+        for _ in range(30):
+            middle = (low + high) / 2
+            low, high = (middle, high) if within(middle) else (low, middle)
+        values["fill"] = low
+    spec = fitted(values["fill"])
+    if count_params(spec, input_shape, num_classes) > budget:  # fit guarantees it; a start must never break it
+        raise UsageError(f"{source.ref}: re-fitted spec {spec.describe()} is over the budget {budget:,}")
     return values
 
 
@@ -85,11 +109,12 @@ def transfer_starts(config: "SearchConfig", input_shape: tuple[int, int, int], n
                          "it needs --parameterisation fit")
     starts: list[tuple[str, dict[str, Any]]] = []
     notes: list[str] = []
+    bound = config.cost_bounds(input_shape).max_mult_adds if config.transfer_from else None
     for ref in config.transfer_from:
         for source in sources(ref, config, top):
             try:
                 starts.append((source.ref, refit(source, config.budget, input_shape, num_classes,
-                                                 config.recipe_space)))
+                                                 config.recipe_space, bound)))
             except UsageError as exc:
                 notes.append(f"transfer {source.ref} skipped: {exc}")
     return starts, notes

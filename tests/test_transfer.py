@@ -78,6 +78,27 @@ def test_a_found_config_is_refitted_to_another_budget_keeping_its_shape_and_fill
     assert "lr" not in refit(source, 20_000, (1, 28, 28), 10, recipe_space="paper")
 
 
+def test_a_refitted_start_over_the_compute_bound_keeps_its_shape_at_a_lower_fill():
+    """Scaled up, a winner's mult-adds grow with its parameters: under a compute bound the start keeps its
+    shape at the largest fill within the bound, instead of being rejected untrained; none fits: one clear error."""
+    from budgetnas.counting import count_mult_adds
+    from budgetnas.errors import UsageError
+
+    run = resolve_config(str(REPO / "studies" / "found" / "cnn-20k.toml"))
+    source = Source(ref="found", spec=run.spec, recipe=run.recipe, budget=run.result["budget"])
+    free = refit(source, 100_000, (1, 28, 28), 10)
+    unbounded = sample_spec(FixedTrial(free), "cnn", 100_000, (1, 28, 28), 10, "fit")
+    cost = count_mult_adds(unbounded, (1, 28, 28), 10, 512)
+    bound = int(0.7 * cost)
+    values = refit(source, 100_000, (1, 28, 28), 10, max_mult_adds=bound)
+    fitted = sample_spec(FixedTrial(values), "cnn", 100_000, (1, 28, 28), 10, "fit")
+    assert 0.6 * cost < count_mult_adds(fitted, (1, 28, 28), 10, 512) <= bound  # the largest fill within it
+    assert values["fill"] < free["fill"] and _shape(fitted.to_dict()) == _shape(run.spec.to_dict())
+    assert refit(source, 100_000, (1, 28, 28), 10, max_mult_adds=cost) == free  # within the bound: unchanged
+    with pytest.raises(UsageError, match="compute bound .* at any fill; widen --max-mult-adds"):
+        refit(source, 100_000, (1, 28, 28), 10, max_mult_adds=cost // 100)
+
+
 def test_neighbours_are_the_nearest_budget_on_each_side():
     assert neighbours([10_000, 20_000, 50_000, 200_000], 100_000) == [50_000, 200_000]
     assert neighbours([10_000, 20_000], 5_000) == [10_000]

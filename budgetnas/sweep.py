@@ -188,7 +188,7 @@ def found_config(row: SweepRow, search: SearchConfig) -> "RunConfig":
               "search_seconds": round(row.search_seconds, 1), "search_epochs": search.epochs,
               "search_subset": search.subset or 0, "search_objectives": list(search.objectives),
               "search_sampler": search.sampler, "search_recipe_space": search.recipe_space,
-              "search_max_mult_adds": search.max_mult_adds or 0, "search_seed": search.seed,
+              "search_max_mult_adds": _resolved_cap(search), "search_seed": search.seed,
               "search_enqueue": list(search.enqueue), "search_transfer_from": list(search.transfer_from),
               "search_pruner": search.pruner_name(), "search_space_version": get_family(search.family).space_version,
               "finalists": len(row.finalists) or 1}
@@ -197,6 +197,15 @@ def found_config(row: SweepRow, search: SearchConfig) -> "RunConfig":
                      recipe=Recipe.from_dict(r["recipe"]), result=result,
                      description=f"budgetnas search winner under {row.budget:,} parameters "
                                  f"({row.study} trial {row.trial})")
+
+
+def _resolved_cap(search: SearchConfig) -> int:
+    """The compute bound the search applied, ``auto`` resolved (0: none)."""
+    if search.max_mult_adds != "auto":
+        return search.max_mult_adds or 0
+    from budgetnas.data import dataset_info
+
+    return search.cost_bounds(dataset_info(search.dataset, search.data_root)[0]).max_mult_adds or 0
 
 
 def write_found(row: SweepRow, search: SearchConfig, folder: Path) -> Path:

@@ -76,3 +76,28 @@ def test_found_configs_name_the_starting_points_their_search_used(monkeypatch):
                               recipe_space=result["search_recipe_space"],
                               enqueue=tuple(result.get("search_enqueue", ())))
         assert [ref for ref, _ in start_params(search, SHAPE, CLASSES)] == list(search.enqueue)
+
+
+SEARCHED = FOUND / "searched"
+
+
+@pytest.mark.parametrize("path", sorted(SEARCHED.glob("*.toml")), ids=lambda p: p.stem)
+def test_searched_winner_was_found_without_starting_points(path):
+    """studies/found/searched: issue 13's target runs. No --enqueue, no hand-designed or found config to
+    transfer from (only ``auto``: the same run's own smaller budgets), within 45 minutes, two replay seeds."""
+    config = load_config(path)
+    result = config.result
+    assert config.name == f"found-{path.stem}"
+    params = count_params(config.spec, SHAPE, CLASSES)
+    assert params == result["params"] == trainable_params(build_model(config.spec, SHAPE, CLASSES)) <= result["budget"]
+    assert count_mult_adds(config.spec, SHAPE, CLASSES, batch=1) * PAPER_BATCH == result["mult_adds"]
+    assert result["search_enqueue"] == [] and set(result["search_transfer_from"]) <= {"auto"}
+    assert result["search_objectives"] == ["accuracy"] and result["search_seconds"] <= 45 * 60
+    assert result["seed"] == 0 and result["second_seed"] == 1
+    table = (FOUND / "RESULTS.md").read_text(encoding="utf-8")
+    row = next((line for line in table.splitlines() if line.startswith(f"| searched {path.stem.upper()} |")), None)
+    assert row is not None, f"RESULTS.md has no 'searched' row for {path.stem}"
+    for accuracy in (result["test_accuracy"], result["second_seed_test_accuracy"]):
+        assert f"{accuracy * 100:.2f}%" in row, row
+    mean = (result["test_accuracy"] + result["second_seed_test_accuracy"]) / 2
+    assert f"{mean * 100:.2f}%" in row, row

@@ -265,7 +265,7 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Moni
         with guard.installed(study):
             # The first trial is checked too: other workers may hold the last places (workers.py).
             if total is None or total.room(study):
-                running = _Running(objective, total)
+                running = _Running(objective, total, say)
                 while not optimize_once(study, running, config.timeout, start, callbacks, say):
                     pass  # the database came back, or another worker took over this one's trial: go on
     except KeyboardInterrupt:
@@ -293,8 +293,9 @@ class _Running:
     ends ``optimize`` in the middle of a trial, :func:`optimize_once` queues that trial's retry.
     """
 
-    def __init__(self, objective: Callable[[Any], Any], total: StopAtTotal | None) -> None:
-        self.objective, self.total = objective, total
+    def __init__(self, objective: Callable[[Any], Any], total: StopAtTotal | None,
+                 say: Callable[[str], None] = lambda message: None) -> None:
+        self.objective, self.total, self.say = objective, total, say
         self.trial_id: int | None = None  # the trial being run, None between trials
         self.lost: set[int] = set()  # trials a lost connection interrupted, whose retry is not queued yet
 
@@ -314,7 +315,8 @@ class _Running:
         return result
 
     def retry_lost(self, study: optuna.Study) -> None:
-        """Queue the retry of each trial a lost connection interrupted, once the database answers.
+        """Queue the retry of each trial a lost connection interrupted, once the database answers, and of
+        any trial another worker failed but could not queue (:func:`~budgetnas.resilience.retry_orphaned_failures`).
 
         Optuna records such a trial FAIL itself (its objective raised), and no heartbeat retries a
         finished trial, so without this it would be lost. A trial still RUNNING is left to the
@@ -322,16 +324,19 @@ class _Running:
         """
         import copy
 
-        from budgetnas.resilience import RetryStaleTrial
+        from budgetnas.resilience import DELIBERATE_FAILURES, RetryStaleTrial, retry_orphaned_failures
 
         for trial_id in sorted(self.lost):
             trial = study._storage.get_trial(trial_id)
             retried = any(trial.number in t.system_attrs.get("retry_history", ())
                           for t in study.get_trials(deepcopy=False))
-            if trial.state == TrialState.FAIL and not retried and not {"failed", "surplus", "interrupted"} & set(
-                    trial.user_attrs):
+            if trial.state == TrialState.FAIL and not retried and not DELIBERATE_FAILURES & set(trial.user_attrs):
                 RetryStaleTrial()(study, copy.deepcopy(trial))
             self.lost.discard(trial_id)
+        queued = retry_orphaned_failures(study)  # also those another worker left failed without a retry
+        if queued:
+            self.say(f"queued the retry of trial(s) {', '.join(map(str, queued))}, failed by a worker that was "
+                     "stopped before it could queue them")
 
 
 def plan(config: SearchConfig) -> str:

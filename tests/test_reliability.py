@@ -448,3 +448,35 @@ def test_a_trial_a_lost_connection_interrupted_is_retried_once_the_database_answ
     assert retries[0].params == trials[0].params  # the same candidate, run again
     assert [t.state for t in trials].count(TrialState.COMPLETE) == 2
 
+
+
+def test_a_failed_trial_left_without_its_retry_is_queued_once_by_the_next_run(tmp_path):
+    """Optuna fails a stale trial and queues its retry in two calls: a worker killed between them leaves an
+    orphan. A real SQLite study with a 1 s heartbeat; the orphan is recorded as that worker would leave it."""
+    from optuna.trial import TrialState
+
+    from budgetnas.resilience import retry_orphaned_failures
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=Heartbeat(interval=1, grace_period=2))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=storage, study_name="s")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        numbers = []
+        for attrs in ({}, {"failed": "diverged"}, {}):  # orphan, a deliberate failure, a fresh orphan
+            trial = study.ask()
+            trial.suggest_float("x", 0, 1)
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            numbers.append(trial.number)
+            if not attrs and len(numbers) == 1:
+                time.sleep(2.2)  # two heartbeat intervals: the first one has settled
+        assert retry_orphaned_failures(study) == [numbers[0]]  # not the deliberate one, not the fresh one yet
+        assert retry_orphaned_failures(study) == []  # queued once
+        time.sleep(2.2)
+        assert retry_orphaned_failures(study) == [numbers[2]]
+    trials = study.get_trials(deepcopy=False)
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert [t.system_attrs["failed_trial"] for t in waiting] == [numbers[0], numbers[2]]
+    assert waiting[0].params == trials[numbers[0]].params

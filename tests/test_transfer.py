@@ -99,6 +99,26 @@ def test_a_refitted_start_over_the_compute_bound_keeps_its_shape_at_a_lower_fill
         refit(source, 100_000, (1, 28, 28), 10, max_mult_adds=cost // 100)
 
 
+@pytest.mark.parametrize("name", ["searched/cnn-10k", "searched/cnn-20k", "cnn-50k"])
+def test_a_28x28_winner_transfers_to_8x8_digits_keeping_its_pools(name):
+    """Space v2 asks a block's pool only where its input map is at most 8x8: a 28x28 winner's parameters
+    lack those choices, which every block of an 8x8 search asks (the search-efficiency benchmark's digits)."""
+    run = resolve_config(str(REPO / "studies" / "found" / f"{name}.toml"))
+    source = Source(ref="found", spec=run.spec, recipe=run.recipe, budget=run.result["budget"],
+                    input_shape=(1, 28, 28), num_classes=10)
+    values = refit(source, 3_000, SHAPE_8X8, 10, recipe_space="search")
+    fitted = sample_spec(FixedTrial(values), "cnn", 3_000, SHAPE_8X8, 10, "fit")
+    assert count_params(fitted, SHAPE_8X8, 10) <= 3_000
+    assert [b.kernel_size for b in fitted.conv] == [b.kernel_size for b in run.spec.conv]
+    # pools kept while the map allows them (8 -> 4 -> 2 -> 1), none below 1x1
+    size, expected = 8, []
+    for block in run.spec.conv:
+        pool = 2 if block.pool and size >= 2 else None
+        expected.append(pool)
+        size = size // pool if pool else size
+    assert [b.pool for b in fitted.conv] == expected
+
+
 def test_neighbours_are_the_nearest_budget_on_each_side():
     assert neighbours([10_000, 20_000, 50_000, 200_000], 100_000) == [50_000, 200_000]
     assert neighbours([10_000, 20_000], 5_000) == [10_000]

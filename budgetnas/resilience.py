@@ -234,9 +234,13 @@ def retry_orphaned_failures(study: Any) -> list[int]:
     from optuna.trial import TrialState
 
     storage = study._storage
-    if not is_heartbeat_enabled(storage) or storage.get_failed_trial_callback() is None:
+    if not is_heartbeat_enabled(storage):
         return []
-    retry = storage.get_failed_trial_callback()
+    # Optuna 4.9 renamed get_failed_trial_callback (now deprecated, with a FutureWarning)
+    getter = getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback
+    retry = getter()
+    if retry is None:
+        return []
     cutoff = datetime.now() - timedelta(seconds=2 * storage.get_heartbeat_interval())
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}

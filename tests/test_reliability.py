@@ -472,6 +472,7 @@ def test_a_failed_trial_left_without_its_retry_is_queued_once_by_the_next_run(tm
             numbers.append(trial.number)
             if not attrs and len(numbers) == 1:
                 time.sleep(2.2)  # two heartbeat intervals: the first one has settled
+        warnings.simplefilter("error", FutureWarning)  # no deprecation of Optuna's reaches the user
         assert retry_orphaned_failures(study) == [numbers[0]]  # not the deliberate one, not the fresh one yet
         assert retry_orphaned_failures(study) == []  # queued once
         time.sleep(2.2)

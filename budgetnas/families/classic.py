@@ -113,16 +113,18 @@ class CNNFamily(_Classic):
             if block.pool:
                 saved += 3 * c * h_out * w_out  # the pooled map (fp32) and its indices (int64)
             largest = max(largest, conv_map)
-        return _fc_activations(spec.fc, spec.fc_batch_norm, saved, largest)
+        return _fc_activations(spec.fc, spec.fc_batch_norm, saved, largest, spec.dropout)
 
     def largest_activation(self, spec: CNNSpec, input_shape: Shape) -> int | None:
         return max(b.out_channels * h * w for b, (h, w) in zip(spec.conv, _conv_sizes(spec, input_shape)))
 
 
-def _fc_activations(widths: tuple[int, ...], batch_norm: bool, saved: int, largest: int) -> tuple[int, int]:
-    """``activations`` of the hidden FC layers (linear output, [batch norm], activation) added on."""
+def _fc_activations(widths: tuple[int, ...], batch_norm: bool, saved: int, largest: int,
+                    dropout: float = 0.0) -> tuple[int, int]:
+    """``activations`` of the hidden FC layers (linear output, [batch norm], activation, and with
+    dropout its output and mask, counted as two values) added on."""
     for width in widths:
-        saved += width * (3 if batch_norm else 2)
+        saved += width * ((3 if batch_norm else 2) + (2 if dropout else 0))
         largest = max(largest, width)
     return saved, largest
 
@@ -141,4 +143,4 @@ class FCNFamily(_Classic):
         return replace(spec, batch_norm=True)
 
     def activations(self, spec: FCNSpec, input_shape: Shape) -> tuple[int, int]:
-        return _fc_activations(spec.hidden, spec.batch_norm, 0, 0)
+        return _fc_activations(spec.hidden, spec.batch_norm, 0, 0, spec.dropout)

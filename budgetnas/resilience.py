@@ -33,7 +33,7 @@ import copy
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import AbstractSet, Any, Callable
 
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -217,7 +217,7 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
 DELIBERATE_FAILURES = frozenset({"failed", "surplus", "interrupted"})  # user attributes of a FAIL meant as such
 
 
-def retry_orphaned_failures(study: Any) -> list[int]:
+def retry_orphaned_failures(study: Any, unsettled: AbstractSet[int] = frozenset()) -> list[int]:
     """Queue the retry of every FAIL trial that nobody failed on purpose and nobody queued again.
 
     Optuna fails a stale trial and queues its retry in two separate calls (``fail_stale_trials``),
@@ -225,7 +225,8 @@ def retry_orphaned_failures(study: Any) -> list[int]:
     never retried (the soak test found one in about half its runs). Each search run calls this
     when it starts and after a lost connection. A FAIL counts as orphaned only once it ended two
     heartbeat intervals ago: the normal path queues its retry within milliseconds, and waiting
-    keeps two workers from queuing one trial twice. No heartbeat (journal storage), no retries.
+    keeps two workers from queuing one trial twice; the trial ids in ``unsettled`` (this worker's
+    own, interrupted by a lost connection) need no wait. No heartbeat (journal storage), no retries.
     Returns the numbers of the trials whose retry was queued.
     """
     from datetime import datetime, timedelta
@@ -246,9 +247,11 @@ def retry_orphaned_failures(study: Any) -> list[int]:
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
     queued = []
     for trial in trials:
-        if (trial.state == TrialState.FAIL and trial.number not in retried and trial.params
+        own = trial._trial_id in unsettled
+        if (trial.state == TrialState.FAIL and trial.number not in retried and (trial.params or own)
                 and not DELIBERATE_FAILURES & set(trial.user_attrs)
-                and trial.datetime_complete is not None and trial.datetime_complete < cutoff):
+                and trial.datetime_complete is not None
+                and (trial.datetime_complete < cutoff or own)):
             retry(study, copy.deepcopy(trial))
             queued.append(trial.number)
     return queued

@@ -322,21 +322,13 @@ class _Running:
         finished trial, so without this it would be lost. A trial still RUNNING is left to the
         heartbeat (another worker fails it as stale and queues its retry).
         """
-        import copy
+        from budgetnas.resilience import retry_orphaned_failures
 
-        from budgetnas.resilience import DELIBERATE_FAILURES, RetryStaleTrial, retry_orphaned_failures
-
-        for trial_id in sorted(self.lost):
-            trial = study._storage.get_trial(trial_id)
-            retried = any(trial.number in t.system_attrs.get("retry_history", ())
-                          for t in study.get_trials(deepcopy=False))
-            if trial.state == TrialState.FAIL and not retried and not DELIBERATE_FAILURES & set(trial.user_attrs):
-                RetryStaleTrial()(study, copy.deepcopy(trial))
-            self.lost.discard(trial_id)
-        queued = retry_orphaned_failures(study)  # also those another worker left failed without a retry
+        queued = retry_orphaned_failures(study, unsettled=self.lost)
+        self.lost.clear()
         if queued:
-            self.say(f"queued the retry of trial(s) {', '.join(map(str, queued))}, failed by a worker that was "
-                     "stopped before it could queue them")
+            self.say(f"queued the retry of trial(s) {', '.join(map(str, queued))}, failed without a retry "
+                     "(a lost connection, or a worker stopped before it could queue it)")
 
 
 def plan(config: SearchConfig) -> str:

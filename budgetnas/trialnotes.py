@@ -5,7 +5,8 @@ Why: the search samples *relative* widths and a fill fraction (``conv1_width 0.7
 kernels a user wants sit inside the ``spec`` JSON. So each trained trial also gets
 
 * readable user attributes: ``architecture`` (the one-line notation of ``search --help``),
-  ``conv_channels``, ``kernels``, ``fc_widths`` (plain lists, shown as such);
+  the widths its family lists (``conv_channels``, ``kernels``, ``fc_widths`` for a CNN; plain
+  lists, shown as such);
 * a Markdown note (optuna-dashboard's ``save_note``, shown on the trial's page) with the
   architecture block by block, the exact counts, the budget share, the recipe and the result;
 * its learning curve as a PNG artifact (``optuna.artifacts``), in a
@@ -28,7 +29,8 @@ import optuna
 from budgetnas import tables
 from budgetnas.counting import human_count
 from budgetnas.fmt import percent, plural
-from budgetnas.spec import CNNSpec, Spec
+from budgetnas.families import family_of
+from budgetnas.spec import Spec
 from budgetnas.trainer import Recipe
 
 ARTIFACT_SUFFIX = ".artifacts"
@@ -45,31 +47,13 @@ def artifact_dir(storage_url: str) -> Path | None:
 
 def readable_attrs(spec: Spec) -> dict[str, Any]:
     """User attributes that read as an architecture in the dashboard's attribute panel."""
-    attrs: dict[str, Any] = {"architecture": spec.describe()}
-    if isinstance(spec, CNNSpec):
-        attrs["conv_channels"] = [b.out_channels for b in spec.conv]
-        attrs["kernels"] = [b.kernel_size for b in spec.conv]
-        attrs["fc_widths"] = list(spec.fc)
-    else:
-        attrs["fc_widths"] = list(spec.hidden)
-    return attrs
+    return {"architecture": spec.describe(), **family_of(spec).readable_attrs(spec)}
 
 
 def note(number: int, spec: Spec, recipe: Recipe, params: int, budget: int, mult_adds: int,
          val_curve: Sequence[float], seconds: float, stopped: str | None = None) -> str:
     """The Markdown note of one trained trial."""
-    rows: list[list[str]] = []
-    if isinstance(spec, CNNSpec):
-        for i, block in enumerate(spec.conv, start=1):
-            extras = [f"max-pool {block.pool}x{block.pool}" if block.pool else "", "batch norm" if block.batch_norm
-                      else ""]
-            rows.append([f"conv {i}", f"{block.out_channels} channels, {block.kernel_size}x{block.kernel_size} kernel"
-                         + "".join(f", {e}" for e in extras if e)])
-        rows.append(["head", "global average pooling" if spec.head == "gap" else "flatten"])
-        widths = spec.fc
-    else:
-        widths = spec.hidden
-    rows.append(["dense layers", ", ".join(map(str, widths)) + " + output" if widths else "output only"])
+    rows = [list(row) for row in family_of(spec).layers(spec)]
     rows += [["parameters", f"{params:,} of {budget:,} ({params / budget:.1%} of the budget)"],
              ["mult-adds", f"{human_count(mult_adds)} per batch of 512"],
              ["recipe", recipe.describe()]]

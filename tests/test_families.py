@@ -273,6 +273,38 @@ def test_register_family_from_python():
     assert get_family("fcn-copy") is family and "fcn-copy" in available_families()
 
 
+@pytest.mark.parametrize("family", ["cnn", "fcn", "mbconv", PLUGIN])
+def test_every_family_gets_its_dashboard_note_and_attributes(family, tmp_path, monkeypatch):
+    """A trained trial's note lists the family's own layers (the dashboard once knew cnn and fcn only and
+    warned "dashboard note not saved" on every mbconv trial)."""
+    import warnings
+
+    from optuna_dashboard import get_note
+
+    from budgetnas.trainer import PAPER_RECIPE
+    from budgetnas.trialnotes import annotate
+
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    fam = get_family(family)
+    spec = fam.sample(FixedTrial({"depth": 2, "dropout": 0.1, "fill": 1.0}), 50_000, FMNIST, 10) if family == PLUGIN \
+        else MBConvSpec(stem=8, stem_stride=2, stages=(Stage("inverted", 16, depth=2, stride=2, expansion=4, se=True),
+                                                       Stage("dwsep", 24, kernel_size=5)), head=32, dropout=0.1) \
+        if family == "mbconv" else fam.minimal_spec("fit", FMNIST)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", directions=["maximize", "minimize"])
+    trial = study.ask()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # annotate warns instead of failing: make that a failure here
+        annotate(trial, None, spec, PAPER_RECIPE, 1000, 2000, 10_000, [0.5, 0.75], [1.0, 0.5], 2.0)
+    stored = study.trials[0]
+    assert stored.user_attrs["architecture"] == spec.describe()
+    assert set(fam.readable_attrs(spec)) <= set(stored.user_attrs)
+    body = get_note(trial)
+    rows = fam.layers(spec)
+    cells = [(name, text.replace("|", "\\|")) for name, text in rows]  # Markdown escapes a | inside a cell
+    assert cells and all(f"| {name} | {text} |" in body for name, text in cells), body
+    assert "1,000 of 2,000 (50.0% of the budget)" in body and "75.00% after 2 epochs" in body
+
+
 # --------------------------------------------------------------------------- budget checks, every family
 
 @pytest.mark.parametrize("family", ["cnn", "fcn", "mbconv", PLUGIN])
@@ -328,6 +360,7 @@ def test_mbconv_through_search_replay_report_count_and_train(cli, tiny_npz, tmp_
     search = cli("search", "--budget", "8k", "--family", "mbconv", "--dataset", f"npz:{tiny_npz}", "--trials", "2",
                  "--epochs", "1", "--storage", url, "--device", "cpu", "--precision", "fp32", "--json", timeout=600)
     assert search.returncode == 0, search.stderr
+    assert "not saved" not in search.stderr  # the dashboard note of every trained trial
     found = json.loads(search.stdout)
     assert found["study"] == "mbconv-8k-fmnist-tiny" and found["front"]
     replay = cli("replay", "--storage", url, "--device", "cpu", "--precision", "fp32", "--out", "best", "--json",
@@ -357,6 +390,7 @@ def test_plugin_family_through_search_replay_count_and_report(cli, tiny_npz, tmp
     search = cli("search", "--budget", "20k", "--family", PLUGIN, "--dataset", f"npz:{tiny_npz}", "--trials", "2",
                  "--epochs", "1", "--storage", url, "--device", "cpu", "--json", env=_env(), timeout=600)
     assert search.returncode == 0, search.stderr
+    assert "not saved" not in search.stderr  # the dashboard note of every trained trial
     study = json.loads(search.stdout)["study"]
     assert study == f"{PLUGIN}-20k-fmnist-tiny" and "wide " in json.loads(search.stdout)["front"][0]["spec"]
     # The study names the module: replay and report rebuild the specs from the storage alone.

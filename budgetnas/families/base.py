@@ -121,6 +121,16 @@ class Family(ABC):
         except TypeError as exc:  # a missing required field
             raise UsageError(f"bad {self.name} spec: {exc}") from None
 
+    def layers(self, spec: Any) -> list[tuple[str, str]]:
+        """``spec`` part by part as (name, what it is): the rows of the trial note optuna-dashboard
+        shows (:mod:`budgetnas.trialnotes`). Default: one row with :meth:`describe`."""
+        return [("architecture", self.describe(spec))]
+
+    def readable_attrs(self, spec: Any) -> dict[str, Any]:
+        """User attributes (plain lists and numbers) that show a trained trial's widths in the
+        dashboard's attribute panel, beside ``architecture``. Default: none."""
+        return {}
+
     # ------------------------------------------------------------------ optional hooks
 
     def with_batch_norm(self, spec: Any) -> Any:

@@ -118,6 +118,24 @@ class CNNFamily(_Classic):
     def largest_activation(self, spec: CNNSpec, input_shape: Shape) -> int | None:
         return max(b.out_channels * h * w for b, (h, w) in zip(spec.conv, _conv_sizes(spec, input_shape)))
 
+    def layers(self, spec: CNNSpec) -> list[tuple[str, str]]:
+        rows = []
+        for i, block in enumerate(spec.conv, start=1):
+            extras = ([f"max-pool {block.pool}x{block.pool}"] if block.pool else []) + (
+                ["batch norm"] if block.batch_norm else [])
+            rows.append((f"conv {i}", ", ".join([f"{block.out_channels} channels, "
+                                                 f"{block.kernel_size}x{block.kernel_size} kernel", *extras])))
+        rows.append(("head", "global average pooling" if spec.head == "gap" else "flatten"))
+        return rows + [_dense_row(spec.fc)]
+
+    def readable_attrs(self, spec: CNNSpec) -> dict[str, Any]:
+        return {"conv_channels": [b.out_channels for b in spec.conv], "kernels": [b.kernel_size for b in spec.conv],
+                "fc_widths": list(spec.fc)}
+
+
+def _dense_row(widths: tuple[int, ...]) -> tuple[str, str]:
+    return ("dense layers", ", ".join(map(str, widths)) + " + output" if widths else "output only")
+
 
 def _fc_activations(widths: tuple[int, ...], batch_norm: bool, saved: int, largest: int,
                     dropout: float = 0.0) -> tuple[int, int]:
@@ -144,3 +162,9 @@ class FCNFamily(_Classic):
 
     def activations(self, spec: FCNSpec, input_shape: Shape) -> tuple[int, int]:
         return _fc_activations(spec.hidden, spec.batch_norm, 0, 0, spec.dropout)
+
+    def layers(self, spec: FCNSpec) -> list[tuple[str, str]]:
+        return [_dense_row(spec.hidden)]
+
+    def readable_attrs(self, spec: FCNSpec) -> dict[str, Any]:
+        return {"fc_widths": list(spec.hidden)}

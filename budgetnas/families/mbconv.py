@@ -79,6 +79,23 @@ class MBConvFamily(Family):
     def activations(self, spec: MBConvSpec, input_shape: Shape) -> tuple[int, int]:
         return activations(spec, input_shape)
 
+    def layers(self, spec: MBConvSpec) -> list[tuple[str, str]]:
+        kinds = {"plain": "plain {k}x{k} conv", "dwsep": "depthwise-separable {k}x{k}",
+                 "inverted": "inverted residual {k}x{k}, expansion {e}"}
+        rows = [("stem", f"3x3 conv, {spec.stem} channels" + (", stride 2" if spec.stem_stride > 1 else ""))]
+        for i, stage in enumerate(spec.stages, start=1):
+            parts = [kinds[stage.block].format(k=stage.kernel_size, e=stage.expansion),
+                     f"{stage.out_channels} channels", f"{stage.depth} block" + ("s" if stage.depth > 1 else "")]
+            parts += (["stride 2"] if stage.stride > 1 else []) + (["squeeze-and-excitation"] if stage.se else [])
+            rows.append((f"stage {i}", ", ".join(parts)))
+        head = ([f"1x1 conv {spec.head} channels"] if spec.head else []) + ["global average pooling"]
+        head += [f"dropout {spec.dropout:g}"] if spec.dropout else []
+        return rows + [("head", ", ".join(head + ["linear"]))]
+
+    def readable_attrs(self, spec: MBConvSpec) -> dict[str, Any]:
+        return {"stage_channels": [s.out_channels for s in spec.stages], "stage_blocks": [s.block for s in spec.stages],
+                "stage_depths": [s.depth for s in spec.stages]}
+
     def to_dict(self, spec: MBConvSpec) -> dict[str, Any]:
         data = asdict(spec)
         data["stages"] = [asdict(s) for s in spec.stages]

@@ -240,6 +240,24 @@ def fit_params(widths: dict[str, int], params: int, budget: int, what: str) -> d
     return values
 
 
+def pool_choices(spec: CNNSpec, input_shape: tuple[int, int, int]) -> dict[str, bool]:
+    """The ``conv{i}_pool`` answers that rebuild ``spec``'s pools on ``input_shape``.
+
+    The space asks only of blocks whose input map is at most :data:`POOLED_SIZE` (a larger one
+    always pools). On the spec's own input this is exact (:func:`params_of` checks that every
+    larger map pooled). A spec read on another input size (a 28x28 winner moved to 8x8 digits by
+    ``--transfer-from``) is asked where its own maps were larger and the space always pooled:
+    those blocks keep their pools.
+    """
+    choices, size = {}, min(input_shape[1:])
+    for i, block in enumerate(spec.conv, start=1):
+        if size <= POOLED_SIZE:
+            choices[f"conv{i}_pool"] = block.pool is not None
+        pool = POOL if (size > POOLED_SIZE or block.pool) and size >= POOL else None
+        size = size // pool if pool else size
+    return choices
+
+
 def params_of(spec: Spec, recipe: Recipe | None, budget: int, input_shape: tuple[int, int, int], num_classes: int,
               parameterisation: str = "fit") -> dict[str, Any]:
     """The trial parameters from which :func:`sample_spec` rebuilds ``spec`` exactly (and, given a
@@ -274,9 +292,8 @@ def params_of(spec: Spec, recipe: Recipe | None, budget: int, input_shape: tuple
             if size > POOLED_SIZE and b.pool is None:
                 raise UsageError(f"{spec.describe()}: the space pools every block whose input map is larger than "
                                  f"{POOLED_SIZE}x{POOLED_SIZE} (block {i} sees {size}x{size})")
-            if size <= POOLED_SIZE:
-                values[f"conv{i}_pool"] = b.pool is not None
             size = size // b.pool if b.pool else size
+        values.update(pool_choices(spec, input_shape))
         widths = {**{f"conv{i}": b.out_channels for i, b in enumerate(blocks, start=1)},
                   **{f"fc{i}": units for i, units in enumerate(spec.fc, start=1)}}
         unit_names = {**{f"conv{i}": "channels" for i in range(1, len(blocks) + 1)},

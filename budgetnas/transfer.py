@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from budgetnas.counting import count_params
 from budgetnas.errors import StorageError, UsageError
-from budgetnas.space import FILL, POOL, POOLED_SIZE, params_of, sample_spec
+from budgetnas.space import FILL, params_of, pool_choices, sample_spec
 from budgetnas.spec import CNNSpec, Spec
 from budgetnas.trainer import Recipe
 
@@ -78,7 +78,7 @@ def refit(source: Source, budget: int, input_shape: tuple[int, int, int], num_cl
                        source.num_classes or num_classes, "fit")
     values["fill"] = min(values["fill"], FILL[1])  # (params + 0.5) / budget can exceed 1 by a hair
     if isinstance(source.spec, CNNSpec) and source.input_shape and source.input_shape != input_shape:
-        values.update(_pool_choices(source.spec, input_shape))
+        values.update(pool_choices(source.spec, input_shape))
 
     def fitted(fill: float) -> Spec:
         return sample_spec(FixedTrial({**values, "fill": fill}), source.spec.family, budget, input_shape,
@@ -101,20 +101,6 @@ def refit(source: Source, budget: int, input_shape: tuple[int, int, int], num_cl
     if count_params(spec, input_shape, num_classes) > budget:  # fit guarantees it; a start must never break it
         raise UsageError(f"{source.ref}: re-fitted spec {spec.describe()} is over the budget {budget:,}")
     return values
-
-
-def _pool_choices(spec: CNNSpec, input_shape: tuple[int, int, int]) -> dict[str, bool]:
-    """The ``conv{i}_pool`` choices the space asks on ``input_shape`` (only blocks whose input map is at
-    most ``POOLED_SIZE``), taken from ``spec``'s own pools. A spec read on another input size (a
-    28x28 winner moved to 8x8 digits) has no such choice where its own maps were larger, where
-    the space always pooled; those blocks keep their pools here too."""
-    choices, size = {}, min(input_shape[1:])
-    for i, block in enumerate(spec.conv, start=1):
-        if size <= POOLED_SIZE:
-            choices[f"conv{i}_pool"] = block.pool is not None
-        pool = POOL if (size > POOLED_SIZE or block.pool) and size >= POOL else None
-        size = size // pool if pool else size
-    return choices
 
 
 def transfer_starts(config: "SearchConfig", input_shape: tuple[int, int, int], num_classes: int,

@@ -234,6 +234,23 @@ def test_mbconv_params_of_inverts_the_space(parameterisation):
                          "direct")
 
 
+def test_mbconv_depthwise_convs_run_in_fp32_under_cpu_autocast():
+    """oneDNN's bf16 depthwise convs train several times slower than fp32 on CPU, so they opt out of
+    autocast (the pointwise convs keep bf16); same weights, same outputs as without autocast."""
+    from budgetnas.families.mbconv_model import DepthwiseConv2d
+
+    spec = MBConvSpec(stem=8, stages=(Stage("inverted", 16, stride=2, expansion=4, kernel_size=5),))
+    model = build_model(spec, FMNIST, 10)
+    (depthwise,) = [m for m in model.modules() if isinstance(m, DepthwiseConv2d)]
+    assert depthwise.groups == depthwise.in_channels == depthwise.out_channels == 32
+    x = torch.randn(4, 32, 14, 14)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = depthwise(x.bfloat16())
+        pointwise = model.blocks[1].body[0](torch.randn(4, 8, 14, 14))
+    assert inside.dtype == torch.float32 and pointwise.dtype == torch.bfloat16
+    torch.testing.assert_close(inside, depthwise(x.bfloat16().float()))
+
+
 # --------------------------------------------------------------------------- registry and plug-ins
 
 def test_registry_lists_and_resolves_families(monkeypatch):

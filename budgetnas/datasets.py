@@ -42,6 +42,11 @@ assert DATASETS[PAPER_DATASET].reference  # the paper's figures belong to the pa
 
 
 def reference_models(dataset: str, family: str | None = None) -> tuple[PaperModel, ...]:
-    """The paper's models of ``family`` with figures on ``dataset`` (none for other datasets and npz files)."""
+    """The paper's models ``family`` is compared with (its ``paper_family``: the paper's CNNs for cnn and
+    mbconv), with figures on ``dataset`` (none for other datasets and npz files)."""
+    if family is not None:
+        from budgetnas.families import get_family
+
+        family = get_family(family).paper_family
     entry = DATASETS.get(dataset)
     return tuple(m for m in (entry.reference if entry else ()) if family is None or m.family == family)

@@ -474,6 +474,19 @@ def test_reports_compare_each_family_with_the_papers_models(monkeypatch):
     assert {m.family for m in paper_models("mbconv")} == {"cnn"} == {m.family for m in paper_models("cnn")}
     assert {m.family for m in paper_models("fcn")} == {"fcn"}
     assert paper_models(PLUGIN) == ()  # a plug-in names no paper family
+    # The sweep's table and figure take the same models (they once matched the family name and showed
+    # no paper model beside mbconv).
+    from budgetnas.datasets import reference_models
+    from budgetnas.sweep import SweepRow, render_markdown
+
+    assert reference_models("fashion-mnist", "mbconv") == paper_models("mbconv")
+    assert reference_models("fashion-mnist", PLUGIN) == () and reference_models("digits", "mbconv") == ()
+    row = SweepRow(budget=10_000, study="mbconv-10k-fashion-mnist", trial=3, search_trials=9, search_seconds=60.0,
+                   replay={"params": 7_546, "val_accuracy": 0.906, "test_accuracy": 0.9035, "train_seconds": 348.2,
+                           "mult_adds": 350_000_000})
+    paper_10k = next(m for m in paper_models("mbconv") if m.budget == 10_000)
+    line = next(x for x in render_markdown("mbconv", "fashion-mnist", [row]).splitlines() if x.startswith("| 10k"))
+    assert percent(paper_10k.test_accuracy) in line and f"{(0.9035 - paper_10k.test_accuracy) * 100:+.2f} pt" in line
 
 
 def test_readme_mbconv_notation_and_toml_are_what_the_code_does():

@@ -2,10 +2,10 @@
 
 A good architecture at 50K is rarely a bad *shape* at 20K or 100K: its depth, kernels, pools,
 head, normalisation and the *ratios* of its widths carry over; only the common width scale
-must change. The ``fit`` parameterisation (:mod:`budgetnas.space`) separates exactly those two
-things: :func:`~budgetnas.space.params_of` inverts a spec into relative widths and the fill
-fraction of its own budget, and :func:`~budgetnas.space.sample_spec` with those same
-parameters at *another* budget rescales every width so the exact count fits ``fill * budget``.
+must change. The ``fit`` parameterisation (every built-in family has it) separates exactly
+those two things: the family's ``params_of`` (:class:`~budgetnas.families.Family`) inverts a
+spec into relative widths and the fill fraction of its own budget, and its ``sample`` with those
+same parameters at *another* budget rescales every width so the exact count fits ``fill * budget``.
 So a transferred start is the source winner's shape at the source's fill of the new budget,
 within the budget by construction, and it is enqueued exactly like ``--enqueue`` starts
 (``search.start_params``), so TPE then explores around it.
@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from budgetnas.counting import count_params
 from budgetnas.errors import StorageError, UsageError
-from budgetnas.space import FILL, params_of, pool_choices, sample_spec
+from budgetnas.families import family_of
+from budgetnas.space import FILL, pool_choices
 from budgetnas.spec import CNNSpec, Spec
 from budgetnas.trainer import Recipe
 
@@ -73,16 +74,16 @@ def refit(source: Source, budget: int, input_shape: tuple[int, int, int], num_cl
 
     from budgetnas.counting import PAPER_BATCH, count_mult_adds, human_count
 
+    family = family_of(source.spec)
     recipe = source.recipe if recipe_space == "search" else None
-    values = params_of(source.spec, recipe, source.budget, source.input_shape or input_shape,
-                       source.num_classes or num_classes, "fit")
+    values = family.params_of(source.spec, recipe, source.budget, source.input_shape or input_shape,
+                              source.num_classes or num_classes, "fit")
     values["fill"] = min(values["fill"], FILL[1])  # (params + 0.5) / budget can exceed 1 by a hair
     if isinstance(source.spec, CNNSpec) and source.input_shape and source.input_shape != input_shape:
         values.update(pool_choices(source.spec, input_shape))
 
     def fitted(fill: float) -> Spec:
-        return sample_spec(FixedTrial({**values, "fill": fill}), source.spec.family, budget, input_shape,
-                           num_classes, "fit")
+        return family.sample(FixedTrial({**values, "fill": fill}), budget, input_shape, num_classes, "fit")
 
     def within(fill: float) -> bool:
         return max_mult_adds is None or count_mult_adds(fitted(fill), input_shape, num_classes,

@@ -78,6 +78,34 @@ def test_a_found_config_is_refitted_to_another_budget_keeping_its_shape_and_fill
     assert "lr" not in refit(source, 20_000, (1, 28, 28), 10, recipe_space="paper")
 
 
+def test_an_mbconv_winner_is_refitted_by_its_own_family():
+    """Transfer goes through the family's params_of and sample (it once called the cnn/fcn space and
+    skipped every mbconv start with "unknown family 'mbconv'")."""
+    from dataclasses import replace
+
+    from budgetnas.families import get_family
+    from budgetnas.families.mbconv import MBConvSpec, Stage
+    from budgetnas.trainer import Recipe
+
+    family = get_family("mbconv")
+    spec = MBConvSpec(stem=18, stem_stride=2, stages=(Stage("plain", 10, depth=2, kernel_size=5, se=True),
+                                                      Stage("inverted", 19, stride=2, kernel_size=5, expansion=5,
+                                                            se=True),
+                                                      Stage("inverted", 27, depth=2, stride=2)),
+                      dropout=0.1175, activation="leaky_relu", init="xavier_normal")
+    params = count_params(spec, (1, 28, 28), 10)
+    source = Source(ref="mbconv-20k#46", spec=spec, recipe=Recipe(lr=0.005, schedule="cosine"), budget=20_000)
+    values = refit(source, 50_000, (1, 28, 28), 10, recipe_space="search")
+    fitted = family.sample(FixedTrial(values), 50_000, (1, 28, 28), 10, "fit")
+    assert values["fill"] == pytest.approx((params + 0.5) / 20_000)
+    assert params < count_params(fitted, (1, 28, 28), 10) <= int(values["fill"] * 50_000)
+    same_widths = replace(fitted, stem=spec.stem, stages=tuple(replace(new, out_channels=old.out_channels)
+                                                               for new, old in zip(fitted.stages, spec.stages)))
+    assert same_widths == spec  # the shape kept: only the widths differ
+    assert fitted.stem >= spec.stem and all(new.out_channels >= old.out_channels
+                                            for new, old in zip(fitted.stages, spec.stages))
+
+
 def test_a_refitted_start_over_the_compute_bound_keeps_its_shape_at_a_lower_fill():
     """Scaled up, a winner's mult-adds grow with its parameters: under a compute bound the start keeps its
     shape at the largest fill within the bound, instead of being rejected untrained; none fits: one clear error."""

@@ -18,8 +18,10 @@ raised and the study can be resumed by running the same search again.
 
 from __future__ import annotations
 
+import _thread
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -498,6 +500,7 @@ class _CtrlC:
         self.requested = False
         self.in_training = False
         self.study: optuna.Study | None = None
+        self.active = False  # inside the with block: a re-delivered interrupt may still be raised
 
     def training(self, flag: bool) -> None:
         self.in_training = flag
@@ -519,13 +522,32 @@ class _CtrlC:
         self.study = study
         return self
 
+    def _unraisable(self, info: Any) -> None:
+        # The handler raised while Python ran a weakref callback or a __del__, where an exception can
+        # only be printed ("Exception ignored in ...", a traceback) and is then lost. Deliver it again
+        # instead, from a timer thread: interrupt_main runs the handler at the main thread's next step,
+        # by then outside the callback (not from here: it would land inside this hook and be lost).
+        if isinstance(info.exc_value, KeyboardInterrupt) and self.requested:
+            threading.Timer(0.05, self._interrupt_again).start()
+            return
+        self._previous_hook(info)
+
+    def _interrupt_again(self) -> None:
+        if self.active:
+            _thread.interrupt_main()
+
     def __enter__(self) -> "_CtrlC":
         self._previous = {}
+        self._previous_hook = sys.unraisablehook
+        self.active = True
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
             # SIGTERM (kill, a batch system, timeout) is answered like Ctrl-C: trial marked, exit 130.
             self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+            sys.unraisablehook = self._unraisable
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.active = False
+        sys.unraisablehook = self._previous_hook
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)

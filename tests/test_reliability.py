@@ -248,6 +248,31 @@ def test_killed_search_rerun_says_what_it_waits_for_and_retries_quietly(tiny_npz
     assert len(counted(trials)) == 2 and [t for t in trials if t.system_attrs.get("failed_trial") == 0]
 
 
+def test_an_interrupt_raised_inside_a_weakref_callback_is_delivered_again_not_printed(capsys):
+    """CI once saw the SIGTERM handler's KeyboardInterrupt land inside a weakref callback, where Python
+    can only print it ("Exception ignored in ...", a traceback) and drop it. It must reach the search."""
+    import weakref
+
+    from budgetnas.search import _CtrlC
+
+    class Thing:
+        pass
+
+    def callback(_ref: object) -> None:
+        raise KeyboardInterrupt  # what the handler raises when the signal arrives during the callback
+
+    ctrl = _CtrlC()
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl:
+            ctrl.requested = True  # the first signal arrived; a second one raises at once
+            thing = Thing()
+            ref = weakref.ref(thing, callback)
+            del thing  # runs the callback
+            for _ in range(200):  # the re-delivered interrupt lands here, outside the callback
+                time.sleep(0.01)
+    assert ref() is None and capsys.readouterr().err == ""
+
+
 @pytest.mark.slow
 def test_sigterm_stops_a_single_process_search_like_ctrl_c(tiny_npz, tmp_path):
     from optuna.trial import TrialState

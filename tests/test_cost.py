@@ -79,10 +79,14 @@ def test_one_activation_estimate_for_every_family_bounds_what_autograd_keeps(spe
     if not (_fits(spec, shape) if not isinstance(spec, MBConvSpec) else _mbconv_fits(spec, shape)):
         return
     batch = 2
-    kept = _autograd_saved_bytes(build_model(spec, shape, 10), shape, batch)
+    model = build_model(spec, shape, 10)
+    kept = _autograd_saved_bytes(model, shape, batch)
     saved, largest = cost.activation_estimate(spec, shape)
     estimate = 4 * batch * saved
-    assert estimate + 4096 >= kept  # + batch norm's per-channel statistics, the same at any batch
+    # Batch norm also keeps four per-channel fp32 vectors (running mean and variance, the batch's mean and
+    # inverse std), the same at any batch: too small to estimate, counted exactly here.
+    statistics = 4 * 4 * sum(m.num_features for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    assert estimate + statistics >= kept, (estimate, statistics, kept)
     assert estimate <= 2.5 * kept + 4 * batch * 2 * math.prod(shape) + 4096, (estimate, kept)
     assert cost.training_memory(spec, shape, batch) >= estimate
     weights = 4 * count_params(spec, shape, 10)

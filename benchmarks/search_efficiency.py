@@ -15,9 +15,10 @@ budget is used up, so the trial in training is discarded and no variant gets ext
 Variants: ``random`` (RandomSampler, no early stopping), ``tpe-median`` (TPE + Optuna's median
 pruner, the single-objective default), ``tpe-sha`` (TPE + successive halving; only where the
 branch has the ``pruner`` option of issue 13, else listed as unavailable), ``tpe-proxy`` (TPE +
-median + the zero-cost pre-screen ``--proxy PROXY --proxy-screen 0.5``) and ``tpe-transfer``
-(TPE + median + ``--transfer-from`` the found configs of the neighbouring budgets). Add a
-variant by adding a line to :data:`VARIANTS`.
+median + the zero-cost pre-screen ``--proxy PROXY --proxy-screen 0.5``), ``tpe-transfer``
+(TPE + median + ``--transfer-from`` the found configs of the neighbouring budgets), and
+``tpe-halfway`` / ``tpe-transfer-halfway`` (the same with ``--pruner halfway``, one verdict at half
+the epochs against every trial's median). Add a variant by adding a line to :data:`VARIANTS`.
 
 Datasets: ``fashion-mnist`` (a stratified ``--subset``) and ``digits``, scikit-learn's bundled
 8x8 handwritten digits (1,797 images, available offline; written once as an npz with a
@@ -51,6 +52,8 @@ VARIANTS: dict[str, dict] = {
     "random": {"sampler": "random", "early_stop": False},
     "tpe-median": {"sampler": "tpe", "early_stop": True},
     "tpe-sha": {"sampler": "tpe", "early_stop": True, "pruner": "sha"},
+    "tpe-halfway": {"sampler": "tpe", "early_stop": True, "pruner": "halfway"},
+    "tpe-transfer-halfway": {"sampler": "tpe", "early_stop": True, "pruner": "halfway", "transfer_from": "{transfer}"},
     "tpe-proxy": {"sampler": "tpe", "early_stop": True, "proxy": "{proxy}", "proxy_screen": 0.5},
     "tpe-transfer": {"sampler": "tpe", "early_stop": True, "transfer_from": "{transfer}"},
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from budgetnas.paper import PAPER_DATASET, PAPER_MODELS, PaperModel
+from budgetnas.paper import PAPER_DATASET, PAPER_MODELS, PaperModel, compared_with
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,5 @@ assert DATASETS[PAPER_DATASET].reference  # the paper's figures belong to the pa
 def reference_models(dataset: str, family: str | None = None) -> tuple[PaperModel, ...]:
     """The paper's models ``family`` is compared with (its ``paper_family``: the paper's CNNs for cnn and
     mbconv), with figures on ``dataset`` (none for other datasets and npz files)."""
-    if family is not None:
-        from budgetnas.families import get_family
-
-        family = get_family(family).paper_family
     entry = DATASETS.get(dataset)
-    return tuple(m for m in (entry.reference if entry else ()) if family is None or m.family == family)
+    return compared_with(entry.reference if entry else (), family)

@@ -11,6 +11,7 @@ the lowest loss is the lowest epoch training loss with its 1-based epoch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,18 @@ PAPER_DATASET = "fashion-mnist"
 
 
 def paper_models(family: str | None = None) -> tuple[PaperModel, ...]:
-    """The paper's models, optionally only those ``family`` is compared with: its ``paper_family``
-    (cnn and mbconv: the paper's CNNs; fcn: its FCNs; a plug-in family: none unless it names one)."""
+    """The paper's models, optionally only those ``family`` is compared with (:func:`compared_with`)."""
+    return compared_with(PAPER_MODELS, family)
+
+
+def compared_with(models: Iterable[PaperModel], family: str | None) -> tuple[PaperModel, ...]:
+    """Those of ``models`` that ``family`` is compared with: its ``paper_family`` (cnn and mbconv: the
+    paper's CNNs; fcn: its FCNs; a plug-in family: none unless it names one); all for None."""
     if family is not None:
         from budgetnas.families import get_family
 
         family = get_family(family).paper_family
-    return tuple(m for m in PAPER_MODELS if family is None or m.family == family)
+    return tuple(m for m in models if family is None or m.family == family)
 
 
 def paper_model(name: str) -> PaperModel:

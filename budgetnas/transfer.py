@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 from budgetnas.counting import count_params
 from budgetnas.errors import StorageError, UsageError
 from budgetnas.families import family_of
-from budgetnas.space import FILL, pool_choices
-from budgetnas.spec import CNNSpec, Spec
+from budgetnas.space import FILL
+from budgetnas.spec import Spec
 from budgetnas.trainer import Recipe
 
 if TYPE_CHECKING:
@@ -79,8 +79,8 @@ def refit(source: Source, budget: int, input_shape: tuple[int, int, int], num_cl
     values = family.params_of(source.spec, recipe, source.budget, source.input_shape or input_shape,
                               source.num_classes or num_classes, "fit")
     values["fill"] = min(values["fill"], FILL[1])  # (params + 0.5) / budget can exceed 1 by a hair
-    if isinstance(source.spec, CNNSpec) and source.input_shape and source.input_shape != input_shape:
-        values.update(pool_choices(source.spec, input_shape))
+    if source.input_shape and source.input_shape != input_shape:
+        values.update(family.shape_params(source.spec, input_shape))
 
     def fitted(fill: float) -> Spec:
         return family.sample(FixedTrial({**values, "fill": fill}), budget, input_shape, num_classes, "fit")

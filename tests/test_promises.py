@@ -59,9 +59,10 @@ class _LoadSpy:
 
 @pytest.mark.parametrize("objectives, pruner, reason", [
     (("accuracy",), "median", "pruned by the median rule after epoch 1"),
+    (("accuracy",), "halfway", "pruned by the halfway median after epoch 1"),
     (("accuracy", "params"), "front", "on the front was"),
     (("accuracy", "params"), "sha", "stopped at the epoch-1 rung"),
-], ids=["median-pruner", "front-rule", "rung-rule"])
+], ids=["median-pruner", "halfway-pruner", "front-rule", "rung-rule"])
 def test_early_stopping_stops_trials_in_a_real_search_that_never_loads_the_test_split(
         objectives, pruner, reason, tiny_npz, tmp_path, monkeypatch):
     import budgetnas.search  # noqa: F401  (loaded before the spy looks for holders of load_dataset)

@@ -117,6 +117,46 @@ def test_pruners_the_objectives_cannot_use_and_bad_caps_are_refused(search, extr
     assert_one_line_error(search("--trials", "1", *extra), contains=message)
 
 
+def test_halfway_pruner_counts_stopped_trials_and_decides_once():
+    """The median is over every trial that reached the halfway epoch, stopped ones included, where
+    Optuna's MedianPruner counts finished trials only and so demands what the strong ones reached."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from budgetnas.stopping import HalfwayPruner, make_pruner
+
+    assert isinstance(make_pruner("halfway", epochs=10), HalfwayPruner) and make_pruner("halfway", 10).step == 5
+    studies = {name: optuna.create_study(direction="maximize", pruner=pruner) for name, pruner in (
+        ("halfway", HalfwayPruner(step=5)), ("median", optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=5)))}
+    finished = [(0.90, TrialState.COMPLETE), (0.92, TrialState.COMPLETE), (0.50, TrialState.PRUNED),
+                (0.55, TrialState.PRUNED), (0.55, TrialState.PRUNED), (0.60, TrialState.PRUNED)]
+    for study in studies.values():
+        for value, state in finished:
+            study.add_trial(create_trial(state=state, value=value if state == TrialState.COMPLETE else None,
+                                         intermediate_values={5: value}))
+
+    def verdicts(study, curve):
+        trial = study.ask()
+        out = []
+        for step, value in curve:
+            trial.report(value, step)
+            out.append(trial.should_prune())
+        return out
+
+    # Median of all six at epoch 5: 0.575. 0.58 goes on; Optuna's median of the two finished (0.91) stops it.
+    assert verdicts(studies["halfway"], [(4, 0.3), (5, 0.58)]) == [False, False]
+    assert verdicts(studies["median"], [(4, 0.3), (5, 0.58)]) == [False, True]
+    # 0.56 is below it: stopped at epoch 5, never before; the best epoch so far is what is judged.
+    assert verdicts(studies["halfway"], [(4, 0.9), (5, 0.56)]) == [False, False]
+    assert verdicts(studies["halfway"], [(4, 0.3), (5, 0.56)]) == [False, True]
+    # One verdict: a trial past epoch 5 is never judged again, however it does.
+    assert verdicts(studies["halfway"], [(5, 0.6), (6, 0.1), (7, 0.1)]) == [False, False, False]
+    # Too few peers: no verdict.
+    few = optuna.create_study(direction="maximize", pruner=HalfwayPruner(step=5))
+    few.add_trial(create_trial(state=TrialState.COMPLETE, value=0.9, intermediate_values={5: 0.9}))
+    assert verdicts(few, [(5, 0.1)]) == [False]
+
+
 def test_auto_resolves_per_mode_and_no_early_stop_means_none():
     assert resolve_pruner("auto", ("accuracy",)) == "median"
     assert resolve_pruner("auto", ("accuracy", "runtime")) in ("front", "sha")

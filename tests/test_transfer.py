@@ -147,6 +147,23 @@ def test_a_28x28_winner_transfers_to_8x8_digits_keeping_its_pools(name):
     assert [b.pool for b in fitted.conv] == expected
 
 
+def test_an_mbconv_winner_transfers_to_8x8_keeping_its_blocks():
+    """mbconv asks the same questions at any input size (a stride on a 1x1 map is dropped), so its family
+    adds no size-dependent answers; the re-fitted start keeps every stage's block, kernel and depth."""
+    from budgetnas.families import get_family
+
+    run = resolve_config(str(REPO / "studies" / "found" / "searched" / "mbconv-20k.toml"))
+    family = get_family("mbconv")
+    assert family.shape_params(run.spec, SHAPE_8X8) == {}
+    source = Source(ref="found", spec=run.spec, recipe=run.recipe, budget=run.result["budget"],
+                    input_shape=(1, 28, 28), num_classes=10)
+    values = refit(source, 5_000, SHAPE_8X8, 10, recipe_space="search")
+    fitted = family.sample(FixedTrial(values), 5_000, SHAPE_8X8, 10, "fit")
+    assert count_params(fitted, SHAPE_8X8, 10) <= 5_000
+    assert [(s.block, s.kernel_size, s.depth) for s in fitted.stages] == \
+        [(s.block, s.kernel_size, s.depth) for s in run.spec.stages]
+
+
 def test_neighbours_are_the_nearest_budget_on_each_side():
     assert neighbours([10_000, 20_000, 50_000, 200_000], 100_000) == [50_000, 200_000]
     assert neighbours([10_000, 20_000], 5_000) == [10_000]

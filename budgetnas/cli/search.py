@@ -90,7 +90,8 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                              "BYTES (e.g. 2G). auto (default): 15%% of the memory available at the start; none: no "
                              "bound. May be changed when resuming a study")
     parser.add_argument("--pruner", default="auto", choices=PRUNERS,
-                        help="rule that stops unpromising trials after an epoch: median, sha (successive halving) or "
+                        help="rule that stops unpromising trials after an epoch: median, halfway (one verdict at half "
+                             "the epochs against every trial's median), sha (successive halving) or "
                              "hyperband with --objectives accuracy (auto = median); front or sha (rungs ranked by "
                              "non-dominated sorting) with several objectives (auto = the measured better one); "
                              "none = train every candidate to the end (as --no-early-stop)")

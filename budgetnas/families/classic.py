@@ -60,6 +60,11 @@ class _Classic(Family):
 
         return params_of(spec, recipe, budget, input_shape, num_classes, parameterisation)
 
+    def shape_params(self, spec: Any, input_shape: Shape) -> dict[str, Any]:
+        from budgetnas.space import pool_choices
+
+        return pool_choices(spec, input_shape) if isinstance(spec, CNNSpec) else {}  # asked only of small maps
+
     def to_dict(self, spec: Any) -> dict[str, Any]:
         return {k: v for k, v in spec.to_dict().items() if k != "family"}
 

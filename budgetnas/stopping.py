@@ -107,6 +107,7 @@ def make_pruner(name: str, epochs: int) -> "optuna.pruners.BasePruner":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=ETA)
     return optuna.pruners.NopPruner()
 
+
 class HalfwayPruner:
     """One verdict, at epoch ``step`` (half the epochs): stop a trial whose best validation accuracy
     so far is below the median of every other trial's accuracy at that epoch, stopped ones included.

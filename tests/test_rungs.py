@@ -146,7 +146,8 @@ def test_halfway_pruner_counts_stopped_trials_and_decides_once():
     # Median of all six at epoch 5: 0.575. 0.58 goes on; Optuna's median of the two finished (0.91) stops it.
     assert verdicts(studies["halfway"], [(4, 0.3), (5, 0.58)]) == [False, False]
     assert verdicts(studies["median"], [(4, 0.3), (5, 0.58)]) == [False, True]
-    # 0.56 is below it: stopped at epoch 5, never before; the best epoch so far is what is judged.
+    # Each asked trial stays a peer (the median is now 0.57-0.58): 0.56 is below it, stopped at epoch 5 and
+    # never before; the best epoch so far is what is judged.
     assert verdicts(studies["halfway"], [(4, 0.9), (5, 0.56)]) == [False, False]
     assert verdicts(studies["halfway"], [(4, 0.3), (5, 0.56)]) == [False, True]
     # One verdict: a trial past epoch 5 is never judged again, however it does.

@@ -101,7 +101,7 @@ class Family(ABC):
     def shape_params(self, spec: Any, input_shape: Shape) -> dict[str, Any]:
         """The trial parameters of ``spec`` whose question depends on the input size, answered for
         ``input_shape`` (``--transfer-from`` moves a winner to another input size, e.g. 28x28 to
-        8x8). None by default: a space that asks the same questions at any size."""
+        8x8). Nothing by default: a space that asks the same questions at any size."""
         return {}
 
     # ------------------------------------------------------------------ description and storage

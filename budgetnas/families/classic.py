@@ -60,11 +60,6 @@ class _Classic(Family):
 
         return params_of(spec, recipe, budget, input_shape, num_classes, parameterisation)
 
-    def shape_params(self, spec: Any, input_shape: Shape) -> dict[str, Any]:
-        from budgetnas.space import pool_choices
-
-        return pool_choices(spec, input_shape) if isinstance(spec, CNNSpec) else {}  # asked only of small maps
-
     def to_dict(self, spec: Any) -> dict[str, Any]:
         return {k: v for k, v in spec.to_dict().items() if k != "family"}
 
@@ -105,6 +100,11 @@ class CNNFamily(_Classic):
             total += (channels * block.out_channels * block.kernel_size**2 + block.out_channels) * (h * w - 1)
             channels = block.out_channels
         return batch * total
+
+    def shape_params(self, spec: CNNSpec, input_shape: Shape) -> dict[str, Any]:
+        from budgetnas.space import pool_choices
+
+        return pool_choices(spec, input_shape)  # the space asks a block's pool only of small maps
 
     def with_batch_norm(self, spec: CNNSpec) -> CNNSpec:
         return replace(spec, conv=tuple(replace(b, batch_norm=True) for b in spec.conv), fc_batch_norm=True)

@@ -13,6 +13,7 @@ that found it), which ``budgetnas train`` retrains as it is; ``studies/found/`` 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -37,10 +38,19 @@ class SweepConfig:
     out: Path = Path("runs/sweep")
     replay_subset: int | None = None  # None = the whole training split (as the paper trained); N = a quick slice
     finalists: int = 1  # re-rank this many top trials by a full-length run (validation only) before the replay
+    # Train each finalist once per augmentation named here (empty: with its own recipe's only), so that
+    # augmentation is decided at full length: short search runs under-rate it (it pays once a model overfits).
+    finalist_augments: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        from budgetnas.recipe import AUGMENTS
+
         if self.finalists < 1:
             raise UsageError(f"--finalists must be at least 1, got {self.finalists}")
+        unknown = [a for a in self.finalist_augments if a not in AUGMENTS]
+        if unknown or len(set(self.finalist_augments)) != len(self.finalist_augments):
+            raise UsageError(f"--finalist-augments takes distinct names among {', '.join(AUGMENTS)} (or 'all'), "
+                             f"got {','.join(self.finalist_augments)}")
         if not self.budgets:
             raise UsageError("a sweep needs at least one budget, e.g. --budgets 10k,20k,50k,100k")
         if len(set(self.budgets)) != len(self.budgets):
@@ -55,7 +65,8 @@ class SweepRow:
     search_trials: int
     search_seconds: float  # the study's wall time, first trial start to last trial end (all runs)
     replay: dict[str, Any] = field(default_factory=dict)
-    finalists: list[dict[str, Any]] = field(default_factory=list)  # [{trial, search_val, val, params}], best first
+    finalists: list[dict[str, Any]] = field(default_factory=list)  # [{trial, augment, search_val, val, params}], best first
+    finalist_seconds: float = 0.0  # wall time of the finalists' full-length runs (part of the search's cost)
 
 
 @dataclass
@@ -69,6 +80,15 @@ class SweepResult:
     def to_dict(self) -> dict[str, Any]:
         return {"family": self.family, "dataset": self.dataset, "markdown": str(self.markdown),
                 "html": str(self.html), "rows": [row.__dict__ for row in self.rows]}
+
+
+def parse_augments(text: str) -> tuple[str, ...]:
+    """CLI value of ``--finalist-augments``: ``all`` or a comma-separated list (checked by SweepConfig)."""
+    from budgetnas.recipe import AUGMENTS
+
+    if text.strip() == "all":
+        return AUGMENTS
+    return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 def parse_budgets(text: str) -> tuple[int, ...]:
@@ -94,21 +114,28 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
         summary = run_search(search, progress=say)
         finalists: list[dict[str, Any]] = []
         chosen: str | int = "best"
-        if config.finalists > 1:
+        augment: str | None = None  # None: the chosen trial's own
+        started = time.monotonic()
+        if config.finalists > 1 or config.finalist_augments:
+            runs = f" x {len(config.finalist_augments)} augmentations" if config.finalist_augments else ""
             say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: re-ranking the top "
-                f"{config.finalists} trials with full-length runs (validation only)")
+                f"{plural(config.finalists, 'trial')}{runs} with full-length runs (validation only)")
             finalists = rank_finalists(search, summary.study, config.finalists, config.replay_epochs, say,
-                                       subset=config.replay_subset)
-            chosen = finalists[0]["trial"] if finalists else "best"
-        say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: replaying trial {chosen}")
+                                       subset=config.replay_subset, augments=config.finalist_augments)
+            if finalists:
+                chosen = finalists[0]["trial"]
+                augment = finalists[0]["augment"] if config.finalist_augments else None
+        finalist_seconds = time.monotonic() - started if finalists else 0.0
+        say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: replaying trial {chosen}"
+            + (f" with augmentation {augment}" if augment else ""))
         # The replay trains on the whole training split (as the paper did) unless --replay-subset asks for a
         # slice, whatever slice the search used.
         result = replay(search.storage, summary.study, chosen, epochs=config.replay_epochs, seed=search.seed,
-                        device=search.device, precision=search.precision, data_root=search.data_root,
+                        augment=augment, device=search.device, precision=search.precision, data_root=search.data_root,
                         subset=config.replay_subset, out=config.out / f"{summary.study}-best", progress=say)
         rows.append(SweepRow(budget=budget, study=summary.study, trial=result.trial, search_trials=summary.trials,
                              search_seconds=search_span(search, summary.study), replay=_compact(result.metrics),
-                             finalists=finalists))
+                             finalists=finalists, finalist_seconds=finalist_seconds))
         path = write_found(rows[-1], search, config.out / "found")
         say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: test accuracy "
             f"{percent(result.metrics['test_accuracy'])}; config {path}")
@@ -134,13 +161,17 @@ def search_span(search: SearchConfig, study_name: str) -> float:
 
 
 def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: int | None,
-                   say: Progress, subset: int | None = None) -> list[dict[str, Any]]:
+                   say: Progress, subset: int | None = None,
+                   augments: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Retrain the ``count`` most accurate complete trials as the replay will (its data, ``epochs``,
-    the search's seed) and rank them by validation accuracy, best first.
+    the search's seed), each once per augmentation in ``augments`` (empty: its own recipe's), and rank
+    the runs by validation accuracy, best first.
 
     Why: a search ranks candidates with short runs on a slice, and the best short run is not always
-    the best full run (recipes that learn fast but plateau win short runs). The test split is not
-    loaded here, so the choice stays a validation-only one.
+    the best full run (recipes that learn fast but plateau win short runs). Augmentation is the
+    clearest case: it slows the first epochs and pays only once a model starts to overfit, which a
+    10-epoch run on a slice rarely reaches, so the search learns to switch it off. The test split is
+    not loaded here, so the choice stays a validation-only one.
     """
     from budgetnas.data import load_dataset
     from budgetnas.records import recipe_of, settings_of, spec_of
@@ -154,19 +185,21 @@ def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: in
     # no test split: the choice is made on validation accuracy alone
     data = load_dataset(settings.dataset, search.data_root, subset=subset, seed=settings.split_seed)
     ranked = []
-    for n, trial in enumerate(top[:count], start=1):
+    jobs = [(trial, augment) for trial in top[:count] for augment in (augments or (recipe_of(trial).augment,))]
+    for n, (trial, augment) in enumerate(jobs, start=1):
         stored = recipe_of(trial)
-        recipe = replace(stored, epochs=epochs or stored.epochs, seed=search.seed)
+        recipe = replace(stored, epochs=epochs or stored.epochs, seed=search.seed, augment=augment)
+        name = f"trial {trial.number}" + (f", augmentation {augment}" if augments else "")
 
         def on_epoch(e: Any) -> None:  # called during train(), so the loop variables are current
-            say(f"  finalist {n}/{min(count, len(top))} (trial {trial.number}): epoch {e.epoch}/{recipe.epochs} "
+            say(f"  finalist {n}/{len(jobs)} ({name}): epoch {e.epoch}/{recipe.epochs} "
                 f"loss {e.train_loss:.4f} val acc {percent(e.val_accuracy)} ({e.seconds:.1f}s)")
 
         run = train_run(spec_of(trial), recipe, data, dataset=settings.dataset, subset=subset, device=search.device,
                         precision=search.precision, on_epoch=on_epoch, evaluate_test=False)
-        ranked.append({"trial": trial.number, "search_val": val_accuracy_of(trial, settings),
+        ranked.append({"trial": trial.number, "augment": augment, "search_val": val_accuracy_of(trial, settings),
                        "val": run.metrics["val_accuracy"], "params": run.metrics["params"]})
-        say(f"  finalist {n}/{min(count, len(top))}: trial {trial.number}, validation accuracy "
+        say(f"  finalist {n}/{len(jobs)}: {name}, validation accuracy "
             f"{percent(ranked[-1]['search_val'])} in the search, {percent(ranked[-1]['val'])} after "
             f"{plural(recipe.epochs, 'epoch')}")
     return sorted(ranked, key=lambda r: (-r["val"], r["params"]))
@@ -191,7 +224,11 @@ def found_config(row: SweepRow, search: SearchConfig) -> "RunConfig":
               "search_max_mult_adds": _resolved_cap(search), "search_seed": search.seed,
               "search_enqueue": list(search.enqueue), "search_transfer_from": list(search.transfer_from),
               "search_pruner": search.pruner_name(), "search_space_version": get_family(search.family).space_version,
-              "finalists": len(row.finalists) or 1}
+              "finalists": len({f["trial"] for f in row.finalists}) or 1}
+    if row.finalists:
+        result["finalist_seconds"] = round(row.finalist_seconds, 1)
+    if row.finalists and len({f["augment"] for f in row.finalists}) > 1:  # augmentation chosen at full length
+        result["finalist_augments"] = sorted({f["augment"] for f in row.finalists})
     name = f"{get_family(search.family).name}-{format_budget(row.budget)}"  # a plug-in's name, not its module path
     return RunConfig(name=f"found-{name}", dataset=search.dataset, spec=spec_from_dict(r["spec"]),
                      recipe=Recipe.from_dict(r["recipe"]), result=result,
@@ -252,8 +289,8 @@ def render_markdown(family: str, dataset: str, rows: list[SweepRow]) -> str:
                                    for row in rows if "spec" in row.replay])]
     for row in rows:
         if row.finalists:
-            ranked = "; ".join(f"trial {f['trial']} {percent(f['search_val'])} -> {percent(f['val'])}"
-                               for f in row.finalists)
+            ranked = "; ".join(f"trial {f['trial']}" + (f" {f['augment']}" if f.get("augment") else "")
+                               + f" {percent(f['search_val'])} -> {percent(f['val'])}" for f in row.finalists)
             lines += ["", f"{format_budget(row.budget)} finalists (validation accuracy: search -> full run): {ranked}"]
     lines += ["", f"Replays: {plural(rows[0].replay.get('epochs'), 'epoch')} each, "
               f"device {rows[0].replay.get('device')}, "

@@ -32,7 +32,9 @@ def test_found_config_is_within_its_budget_and_self_consistent(name):
     assert config.recipe.epochs == result["epochs"] and config.recipe.seed == result["seed"]
     assert 0.0 < result["test_accuracy"] <= 1.0 and 0.0 < result["val_accuracy"] <= 1.0
     # found by a search that selected on validation only, within the issue's 45 minutes per budget
-    assert result["search_objectives"] == ["accuracy"] and result["search_seconds"] <= 45 * 60
+    # the finalists' full-length runs (--finalists, --finalist-augments) count as search time
+    assert result["search_objectives"] == ["accuracy"]
+    assert result["search_seconds"] + result.get("finalist_seconds", 0) <= 45 * 60
 
 
 def test_results_table_quotes_every_found_config():
@@ -92,7 +94,9 @@ def test_searched_winner_was_found_without_starting_points(path):
     assert params == result["params"] == trainable_params(build_model(config.spec, SHAPE, CLASSES)) <= result["budget"]
     assert count_mult_adds(config.spec, SHAPE, CLASSES, batch=1) * PAPER_BATCH == result["mult_adds"]
     assert result["search_enqueue"] == [] and set(result["search_transfer_from"]) <= {"auto"}
-    assert result["search_objectives"] == ["accuracy"] and result["search_seconds"] <= 45 * 60
+    # the finalists' full-length runs (--finalists, --finalist-augments) count as search time
+    assert result["search_objectives"] == ["accuracy"]
+    assert result["search_seconds"] + result.get("finalist_seconds", 0) <= 45 * 60
     assert result["seed"] == 0 and result["second_seed"] == 1
     table = (FOUND / "RESULTS.md").read_text(encoding="utf-8")
     row = next((line for line in table.splitlines() if line.startswith(f"| searched {path.stem.upper()} |")), None)

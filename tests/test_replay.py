@@ -161,12 +161,13 @@ def test_overrides_and_bad_image_indices(made, tmp_path):
 def test_cli_replay_json(made, cli, tmp_path):
     study = made.copy_to(tmp_path / "db")
     proc = cli("replay", "--storage", study.url, "--trial", str(made.trained[0]), "--epochs", "1", "--seed", "3",
-               "--device", "cpu", "--precision", "fp32", "--images", "0,7", "--json")
+               "--augment", "shift", "--device", "cpu", "--precision", "fp32", "--images", "0,7", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)  # exactly one JSON document on stdout
     for key in ("params", "val_accuracy", "test_accuracy", "train_seconds", "mult_adds", "lowest_loss"):
         assert key in doc
     assert doc["epochs_run"] == 1 and doc["seed"] == 3 and doc["trial"] == made.trained[0]
+    assert doc["recipe"]["augment"] == "shift" and "augmentation shift (the trial's: " in proc.stderr
     out = tmp_path / "runs" / f"{made.name}-trial{made.trained[0]}"  # the default --out, under the cwd
     assert doc["out"] == str(out) and doc["artifacts"]["weights"] == str(out / "model.pt")  # absolute paths
     test_y = load_dataset(made.dataset, with_test=True).test.y
@@ -219,6 +220,7 @@ def test_cli_replay_storage_and_study_errors(made, capsys, tmp_path):
 def test_cli_replay_error_in_a_real_subprocess(made, cli):
     # The exit code and single error line as a user sees them (no traceback from the real process).
     assert_one_line_error(cli("replay", "--storage", made.url, "--trial", str(made.rejected)), 2, "rejected")
+    assert_one_line_error(cli("replay", "--storage", made.url, "--augment", "rotate"), 2, "--augment")
 
 
 @pytest.mark.slow

@@ -63,6 +63,34 @@ def test_sweep_searches_replays_and_reports_each_budget(cli, tiny_npz, tmp_path)
     assert all(row["search_seconds"] > 0 for row in json.loads(again.stdout)["rows"])
 
 
+@pytest.mark.slow
+def test_finalists_choose_the_augmentation_at_full_length(cli, tiny_npz, tmp_path):
+    # --finalist-augments trains the best trial once per augmentation (validation only) and replays
+    # the best of those runs with that augmentation, whatever the short search had chosen.
+    storage = f"sqlite:///{tmp_path / 'aug.db'}"
+    proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}", "--trials", "2",
+               "--epochs", "1", "--replay-epochs", "2", "--storage", storage, "--out", tmp_path / "out", "--json",
+               "--finalists", "1", "--finalist-augments", "none,shift", "--subset", "400")
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)["rows"][0]
+    assert sorted(f["augment"] for f in row["finalists"]) == ["none", "shift"]
+    assert len({f["trial"] for f in row["finalists"]}) == 1 and row["trial"] == row["finalists"][0]["trial"]
+    assert [f["val"] for f in row["finalists"]] == sorted((f["val"] for f in row["finalists"]), reverse=True)
+    assert row["replay"]["recipe"]["augment"] == row["finalists"][0]["augment"]
+    from budgetnas.config import load_config
+
+    found = load_config(tmp_path / "out" / "found" / "cnn-3k.toml")
+    assert found.recipe.augment == row["finalists"][0]["augment"]
+    assert found.result["finalist_augments"] == ["none", "shift"] and found.result["finalists"] == 1
+    assert found.result["finalist_seconds"] > 0  # the finalists' runs are part of what the search cost
+
+
+def test_sweep_rejects_unknown_finalist_augments(cli, tiny_npz):
+    proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}",
+               "--finalist-augments", "none,rotate")
+    assert_one_line_error(proc, 2, "--finalist-augments")
+
+
 def test_sweep_rejects_bad_budget_lists(cli, tiny_npz):
     proc = cli("sweep", "--family", "cnn", "--budgets", "10k,lots", "--dataset", f"npz:{tiny_npz}")
     assert_one_line_error(proc, 2, "budget")

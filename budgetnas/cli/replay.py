@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from budgetnas.cli._common import add_device_options, add_json_option, add_storage_option, set_examples
+from budgetnas.recipe import AUGMENTS
 
 HELP = "retrain the best (or a chosen) trial of a study and report its test accuracy"
 
@@ -25,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "parameters; the default) or a trial number")
     parser.add_argument("--epochs", type=int, default=None, metavar="E", help="override the trial's epochs")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="override the trial's seed")
+    parser.add_argument("--augment", default=None, choices=AUGMENTS,
+                        help="override the trial's training-image augmentation")
     add_device_options(parser)
     parser.add_argument("--out", metavar="DIR", default=None, help="artifact folder (default: runs/STUDY-trialN)")
     parser.add_argument("--data-root", metavar="DIR", default=None,
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError(f"--images must be comma-separated test-image indices, got {args.images!r}") from None
     result = replay(args.storage, args.study, parse_trial(args.trial), epochs=args.epochs, seed=args.seed,
-                    device=args.device, precision=args.precision, out=args.out, data_root=args.data_root,
+                    augment=args.augment, device=args.device, precision=args.precision, out=args.out,
+                    data_root=args.data_root,
                     subset=subset, images=images, record=not args.no_record, progress=progress)
     if args.json:
         print_json(result.to_dict())

@@ -28,6 +28,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--finalists", type=int, default=1, metavar="K",
                         help="retrain the K most accurate trials for --replay-epochs on all training images and "
                              "replay the one with the best validation accuracy (default 1: the search's best)")
+    parser.add_argument("--finalist-augments", default=None, metavar="LIST|all",
+                        help="train each finalist once per augmentation (e.g. none,shift; all: every one) and "
+                             "replay the best on validation: short search runs under-rate augmentation")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="where SWEEP.md, sweep.html and the replays go (default runs/sweep-FAMILY)")
     add_search_options(parser)
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     from budgetnas.cli.search import config_from_args
     from budgetnas.errors import UsageError
-    from budgetnas.sweep import SweepConfig, parse_budgets, run_sweep
+    from budgetnas.sweep import SweepConfig, parse_augments, parse_budgets, run_sweep
     from budgetnas.workers import AUTO
 
     if str(args.workers) not in ("1", AUTO):  # auto: as many as a sweep can use, which is one
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     config = SweepConfig(budgets=budgets, search=template,
                          budget_timeout=parse_duration(args.budget_timeout) if args.budget_timeout else None,
                          replay_epochs=args.replay_epochs, finalists=args.finalists,
+                         finalist_augments=parse_augments(args.finalist_augments) if args.finalist_augments else (),
                          replay_subset=args.replay_subset,
                          out=Path(args.out) if args.out else Path("runs") / f"sweep-{template.family}")
     result = run_sweep(config, progress=progress)

@@ -123,7 +123,8 @@ def parse_trial(text: str) -> str | int:
 
 def replay(storage: str | None = None, study: str | None = None, trial: str | int = "best", *,
            epochs: int | None = None, seed: int | None = None, augment: str | None = None,
-           device: str = "auto", precision: str = "auto", out: str | Path | None = None, data_root: str | os.PathLike | None = None,
+           device: str = "auto", precision: str = "auto", out: str | Path | None = None,
+           data_root: str | os.PathLike | None = None,
            subset: int | None | str = "study", images: Sequence[int] | None = None,
            record: bool = True, progress: ProgressFn | None = None) -> ReplayResult:
     """Retrain trial ``trial`` of ``study`` from the storage and write its artifacts to ``out``.
@@ -131,8 +132,9 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
     ``subset="study"`` trains on the same data slice as the search; ``None`` uses the full
     dataset; an integer a stratified sample of that size. Test accuracy is always measured on
     the whole test split. ``epochs``, ``seed`` and ``augment`` override the trial's recipe (a
-    sweep's finalists may choose another augmentation at full length than the short search did). ``images`` are the test indices for feature maps (default: the first
-    test image of each class). ``record`` stores the metrics in the study (``replay:<N>``).
+    sweep's finalists may choose another augmentation at full length than the short search did).
+    ``images`` are the test indices for feature maps (default: the first test image of each
+    class). ``record`` stores the metrics in the study (``replay:<N>``).
     """
     from budgetnas.studyio import load_existing_study, safe_name
 
@@ -140,8 +142,8 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
     loaded, _url = load_existing_study(storage, study)
     settings = settings_of(loaded)
     choice = choose_trial(loaded, trial)
-    spec, recipe = spec_of(choice.trial), recipe_of(choice.trial)
-    recipe = replace(recipe, **{k: v for k, v in (("epochs", epochs), ("seed", seed), ("augment", augment))
+    spec, stored = spec_of(choice.trial), recipe_of(choice.trial)
+    recipe = replace(stored, **{k: v for k, v in (("epochs", epochs), ("seed", seed), ("augment", augment))
                                 if v is not None})
     if out is None:
         out = Path("runs") / f"{safe_name(loaded.study_name)}-trial{choice.trial.number}"
@@ -150,7 +152,7 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
     out = out.resolve()  # metrics.json and the study record absolute paths, valid from any folder
     say(f"replaying {choice.reason}")
     say(f"  spec {spec.describe()}; {plural(recipe.epochs, 'epoch')}, seed {recipe.seed}"
-        + (f", augmentation {recipe.augment} (the trial's: {recipe_of(choice.trial).augment})" if augment else ""))
+        + (f", augmentation {recipe.augment} (the trial's: {stored.augment})" if augment else ""))
     run = retrain(spec, recipe, settings, device=device, precision=precision, data_root=data_root,
                   subset=settings.subset if subset == "study" else subset, out=out, images=images,
                   name=f"{loaded.study_name}-trial{choice.trial.number}", progress=say)

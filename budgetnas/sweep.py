@@ -65,8 +65,10 @@ class SweepRow:
     search_trials: int
     search_seconds: float  # the study's wall time, first trial start to last trial end (all runs)
     replay: dict[str, Any] = field(default_factory=dict)
-    finalists: list[dict[str, Any]] = field(default_factory=list)  # [{trial, augment, search_val, val, params}], best first
+    # [{trial, augment, search_val, val, params}], best first
+    finalists: list[dict[str, Any]] = field(default_factory=list)
     finalist_seconds: float = 0.0  # wall time of the finalists' full-length runs (part of the search's cost)
+    finalist_augments: list[str] = field(default_factory=list)  # --finalist-augments (empty: each trial's own)
 
 
 @dataclass
@@ -131,11 +133,13 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
         # The replay trains on the whole training split (as the paper did) unless --replay-subset asks for a
         # slice, whatever slice the search used.
         result = replay(search.storage, summary.study, chosen, epochs=config.replay_epochs, seed=search.seed,
-                        augment=augment, device=search.device, precision=search.precision, data_root=search.data_root,
+                        augment=augment, device=search.device, precision=search.precision,
+                        data_root=search.data_root,
                         subset=config.replay_subset, out=config.out / f"{summary.study}-best", progress=say)
         rows.append(SweepRow(budget=budget, study=summary.study, trial=result.trial, search_trials=summary.trials,
                              search_seconds=search_span(search, summary.study), replay=_compact(result.metrics),
-                             finalists=finalists, finalist_seconds=finalist_seconds))
+                             finalists=finalists, finalist_seconds=finalist_seconds,
+                             finalist_augments=sorted(config.finalist_augments)))
         path = write_found(rows[-1], search, config.out / "found")
         say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: test accuracy "
             f"{percent(result.metrics['test_accuracy'])}; config {path}")
@@ -227,8 +231,8 @@ def found_config(row: SweepRow, search: SearchConfig) -> "RunConfig":
               "finalists": len({f["trial"] for f in row.finalists}) or 1}
     if row.finalists:
         result["finalist_seconds"] = round(row.finalist_seconds, 1)
-    if row.finalists and len({f["augment"] for f in row.finalists}) > 1:  # augmentation chosen at full length
-        result["finalist_augments"] = sorted({f["augment"] for f in row.finalists})
+    if row.finalist_augments:  # augmentation chosen at full length, among these
+        result["finalist_augments"] = list(row.finalist_augments)
     name = f"{get_family(search.family).name}-{format_budget(row.budget)}"  # a plug-in's name, not its module path
     return RunConfig(name=f"found-{name}", dataset=search.dataset, spec=spec_from_dict(r["spec"]),
                      recipe=Recipe.from_dict(r["recipe"]), result=result,

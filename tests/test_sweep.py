@@ -50,6 +50,7 @@ def test_sweep_searches_replays_and_reports_each_budget(cli, tiny_npz, tmp_path)
         assert count_params(found.spec, (1, 28, 28), 10) == found.result["params"] <= row["budget"]
         assert found.result["search_epochs"] == 1 and found.result["search_recipe_space"] == "paper"
         assert found.result["search_enqueue"] == []
+        assert "finalist_augments" not in found.result  # --finalists alone keeps each trial's own augmentation
     trained = cli("train", tmp_path / "out" / "found" / "cnn-3k.toml", "--epochs", "1", "--json")
     assert trained.returncode == 0, trained.stderr
     assert json.loads(trained.stdout)["params"] == rows[0]["replay"]["params"]

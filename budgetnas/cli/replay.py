@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--images must be comma-separated test-image indices, got {args.images!r}") from None
     result = replay(args.storage, args.study, parse_trial(args.trial), epochs=args.epochs, seed=args.seed,
                     augment=args.augment, device=args.device, precision=args.precision, out=args.out,
-                    data_root=args.data_root,
-                    subset=subset, images=images, record=not args.no_record, progress=progress)
+                    data_root=args.data_root, subset=subset, images=images, record=not args.no_record,
+                    progress=progress)
     if args.json:
         print_json(result.to_dict())
         return 0

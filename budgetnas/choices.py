@@ -10,3 +10,4 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 PARAMETERISATIONS = ("fit", "direct")
 RECIPE_SPACES = ("paper", "search")
+VALIDATIONS = ("slice", "full")  # where a search validates: 10% of --subset, or the whole validation split

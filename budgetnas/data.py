@@ -14,6 +14,7 @@ put the files.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from budgetnas.choices import VALIDATIONS
 from budgetnas.datasets import DATASETS as REGISTRY
 from budgetnas.errors import DataError
 
@@ -77,13 +79,33 @@ def check_dataset_name(name: str) -> str:
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
+def check_validation(validation: str) -> str:
+    """``validation`` if it is one of :data:`~budgetnas.choices.VALIDATIONS` (see :func:`load_dataset`)."""
+    if validation not in VALIDATIONS:
+        raise DataError(f"validation must be one of {', '.join(VALIDATIONS)}, got {validation!r}")
+    return validation
+
+
 def load_dataset(name: str = "fashion-mnist", root: str | os.PathLike | None = None, *,
                  val_fraction: float = 0.1, seed: int = 0, with_test: bool = False,
-                 subset: int | None = None, download: bool = True) -> Data:
+                 subset: int | None = None, download: bool = True, validation: str = "slice") -> Data:
     """Load ``name`` into memory and split it.
 
     ``subset`` keeps a stratified sample of that many training images (and at most as many
-    test images), for quick runs and tests; the validation split is taken from it.
+    test images), for quick runs and tests. Where its validation images come from is
+    ``validation``:
+
+    ``"slice"``
+        ``val_fraction`` of the subset (2,000 of a 20,000-image subset): cheap, but a noisy
+        yardstick for choosing between candidates (the standard error of an accuracy near 91%
+        measured on 2,000 images is 0.64 points, more than the gaps between a search's best).
+    ``"full"``
+        the whole dataset's validation split, the very one a run without ``subset`` (a replay,
+        a finalist) validates on: 6,000 images on Fashion-MNIST, standard error 0.37 points.
+        The subset's training images, as many as ``"slice"`` would train on, are drawn from the
+        rest of the training split, so none of them is a validation image.
+
+    Without ``subset`` both are the same split.
     """
     check_dataset_name(name)
     if name.startswith("npz:"):
@@ -91,14 +113,21 @@ def load_dataset(name: str = "fashion-mnist", root: str | os.PathLike | None = N
     else:
         x_train, y_train, x_test, y_test, classes = _load_torchvision(name, resolve_root(root), download)
     num_classes = len(classes)
+    check_validation(validation)
     if subset is not None:
         if subset < 20:
             raise DataError(f"subset must be at least 20 images, got {subset}")
         if subset > len(y_train):
             raise DataError(f"subset {subset:,} is larger than the {len(y_train):,} training images of {name}")
-        x_train, y_train = _stratified_take(x_train, y_train, subset, seed)
         x_test, y_test = _stratified_take(x_test, y_test, subset, seed)
-    train_idx, val_idx = _split_indices(y_train, val_fraction, seed)
+    if subset is not None and validation == "full":
+        train_idx, val_idx = _split_indices(y_train, val_fraction, seed)  # the split of a run without subset
+        keep = subset - math.ceil(subset * val_fraction)  # as many training images as "slice" keeps
+        train_idx, _ = _stratified_take(train_idx, y_train[train_idx], keep, seed)
+    else:
+        if subset is not None:
+            x_train, y_train = _stratified_take(x_train, y_train, subset, seed)
+        train_idx, val_idx = _split_indices(y_train, val_fraction, seed)
     train = Split(torch.from_numpy(x_train[train_idx]), torch.from_numpy(y_train[train_idx]))
     val = Split(torch.from_numpy(x_train[val_idx]), torch.from_numpy(y_train[val_idx]))
     test = Split(torch.from_numpy(x_test), torch.from_numpy(y_test)) if with_test else None

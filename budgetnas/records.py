@@ -69,6 +69,7 @@ class StudySettings:
     max_mult_adds: int | str | None = None  # a cap (see CAP_SETTINGS); "auto" = cost.py's default bound
     recipe_space: str = "paper"  # "search": the training recipe is sampled per trial (space.sample_recipe)
     max_memory: int | str | None = None  # a cap, like max_mult_adds
+    validation: str = "slice"  # data.load_dataset: 10% of subset, or "full": the whole validation split
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

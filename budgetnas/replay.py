@@ -180,7 +180,8 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
     from budgetnas.families import family_of
     from budgetnas.runs import save_weights, train_run
 
-    data = load_dataset(settings.dataset, data_root, with_test=True, subset=subset, seed=settings.split_seed)
+    data = load_dataset(settings.dataset, data_root, with_test=True, subset=subset, seed=settings.split_seed,
+                        validation=settings.validation)
     if subset is not None:
         # Train on the slice, but test on the whole test split: comparable with the paper and other replays.
         whole = load_dataset(settings.dataset, data_root, with_test=True, seed=settings.split_seed)

@@ -249,8 +249,7 @@ def render_html(info: ReportInfo) -> str:
 
     s = info.settings
     settings_rows = [("study", info.study), ("storage", info.storage), ("family", s.family),
-                     ("budget", f"{s.budget:,} parameters"), ("dataset", s.dataset + (f" (subset {s.subset})"
-                                                                                         if s.subset else "")),
+                     ("budget", f"{s.budget:,} parameters"), ("dataset", s.dataset + _subset_note(s)),
                      ("epochs per trial", s.epochs), ("objectives", ", ".join(s.objectives)), ("sampler", s.sampler),
                      ("trials", ", ".join(f"{n} {state}" for state, n in sorted(info.counts.items()))),
                      ("best", info.best_reason)]
@@ -316,3 +315,10 @@ def _e(value: Any) -> str:
 
 def _fmt(value: Any, spec: str) -> str:
     return "" if value is None else format(value, spec)
+
+
+def _subset_note(settings: Any) -> str:
+    if not settings.subset:
+        return ""
+    where = "the whole validation split" if settings.validation == "full" else "10% of it"
+    return f" (subset {settings.subset}, validated on {where})"

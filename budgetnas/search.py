@@ -34,9 +34,9 @@ from budgetnas import records
 from budgetnas.budget import format_budget, parse_budget
 from budgetnas.cost import Cap, CostBounds, parse_cap
 from budgetnas.counting import human_count
-from budgetnas.data import check_dataset_name, dataset_info, load_dataset
+from budgetnas.data import check_dataset_name, check_validation, dataset_info, load_dataset
 from budgetnas.device import resolve_placement
-from budgetnas.errors import FieldError, RunFailure, UsageError
+from budgetnas.errors import DataError, FieldError, RunFailure, UsageError
 from budgetnas.families import check_choices, family_key, get_family
 from budgetnas.fmt import percent
 from budgetnas.limits import check_search_edges
@@ -62,6 +62,7 @@ class SearchConfig:
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     subset: int | None = None  # stratified sample of the training images (quick runs)
+    validation: str = "slice"  # with subset: "full" validates on the whole validation split (data.load_dataset)
     trials: int | None = None  # total for the study, finished trials included; None = until timeout
     timeout: float | None = None  # seconds for this run; neither given = DEFAULT_TIMEOUT
     epochs: int = 3  # per trial; the paper trains 20, a search ranks candidates with fewer
@@ -112,7 +113,8 @@ class SearchConfig:
                                      parameterisation=self.parameterisation,
                                      space_version=get_family(self.family).space_version,
                                      subset=self.subset, max_mult_adds=self.max_mult_adds,
-                                     max_memory=self.max_memory, recipe_space=self.recipe_space)
+                                     max_memory=self.max_memory, recipe_space=self.recipe_space,
+                                     validation=self.validation)
 
     def cost_bounds(self, input_shape: tuple[int, int, int]) -> CostBounds:
         """The compute and memory bounds in force, ``"auto"`` resolved for this input and machine."""
@@ -245,7 +247,7 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Moni
 
     for ref, values in starts:  # skip_if_exists: rerunning the command does not queue them again
         study.enqueue_trial(values, user_attrs={"enqueued": ref}, skip_if_exists=True)
-    data = load_dataset(config.dataset, config.data_root, subset=config.subset)
+    data = load_dataset(config.dataset, config.data_root, subset=config.subset, validation=config.validation)
     guard = _CtrlC()
     screen = (ProxyScreen(config.proxy, config.proxy_screen, data.train.x, data.train.y, data.mean, data.std,
                           data.num_classes, seed=config.seed) if config.proxy else None)
@@ -404,6 +406,10 @@ def check_config(config: SearchConfig) -> None:
     """
     check_choices(config.family, config.parameterisation, config.recipe_space)
     check_dataset_name(config.dataset)
+    try:
+        check_validation(config.validation)
+    except DataError as exc:
+        raise FieldError(str(exc), "validation") from None
     try:
         object.__setattr__(config, "budget", parse_budget(config.budget, what="budget"))
     except UsageError as exc:

@@ -187,7 +187,8 @@ def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: in
     settings = settings_of(study)
     top = sorted(trained_trials(study), key=lambda t: (-val_accuracy_of(t, settings), t.user_attrs.get("params", 0)))
     # no test split: the choice is made on validation accuracy alone
-    data = load_dataset(settings.dataset, search.data_root, subset=subset, seed=settings.split_seed)
+    data = load_dataset(settings.dataset, search.data_root, subset=subset, seed=settings.split_seed,
+                        validation=settings.validation)
     ranked = []
     jobs = [(trial, augment) for trial in top[:count] for augment in (augments or (recipe_of(trial).augment,))]
     for n, (trial, augment) in enumerate(jobs, start=1):
@@ -223,7 +224,8 @@ def found_config(row: SweepRow, search: SearchConfig) -> "RunConfig":
                                        if k in r},
               "study": row.study, "trial": row.trial, "search_trials": row.search_trials,
               "search_seconds": round(row.search_seconds, 1), "search_epochs": search.epochs,
-              "search_subset": search.subset or 0, "search_objectives": list(search.objectives),
+              "search_subset": search.subset or 0, "search_validation": search.validation,
+              "search_objectives": list(search.objectives),
               "search_sampler": search.sampler, "search_recipe_space": search.recipe_space,
               "search_max_mult_adds": _resolved_cap(search), "search_seed": search.seed,
               "search_enqueue": list(search.enqueue), "search_transfer_from": list(search.transfer_from),

@@ -108,6 +108,27 @@ def test_subset_is_stratified_and_test_only_on_request(data_root: Path):
         load_dataset("fashion-mnist", data_root, subset=5)
 
 
+def test_full_validation_is_the_whole_split_and_training_avoids_it(fmnist: Data, data_root: Path):
+    """``validation="full"``: the search's trials validate on exactly the split a replay validates on,
+    train on as many images as a slice would, stratified, and never on a validation image."""
+    sliced = load_dataset("fashion-mnist", data_root, subset=2000)
+    full = load_dataset("fashion-mnist", data_root, subset=2000, validation="full")
+    assert len(full.train) == len(sliced.train) == 1800 and len(sliced.val) == 200
+    assert torch.equal(full.val.x, fmnist.val.x) and torch.equal(full.val.y, fmnist.val.y)
+    assert torch.bincount(full.train.y).tolist() == [180] * 10
+    val_images = {bytes(x.numpy().tobytes()) for x in fmnist.val.x}
+    train_images = {bytes(x.numpy().tobytes()) for x in fmnist.train.x}
+    # every training image of the search comes from the replay's training split (Fashion-MNIST holds a
+    # few byte-identical images, so membership is checked against the training split, not only val)
+    assert all(bytes(x.numpy().tobytes()) in train_images for x in full.train.x)
+    assert sum(bytes(x.numpy().tobytes()) in val_images for x in full.train.x) <= 1  # a duplicate at most
+    assert full.mean != fmnist.mean  # normalised with its own training images' statistics, as any run
+    same = load_dataset("fashion-mnist", data_root, subset=2000, validation="full")
+    assert torch.equal(same.train.x, full.train.x)  # deterministic for a seed
+    with pytest.raises(DataError, match="validation must be one of slice, full"):
+        load_dataset("fashion-mnist", data_root, subset=2000, validation="all")
+
+
 def test_unknown_dataset_names_the_choices():
     with pytest.raises(DataError) as exc:
         load_dataset("imagenet")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -118,6 +119,28 @@ def test_a_mult_adds_cap_rejects_costly_candidates_before_training(search, tmp_p
     assert any("mult-adds" in t.user_attrs.get("rejected", "") for t in trials), \
         "a 500k cap (about 1k mult-adds per 8x8 image) rejects some random candidates"
     assert load(tmp_path).user_attrs["budgetnas"]["max_mult_adds"] == 500_000
+
+
+@pytest.mark.slow
+def test_full_validation_is_a_study_setting_that_replays_of_the_slice_keep(search, cli, tmp_path):
+    """``--subset N --validation full``: trials validate on the whole validation split (100 of the 1,000
+    images here, not 10% of the slice), the study records it, its replay on the slice uses the same split,
+    its printed resume command says so, and resuming it with the other validation is refused."""
+    proc = search("--trials", "2", "--subset", "400", "--validation", "full")
+    assert proc.returncode == 0, proc.stderr
+    assert load(tmp_path).user_attrs[SETTINGS_ATTR]["validation"] == "full"
+    from budgetnas.cli.search import resume_command
+    from budgetnas.search import SearchConfig
+    args = argparse.Namespace(timeout=None, device="auto", precision="auto")
+    assert "--subset 400 --validation full" in resume_command(args, SearchConfig(budget=3000, subset=400,
+                                                                                  validation="full"))
+    replay = cli("replay", "--storage", f"sqlite:///{tmp_path}/s.db", "--study", "t", "--epochs", "1",
+                 "--subset", "study", "--no-record", "--device", "cpu", "--out", str(tmp_path / "r"))
+    assert replay.returncode == 0, replay.stderr
+    assert "360 train / 100 val" in replay.stderr  # a slice study would say 360 / 40
+    other = search("--trials", "3", "--subset", "400")
+    assert_one_line_error(other, 2, "validation: study has 'full', asked for 'slice'")
+    assert len(load(tmp_path).trials) == 2
 
 
 @pytest.mark.slow

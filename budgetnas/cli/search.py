@@ -65,8 +65,8 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validation", default="slice", choices=VALIDATIONS,
                         help="with --subset, what trials are validated on: slice (default): 10%% of the subset; "
                              "full: the whole validation split that replays use (6,000 images on Fashion-MNIST, a "
-                             "steadier yardstick for choosing between close candidates), training on --subset "
-                             "less 10%% images drawn from the rest")
+                             "steadier yardstick for choosing between close candidates), training on as many "
+                             "images as slice would (90%% of --subset), drawn from the rest")
     parser.add_argument("--trials", type=int, default=None, metavar="N",
                         help="total trials in the study, finished ones included (default: no limit, --timeout 15m)")
     parser.add_argument("--timeout", default=None, metavar="DURATION",

@@ -108,12 +108,12 @@ def load_dataset(name: str = "fashion-mnist", root: str | os.PathLike | None = N
     Without ``subset`` both are the same split.
     """
     check_dataset_name(name)
+    check_validation(validation)  # before the files are read: a bad value fails fast
     if name.startswith("npz:"):
         x_train, y_train, x_test, y_test, classes = _load_npz(Path(name[4:]).expanduser())
     else:
         x_train, y_train, x_test, y_test, classes = _load_torchvision(name, resolve_root(root), download)
     num_classes = len(classes)
-    check_validation(validation)
     if subset is not None:
         if subset < 20:
             raise DataError(f"subset must be at least 20 images, got {subset}")

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from budgetnas.errors import UsageError
+from budgetnas.limits import check_threads
 from budgetnas.reproduce import RunConfig, _quiet, resolve_config  # _quiet: the one silent progress function
 
 PAPER_TRAIN_IMAGES = 54_000  # 90% of Fashion-MNIST's 60,000 training images: one epoch of the paper
@@ -258,8 +259,7 @@ def _set_threads(threads: int | None) -> None:
     import torch
 
     if threads is not None:
-        if threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {threads}")
+        check_threads(threads)
         torch.set_num_threads(threads)
 
 

@@ -34,7 +34,7 @@ from budgetnas.data import check_dataset_name
 from budgetnas.errors import UsageError
 from budgetnas.limits import check_small_file
 from budgetnas.spec import Spec, spec_from_dict, spec_to_dict
-from budgetnas.trainer import Recipe
+from budgetnas.recipe import Recipe
 
 _KEYS = ("name", "description", "dataset", "spec", "recipe", "paper", "result")
 
@@ -88,23 +88,33 @@ class RunConfig:
         )
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read a run config; every problem is a one-line :class:`UsageError` naming the file."""
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's table; every problem (missing, not a regular file, too large, not UTF-8, not TOML,
+    nested too deeply for the parser) is a one-line :class:`UsageError` naming ``what`` and the file.
+    Every TOML the tool reads from a user comes through here, so each check lives once."""
     path = Path(path)
     try:
         if path.exists():
-            check_small_file(path, "config file")  # never read /dev/zero, a FIFO or a huge file
+            check_small_file(path, what)  # never read /dev/zero, a FIFO or a huge file
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError(f"config file {path} does not exist") from None
+        raise UsageError(f"{what} {path} does not exist") from None
     except OSError as exc:
-        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise UsageError(f"config file {path} is not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
+        raise UsageError(f"{what} {path} is not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nesting level: "a=[[[[...]]]]" exhausts the stack
+        raise UsageError(f"{path} is not a usable TOML file: its arrays or tables nest too deeply") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a run config; every problem is a one-line :class:`UsageError` naming the file."""
+    path = Path(path)
+    data = read_toml(path)
     try:
         return RunConfig.from_dict(data, default_name=path.stem)
     except UsageError as exc:

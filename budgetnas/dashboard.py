@@ -9,9 +9,13 @@ the loopback address by default: optuna-dashboard has no authentication.
 
 from __future__ import annotations
 
+import signal
 import socket
+import threading
 import warnings
 from pathlib import Path
+from typing import Any, Callable
+from wsgiref import simple_server
 
 from budgetnas.errors import StorageError, UsageError
 from budgetnas.storage import normalise_url, open_storage
@@ -46,8 +50,19 @@ def check_port(host: str, port: int) -> None:
             raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
 
 
-def serve(storage: str | None = None, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Block serving the dashboard until interrupted (Ctrl-C)."""
+def serve(storage: str | None = None, host: str = "127.0.0.1", port: int = 8080,
+          on_ready: Callable[[], None] | None = None) -> None:
+    """Block serving the dashboard until Ctrl-C or SIGTERM, then raise ``KeyboardInterrupt``.
+
+    ``on_ready`` is called once the storage and the port have been checked, just before serving
+    (the CLI prints the address then, never for a server that is refused).
+
+    Why not ``optuna_dashboard.run_server``: it serves with bottle's wsgiref adapter, which
+    swallows ``KeyboardInterrupt`` (so a stopped server looked like a clean exit), and a Ctrl-C
+    that lands while a request is being answered is caught by wsgiref's own bare ``except``,
+    which prints a traceback and serves on. Here a signal only asks the server to shut down,
+    from another thread, between requests.
+    """
     import optuna_dashboard
 
     url = normalise_url(storage)
@@ -64,7 +79,36 @@ def serve(storage: str | None = None, host: str = "127.0.0.1", port: int = 8080)
         # the importance panel on every page load) would flood the console the user started the server in.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"optuna(\.|$)")
         warnings.filterwarnings("ignore", category=UserWarning, message=r"Some regimes for parameter")
-        optuna_dashboard.run_server(open_storage(url), host=host, port=port, artifact_store=store)
+        app = optuna_dashboard.wsgi(open_storage(url), artifact_store=store)
+        server_class = _IPv6Server if ":" in host else simple_server.WSGIServer
+        with simple_server.make_server(host, port, app, server_class=server_class) as server:
+            stopped = threading.Event()
+
+            def stop(_signum: int, _frame: Any) -> None:
+                if not stopped.is_set():
+                    stopped.set()
+                    threading.Thread(target=server.shutdown, daemon=True).start()  # not from serve_forever's thread
+
+            previous = _install({signal.SIGINT: stop, signal.SIGTERM: stop})
+            try:
+                if on_ready is not None:
+                    on_ready()
+                server.serve_forever(poll_interval=0.2)
+            finally:
+                _install(previous)
+    if stopped.is_set():
+        raise KeyboardInterrupt
+
+
+class _IPv6Server(simple_server.WSGIServer):
+    address_family = socket.AF_INET6
+
+
+def _install(handlers: dict[int, Any]) -> dict[int, Any]:
+    """Set signal handlers (only the main thread may; elsewhere nothing changes); returns the previous ones."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
 
 
 def dashboard_url(host: str, port: int) -> str:

@@ -34,10 +34,12 @@ from typing import Any, Callable
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.storages.journal._file import get_lock_file
+from optuna.storages.journal._storage import JournalOperation
 
 from budgetnas.errors import StorageError
 
 _RECORD_START = b'{"op_code":'
+_OP_CODES = frozenset(int(op) for op in JournalOperation)  # the operations this Optuna replays
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class RepairResult:
     path: Path
     kept: int
     dropped_bytes: int
+    dropped_lines: int  # whole lines that held no record (a torn tail not counted)
     backup: Path | None  # None: the file was healthy and left untouched
 
 
@@ -69,7 +72,9 @@ def _record(line: bytes) -> Any:
         value = json.loads(line)
     except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         return None
-    return value if isinstance(value, dict) and "op_code" in value else None
+    if not isinstance(value, dict) or value.get("op_code") not in _OP_CODES:  # Optuna asserts on an unknown one
+        return None
+    return value
 
 
 def check_journal(path: Path) -> JournalCheck:
@@ -144,12 +149,13 @@ def repair_journal(path: str | Path) -> RepairResult:
     """
     path = Path(str(path).removeprefix("journal:")).expanduser()
     if not path.is_file():
-        raise StorageError(f"journal file {path} does not exist")
+        raise StorageError(f"journal file {path} " + ("is not a regular file" if path.exists() else "does not exist"))
     with get_lock_file(JournalFileSymlinkLock(str(path))):
         data = path.read_bytes()
         lines = data.split(b"\n")
         tail = lines.pop()
         kept: list[bytes] = []
+        dropped_lines = 0
         for line in lines + ([tail] if tail else []):
             if _record(line) is not None:
                 kept.append(line)  # also a last record that lost only its newline
@@ -157,11 +163,13 @@ def repair_journal(path: str | Path) -> RepairResult:
             start = line.rfind(_RECORD_START)  # a whole record appended after a torn one
             if start > 0 and _record(line[start:]) is not None:
                 kept.append(line[start:])
+            elif line is not tail:
+                dropped_lines += 1
         if not kept:
             raise StorageError(f"journal file {path} holds no journal record; nothing to keep")
         body = b"\n".join(kept) + b"\n"
         if body == data:
-            return RepairResult(path, kept=len(kept), dropped_bytes=0, backup=None)
+            return RepairResult(path, kept=len(kept), dropped_bytes=0, dropped_lines=0, backup=None)
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
         fresh = path.with_name(f"{path.name}.repair-{stamp}")
         fresh.write_bytes(body)
@@ -174,7 +182,8 @@ def repair_journal(path: str | Path) -> RepairResult:
         backup = path.with_name(f"{path.name}.torn-{stamp}")
         shutil.copy2(path, backup)
         os.replace(fresh, path)
-    return RepairResult(path, kept=len(kept), dropped_bytes=len(data) - len(body), backup=backup)
+    return RepairResult(path, kept=len(kept), dropped_bytes=len(data) - len(body), dropped_lines=dropped_lines,
+                        backup=backup)
 
 
 def _replay(path: Path) -> None:

@@ -34,6 +34,7 @@ MAX_SEED = 2**31 - 1  # seeds are offset per worker and trial and must stay belo
 MAX_EPOCHS = 100_000
 MAX_BUDGET = 100_000_000
 MAX_CONFIG_BYTES = 1 << 20
+MAX_THREADS = 1024  # OpenMP sets up every thread's state at once: 10**9 threads asked libgomp for 216 GB
 _FLOAT = 4  # bytes per fp32 value
 
 
@@ -83,6 +84,15 @@ def check_search_edges(config: Any) -> None:
         if len(config.study) > MAX_STUDY_NAME:
             raise UsageError(f"--study name is {len(config.study)} characters long; at most {MAX_STUDY_NAME} "
                              "(output files are named after it)")
+        if not config.study.isprintable():  # control characters, or bytes that were not UTF-8 (surrogates)
+            raise UsageError(f"--study name {ascii(config.study)} holds characters that are not printable text; "
+                             "use letters, digits and punctuation (files and commands are named after it)")
+
+
+def check_threads(threads: int | None, what: str = "--threads") -> None:
+    """Refuse a thread count below 1 or above :data:`MAX_THREADS` (None: torch's default)."""
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise UsageError(f"{what} must be from 1 to {MAX_THREADS:,}, got {threads:,}")
 
 
 def check_small_file(path: Path, what: str, limit: int = MAX_CONFIG_BYTES) -> None:

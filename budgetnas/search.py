@@ -39,7 +39,7 @@ from budgetnas.device import resolve_placement
 from budgetnas.errors import DataError, FieldError, RunFailure, UsageError
 from budgetnas.families import check_choices, family_key, get_family
 from budgetnas.fmt import percent
-from budgetnas.limits import check_search_edges
+from budgetnas.limits import check_search_edges, check_threads
 from budgetnas.objective import Objective
 from budgetnas.progress import Monitor, as_monitor, clock
 from budgetnas.proxies import ProxyScreen, check_screen
@@ -177,15 +177,20 @@ def prepare(config: SearchConfig, say: Progress | None = None) -> Prepared:
     say = say or (lambda message: None)
     resolve_placement(config.device, config.precision)  # a missing GPU fails before any study is made
     input_shape, num_classes = dataset_info(config.dataset, config.data_root)
-    check_budget(config, input_shape, num_classes)
+    smallest = check_budget(config, input_shape, num_classes)
+    if config.budget < TIGHT_BUDGET * smallest:  # deeper structures' smallest members are over it: say so up front
+        say(f"note: budget {config.budget:,} is close to the smallest {config.family} ({smallest:,} parameters), so "
+            f"many sampled structures cannot fit even at width 1 and are rejected before training; "
+            f"--budget {format_budget(TIGHT_BUDGET * smallest)} or more leaves room to search")
     starts = start_params(config, input_shape, num_classes)  # bad --enqueue fails before a study exists
     if config.transfer_from:
         from budgetnas.transfer import transfer_starts
 
         transferred, notes = transfer_starts(config, input_shape, num_classes)
         for note in notes:
-            say(note)
-        say(f"transfer: {len(transferred)} re-fitted starting point(s) from {', '.join(config.transfer_from)}")
+            say(redact(note))
+        sources = ", ".join(redact(ref) for ref in config.transfer_from)  # a source may be a URL with a password
+        say(f"transfer: {len(transferred)} re-fitted starting point(s) from {sources}")
         starts += transferred
     return Prepared(input_shape, starts)
 
@@ -233,6 +238,10 @@ def start_params(config: SearchConfig, input_shape: tuple[int, int, int],
 
 def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Monitor,
               starts: list[tuple[str, dict[str, Any]]] = ()) -> SearchSummary:
+    # Everything that can refuse the options is done before the study is created: a bad --subset,
+    # --epochs or --data-root must not leave a study behind whose stored settings then refuse the fix.
+    data = load_dataset(config.dataset, config.data_root, subset=config.subset, validation=config.validation)
+    recipe = config.training_recipe()
     storage = open_storage(config.storage_url)
     pruner = make_pruner(config.pruner_name(), config.epochs)
     study = create_or_load(storage, config.study_name, config.settings(), config.sampler,
@@ -247,11 +256,10 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Moni
 
     for ref, values in starts:  # skip_if_exists: rerunning the command does not queue them again
         study.enqueue_trial(values, user_attrs={"enqueued": ref}, skip_if_exists=True)
-    data = load_dataset(config.dataset, config.data_root, subset=config.subset, validation=config.validation)
     guard = _CtrlC()
     screen = (ProxyScreen(config.proxy, config.proxy_screen, data.train.x, data.train.y, data.mean, data.std,
                           data.num_classes, seed=config.seed) if config.proxy else None)
-    objective = Objective(config.settings(), data, config.training_recipe(), device=config.device,
+    objective = Objective(config.settings(), data, recipe, device=config.device,
                           precision=config.precision, pruner=config.pruner_name(),
                           bounds=config.cost_bounds(data.input_shape), storage_url=config.storage_url,
                           progress=say, interruptible=guard.training, on_step=say.step, screen=screen)
@@ -259,7 +267,7 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Moni
     say(f"cost bounds: {objective.bounds.describe()} (checked before a candidate is built; widen with "
         "--max-mult-adds / --max-memory)")
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_Reporter(config, say)]
-    total = StopAtTotal(config.trials, say=say) if config.trials is not None else None
+    total = StopAtTotal(config.trials, say=say, storage_url=config.storage_url) if config.trials is not None else None
     if total is not None:
         callbacks.insert(0, total)
         objective = GiveWay(objective, config.trials)  # exactly --trials, even when independent processes race
@@ -423,8 +431,10 @@ def check_config(config: SearchConfig) -> None:
         raise FieldError("give trials or timeout (or both) so the search knows when to stop", "trials", "timeout")
     if config.epochs < 1:
         raise FieldError(f"epochs must be at least 1, got {config.epochs}", "epochs")
-    if config.threads is not None and config.threads < 1:
-        raise FieldError(f"threads must be at least 1, got {config.threads}", "threads")
+    try:
+        check_threads(config.threads, "threads")
+    except UsageError as exc:
+        raise FieldError(str(exc), "threads") from None
     check_screen(config.proxy, config.proxy_screen)
     try:
         config.pruner_name()  # an unknown rule, or one the objectives cannot use, fails here
@@ -432,7 +442,11 @@ def check_config(config: SearchConfig) -> None:
         raise FieldError(str(exc), "pruner") from None
 
 
-def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> None:
+TIGHT_BUDGET = 4  # below this many times the smallest member, most of the space is over the budget
+
+
+def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> int:
+    """Refuse a budget below the space's smallest member; returns that member's parameter count."""
     family = get_family(config.family)
     smallest = family.smallest_count(config.parameterisation, input_shape, num_classes)
     if config.budget < smallest:
@@ -440,6 +454,7 @@ def check_budget(config: SearchConfig, input_shape: tuple[int, int, int], num_cl
         raise UsageError(f"budget {config.budget:,} is smaller than the smallest {config.family} the search space "
                          f"can build for {config.dataset} ({smallest:,} parameters: {family.describe(spec)}); "
                          f"use --budget {format_budget(smallest)} or more")
+    return smallest
 
 
 def summarise(study: optuna.Study, config: SearchConfig, wall_seconds: float) -> SearchSummary:

@@ -359,8 +359,9 @@ def repair(url: str) -> str:
     result = repair_journal(normalise_url(url)[len(JOURNAL_PREFIX):])
     if result.backup is None:
         return f"journal {result.path} is healthy ({result.kept} records); nothing changed"
-    return (f"repaired journal {result.path}: kept {result.kept} complete records, dropped {result.dropped_bytes} "
-            f"torn bytes; the original is at {result.backup}")
+    lost = f"{result.dropped_lines} unreadable line(s) and " if result.dropped_lines else ""
+    return (f"repaired journal {result.path}: kept {result.kept} complete records, dropped {lost}"
+            f"{result.dropped_bytes} bytes in all; the original is at {result.backup}")
 
 
 if __name__ == "__main__":

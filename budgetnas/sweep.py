@@ -269,9 +269,12 @@ def write_found(row: SweepRow, search: SearchConfig, folder: Path) -> Path:
 def render_markdown(family: str, dataset: str, rows: list[SweepRow]) -> str:
     """The sweep table, with the paper's model of the same family and budget beside ours."""
     paper = {m.budget: m for m in reference_models(dataset, family)}
+    subset = next((r.replay.get("subset") for r in rows if r.replay.get("subset")), None)
+    trained_on = (f"a {subset:,}-image slice of the training split (--replay-subset: a quick run, not comparable to "
+                  "the paper)" if subset else "the whole training split")
     lines = [f"# Budget sweep: {family.upper()} on {dataset}", "",
              "Test accuracy is from replaying each study's best trial (chosen on validation accuracy only), trained on "
-             "the whole training split.", ""]
+             f"{trained_on}.", ""]
     from budgetnas import tables
     from budgetnas.counting import human_count
     from budgetnas.spec import spec_from_dict

@@ -105,8 +105,10 @@ class StopAtTotal:
     """
 
     def __init__(self, total: int, counts: Callable[[Any, AbstractSet[int]], bool] = counts,
-                 poll: float = 1.0, lock: str | None = None, say: Callable[[str], None] | None = None) -> None:
+                 poll: float = 1.0, lock: str | None = None, say: Callable[[str], None] | None = None,
+                 storage_url: str | None = None) -> None:
         self.total = total
+        self.storage_url = storage_url  # named in the advice when a storage without heartbeats holds a dead trial
         self.counts = counts
         self.poll = poll
         self.gate = TrialGate(lock if lock is not None else os.environ.get(LOCK_ENV) or None)
@@ -135,7 +137,10 @@ class StopAtTotal:
             if finished + running < self.total:
                 return True  # room for one more trial (or for a queued retry)
             if not is_heartbeat_enabled(study._storage):
-                break  # cannot tell a dead worker from a slow one: leave the rest to the others
+                # Cannot tell a dead worker from a slow one: leave the rest to the others, and say how
+                # to release a trial whose worker was killed (else the study would wait for it forever).
+                self._explain_no_heartbeat(study, [t.number for t in trials if t.state == TrialState.RUNNING])
+                break
             self.gate.release()
             self._explain_wait(study, [t.number for t in trials if t.state == TrialState.RUNNING])
             time.sleep(self.poll)
@@ -147,6 +152,17 @@ class StopAtTotal:
 
     def release(self) -> None:
         self.gate.release()
+
+    def _explain_no_heartbeat(self, study: "optuna.Study", running: list[int]) -> None:
+        if self.say is None:
+            return
+        from budgetnas.storage import command_storage, shell_join
+
+        fix = shell_join(["budgetnas", "storage", "fail-running", "--storage", command_storage(self.storage_url),
+                          "--study", study.study_name]) if self.storage_url else "budgetnas storage fail-running"
+        self.say(f"trial(s) {', '.join(map(str, running))} still RUNNING: this storage keeps no heartbeat, so a "
+                 f"killed worker's trial looks alive. If no other process runs them, mark them failed (the next "
+                 f"search retries them): {fix}")
 
     def _explain_wait(self, study: "optuna.Study", running: list[int]) -> None:
         """Say (at most every 30 s) which trials this worker waits for and the longest the wait can last."""

@@ -111,6 +111,10 @@ BAD_FILES = {
     "npz-huge-shape.npz": _npz_declaring_huge_shape,
     "npz-huge-label.npz": lambda p: _npz(p, y_train=np.where(np.arange(200) == 0, 1_000_000, np.arange(200) % 10)),
     "npz-sparse-labels.npz": lambda p: _npz(p, y_train=np.arange(200) % 10 * 100, y_test=np.arange(50) % 10 * 100),
+    "nested.toml": _text("a = " + "[" * 3000 + "]" * 3000 + "\n"),  # tomllib recurses once per level
+    "fractional-trials.toml": _text("trials = 1.5\n"),  # --trials 1.5 is refused; the file must not cut it to 1
+    "unknown-op.log": lambda p: p.write_bytes(  # Optuna asserts "Should not reach" on an unknown op_code
+        b'{"op_code":0,"worker_id":"w","study_name":"tiny-cnn","directions":[1]}\n{"op_code":99}\n'),
     "torn.log": lambda p: p.write_bytes(b'{"op_code":0,"worker_id":"w","study_name":"tiny-cnn","directions":[1]}\n'
                                         b'{"op_code":4,"worker_id":"w","st'),
 }
@@ -180,6 +184,17 @@ ROWS = {
     "npz-sparse-labels": row(*S100, "--dataset", "npz:{bad:npz-sparse-labels.npz}", contains="label 1 is missing",
                              study="fresh"),
     "subset-larger-than-data": row(*S100, "--subset", "5000", contains="larger than", study="fresh"),
+    # refused before the study is created: a study made first would keep the bad value and refuse the fix
+    "epochs-above-limit": row(*S100[:6], "200000", *S100[7:], contains="100,000", study="fresh"),
+    "threads-huge": row(*S100, "--threads", "1000000000", contains="1,024", study="fresh"),
+    "study-control-characters": row(*S100, "--study", "a\x1b[31mred", contains="printable", study="fresh"),
+    "config-nested-too-deeply": row(*S100, "--config", "{bad:nested.toml}", contains="nest too deeply", study="fresh"),
+    "config-fractional-trials": row(*S100, "--config", "{bad:fractional-trials.toml}", contains="1.5",
+                                    study="fresh"),
+    "config-dev-zero": row(*S100, "--config", "/dev/zero", contains="not a regular file", study="fresh"),
+    "count-nested-too-deeply": row("count", "{bad:nested.toml}", contains="nest too deeply"),
+    "enqueue-nested-too-deeply": row(*S100, "--enqueue", "{bad:nested.toml}", contains="nest too deeply",
+                                     study="fresh"),
     # sizes, seeds and names refused before anything is allocated or created
     "budget-1000G": row(*SEARCH, "--budget", "1000G", contains="100,000,000", study="fresh"),
     "budget-full-width-digits": row(*SEARCH, "--budget", "\uff11\uff10\uff10k", contains="ASCII"),
@@ -215,6 +230,8 @@ ROWS = {
                                          contains="not an Optuna journal"),
     "storage-journal-torn": row(*SEARCH[:-1], "journal:{bad:torn.log}", "--budget", "100k", contains="repair journal:"),
     "report-journal-torn": row("report", "--storage", "journal:{bad:torn.log}", contains="partial last record"),
+    "report-journal-unknown-operation": row("report", "--storage", "journal:{bad:unknown-op.log}",
+                                            contains="unreadable line(s) 2"),
     "storage-journal-under-a-file": row(*SEARCH[:-1], "journal:{file}/j.log", "--budget", "100k",
                                         contains="{file}"),
     "dashboard-malformed-storage": row("dashboard", "--storage", "foo://bar", contains="foo://bar"),
@@ -426,7 +443,6 @@ def test_bad_input_gives_one_line_error_and_leaves_studies_alone(name, outcomes)
     assert SECRET not in proc.stderr, "a password was echoed"
     if outcome.before is not None:
         if ROWS[name].study == "fresh":
-            assert all(not s["trials"] for s in outcome.after.values()), \
-                f"a failed command left trials behind: {outcome.after}"
+            assert outcome.after == {}, f"a refused command left a study behind: {outcome.after}"
         else:
             assert outcome.after == outcome.before, "the study changed"

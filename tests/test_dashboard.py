@@ -146,3 +146,51 @@ def test_dashboard_serves_each_trials_architecture_note_and_learning_curve(tmp_p
         server.terminate()
         _, err = server.communicate(timeout=30)
     assert "Traceback" not in err and "UserWarning" not in err, err
+
+
+@pytest.mark.parametrize("signum", [2, 15], ids=["sigint", "sigterm"])  # SIGINT (Ctrl-C), SIGTERM
+def test_dashboard_stops_cleanly_on_a_signal_even_while_answering(tmp_path, signum):
+    """A signal during requests stops the server: exit 130, no traceback (wsgiref used to print one and serve on)."""
+    import signal
+    import threading
+
+    url = f"journal:{tmp_path}/s.journal"
+    make_study(url)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "budgetnas", "dashboard", "--storage", url, "--port", str(port)],
+                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    done = threading.Event()
+
+    def hammer() -> None:  # keep requests in flight so the signal is likely to land inside one
+        while not done.is_set():
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5).read()
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.05)
+
+    try:
+        get_json(f"http://127.0.0.1:{port}/api/studies", time.monotonic() + 120)
+        threads = [threading.Thread(target=hammer, daemon=True) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        server.send_signal(signal.Signals(signum))
+        _, err = server.communicate(timeout=30)
+    finally:
+        done.set()
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+    assert "dashboard stopped" in err
+
+
+def test_a_refused_dashboard_prints_no_address(tmp_path):
+    make_study(f"journal:{tmp_path}/s.journal")
+    proc = subprocess.run([sys.executable, "-m", "budgetnas", "dashboard", "--storage", f"journal:{tmp_path}/s.journal",
+                           "--port", "99999"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "dashboard: http" not in proc.stderr and "--port must be between 1 and 65535" in proc.stderr

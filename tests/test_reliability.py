@@ -512,3 +512,48 @@ def test_a_failed_trial_left_without_its_retry_is_queued_once_by_the_next_run(tm
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     assert [t.system_attrs["failed_trial"] for t in waiting] == [numbers[0], numbers[2]]
     assert waiting[0].params == trials[numbers[0]].params
+
+
+def test_a_journal_trial_left_running_by_a_killed_worker_is_explained(cli, tiny_npz, tmp_path):
+    """A journal keeps no heartbeat: the rerun cannot tell a killed worker's trial from a live one, so it
+    says which trial blocks the count and how to release it, instead of ending silently."""
+    url = f"journal:{tmp_path}/j.log"
+    first = cli(*small_search(tiny_npz, url, 1))
+    assert first.returncode == 0, first.stderr[-2000:]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="j", storage=open_storage(url))
+    left = study.ask()  # RUNNING, as a SIGKILLed worker leaves its trial
+    again = cli(*small_search(tiny_npz, url, 2))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"trial(s) {left.number} still RUNNING" in again.stderr, again.stderr[-2000:]
+    assert f"budgetnas storage fail-running --storage {url} --study j" in again.stderr, again.stderr[-2000:]
+
+
+@pytest.mark.postgres
+def test_json_and_transfer_sources_never_show_a_password(cli, tiny_npz, postgres_url, tmp_path):
+    """--json's resolved options and the transfer line name the storage like every printed command: no secret."""
+    from urllib.parse import urlsplit
+
+    url, secret = postgres_url, urlsplit(postgres_url).password
+    assert secret, "the test server's URL carries its password"
+    proc = cli(*small_search(tiny_npz, url, 1, "--study", f"t-{os.urandom(4).hex()}", "--transfer-from", url,
+                             "--json"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert secret not in proc.stdout + proc.stderr
+    assert "transfer: " in proc.stderr and ":***@" in proc.stderr
+
+
+def test_a_transfer_source_with_a_password_is_printed_redacted_in_the_resume_command():
+    import argparse
+
+    from budgetnas.cli.search import resume_command
+    from budgetnas.search import SearchConfig
+
+    storage = f"postgresql+psycopg2://me@db:5432/nas?password={SECRET}"
+    other = f"postgresql://me:{SECRET}@elsewhere/nas"
+    config = SearchConfig(budget=5000, storage=storage, study="s", transfer_from=(storage, other))
+    args = argparse.Namespace(timeout=None, device="auto", precision="auto", max_mult_adds=None, workers=1)
+    line = resume_command(args, config)
+    assert SECRET not in line
+    assert '--transfer-from "$BUDGETNAS_STORAGE"' in line  # the storage itself: the variable, like --storage
+    assert "--transfer-from 'postgresql://me:***@elsewhere/nas'" in line, line

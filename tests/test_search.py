@@ -309,3 +309,15 @@ def test_an_enqueued_config_the_space_cannot_hold_is_refused_before_any_study(se
     proc = search("--trials", "1", "--enqueue", "cnn-100k")
     assert_one_line_error(proc, 2, "over the budget 3,000")
     assert not (tmp_path / "s.db").exists()
+
+
+def test_a_budget_near_the_smallest_member_is_announced(tiny_npz):
+    """Near the smallest member most structures are over the budget even at width 1: said before searching."""
+    from budgetnas.search import SearchConfig, prepare
+
+    said: list[str] = []
+    prepare(SearchConfig(budget=1000, family="fcn", dataset=f"npz:{tiny_npz}", trials=1), say=said.append)
+    assert any("close to the smallest fcn (805 parameters)" in line for line in said), said
+    said.clear()
+    prepare(SearchConfig(budget=20_000, family="fcn", dataset=f"npz:{tiny_npz}", trials=1), say=said.append)
+    assert not any("close to the smallest" in line for line in said), said

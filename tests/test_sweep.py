@@ -116,3 +116,17 @@ def test_found_config_records_the_enqueued_starting_points():
     assert result["search_transfer_from"] == ["auto"] and result["search_pruner"] == "sha"
     assert result["search_space_version"] == 2
     assert result["trial"] == 3 and result["search_seconds"] == 60.0
+
+
+def test_sweep_markdown_says_what_the_replays_trained_on():
+    """--replay-subset N makes quick replays on a slice: SWEEP.md must not call them whole-split runs."""
+    from budgetnas.sweep import SweepRow, render_markdown
+
+    def row(subset):
+        replay = {"test_accuracy": 0.8, "val_accuracy": 0.8, "params": 2900, "train_seconds": 1.0,
+                  "mult_adds": 1e6, "epochs": 1, "device": "cpu", "precision": "fp32", "subset": subset}
+        return SweepRow(budget=3000, study="cnn-3k", trial=0, search_trials=2, search_seconds=1.0, replay=replay)
+
+    assert "trained on the whole training split." in render_markdown("cnn", "fashion-mnist", [row(None)])
+    sliced = render_markdown("cnn", "fashion-mnist", [row(600)])
+    assert "trained on a 600-image slice of the training split" in sliced and "whole training split" not in sliced

@@ -55,6 +55,7 @@ def test_train_bn_variant_on_a_subset(cli):
     doc = json.loads(proc.stdout)
     assert doc["params"] == 98_490 + 2 * (100 + 180) and doc["subset"] == 300 and doc["name"] == "fcn-100k+bn"
     assert doc["threads"] == 1
+    assert f"tested on {doc['test_images']:,} test images" in proc.stderr  # not the whole test split: said
 
 
 def test_train_bad_input_is_one_line(cli, tmp_path):

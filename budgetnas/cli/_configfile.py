@@ -11,8 +11,6 @@ Values are checked the way the flag would be, so a bad file is one ``error:`` li
 from __future__ import annotations
 
 import argparse
-import tomllib
-from pathlib import Path
 from typing import Any, Sequence
 
 from budgetnas.errors import UsageError
@@ -43,12 +41,9 @@ def config_path(argv: Sequence[str]) -> str | None:
 
 def file_defaults(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
     """The file's values as {dest: value}, checked against the options of ``parser``."""
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"--config {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"--config {path}: not a readable TOML file ({exc})") from None
+    from budgetnas.config import read_toml
+
+    data = read_toml(path, "--config file")
     actions = option_actions(parser)
     values: dict[str, Any] = {}
     for key, value in data.items():
@@ -75,8 +70,8 @@ def _one(action: argparse.Action, where: str, value: Any) -> Any:
     if isinstance(value, (dict, list)) or isinstance(value, bool):
         raise UsageError(f"{where} must be a single value, got {value!r}")
     if action.type is not None:
-        try:
-            value = action.type(str(value) if not isinstance(value, (int, float)) else value)
+        try:  # as text, exactly as the flag would be given: 1.5 is then refused by an integer option, not cut to 1
+            value = action.type(str(value))
         except (TypeError, ValueError):
             raise UsageError(f"{where}: invalid value {value!r}") from None
     elif not isinstance(value, str):

@@ -33,9 +33,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give the storage once: either as an argument or with --storage")
     storage = args.storage or args.storage_arg
     progress(f"storage: {redact(normalise_url(storage))}")
-    progress(f"dashboard: {dashboard_url(args.host, args.port)}  (Ctrl-C to stop)")
     try:
-        serve(storage, host=args.host, port=args.port)
+        serve(storage, host=args.host, port=args.port,
+              on_ready=lambda: progress(f"dashboard: {dashboard_url(args.host, args.port)}  (Ctrl-C to stop)"))
     except KeyboardInterrupt:
         progress("dashboard stopped")
+        return 130  # interrupted, as every command reports it
     return 0

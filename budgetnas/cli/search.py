@@ -170,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
     if has_secret(config.storage_url):
         say(f"note: the storage URL holds a password, so the commands printed below read it from "
             f"${STORAGE_ENV}: export {STORAGE_ENV}='<the URL>' before running them")
+    if any(has_secret(ref) and not _is_storage(ref, config.storage_url) for ref in config.transfer_from):
+        say("note: a --transfer-from URL holds a password, which printed commands show as ***: "
+            "put it back before running them")
     try:
         summary = run_workers(config, args.workers, progress=None if args.quiet else say)  # 1 worker: run_search
     except SearchInterrupted as stop:
@@ -180,7 +183,12 @@ def run(args: argparse.Namespace) -> int:
         say(f"storage: {summary.storage_url}")
         document = summary.to_dict()
         document["commands"] = commands(summary, config)
-        document["config"] = _configfile.resolved(args.parser, args)
+        document["config"] = resolved = _configfile.resolved(args.parser, args)
+        for key in ("storage", "transfer-from"):  # --json never prints a password either
+            if isinstance(resolved.get(key), str):
+                resolved[key] = redact(resolved[key])
+            elif isinstance(resolved.get(key), list):
+                resolved[key] = [redact(ref) for ref in resolved[key]]
         print_json(document)
         return 0
     print(render(summary, config))
@@ -232,9 +240,20 @@ def commands(summary: "SearchSummary", config: "SearchConfig") -> dict[str, str]
     return result
 
 
+def _is_storage(ref: str, storage_url: str) -> bool:
+    """Whether a --transfer-from source is the search's own storage (then printed as the storage is)."""
+    from budgetnas.errors import UsageError
+    from budgetnas.storage import normalise_url
+
+    try:
+        return normalise_url(ref) == storage_url
+    except UsageError:  # a config file path, or not a URL at all
+        return False
+
+
 def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
     """The same search as a command line with every setting spelled out (and the storage made explicit)."""
-    from budgetnas.storage import shell_join
+    from budgetnas.storage import command_storage, redact, shell_join
 
     parts = [*invocation(), "search", "--budget", str(config.budget), "--family", config.family,
              *data_options(config.dataset, config.data_root)]
@@ -264,8 +283,9 @@ def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
         parts += ["--recipe-space", config.recipe_space]
     for ref in config.enqueue:
         parts += ["--enqueue", ref]
-    for ref in config.transfer_from:
-        parts += ["--transfer-from", ref]
+    for ref in config.transfer_from:  # a storage URL with a password: the variable, or *** (see run's note)
+        same = _is_storage(ref, config.storage_url)
+        parts += ["--transfer-from", command_storage(ref) if same else redact(ref)]
     if config.proxy:
         parts += ["--proxy", config.proxy, "--proxy-screen", f"{config.proxy_screen:g}"]
     if not config.early_stop:

@@ -44,8 +44,9 @@ def check_epoch_options(args: argparse.Namespace) -> None:
     """The options the library does not check before it loads data (--epochs and --seed: the recipe does)."""
     from budgetnas.errors import UsageError
 
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    from budgetnas.limits import check_threads
+
+    check_threads(args.threads)
     if args.subset is not None and args.subset < 20:
         raise UsageError(f"--subset must be at least 20 images, got {args.subset}")
 
@@ -72,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
                        report.metrics["epochs_run"])
     if hint:
         progress(f"hint: {hint}")
+    if args.subset:  # a slice of the test split too: say so, or its figure reads like a replay's (all test images)
+        progress(f"note: --subset {args.subset}: trained on a slice and tested on "
+                 f"{report.metrics.get('test_images', 0):,} test images; not comparable to the paper or a replay")
     if args.out:
         paths = save_run(report, args.out)
         report.metrics["artifacts"] = {k: str(v) for k, v in paths.items()}

@@ -113,6 +113,7 @@ class StopAtTotal:
         self.poll = poll
         self.gate = TrialGate(lock if lock is not None else os.environ.get(LOCK_ENV) or None)
         self.say = say  # told what the worker waits for, and for how long at most
+        self._granted = 0  # trials this process was let start (before any, a RUNNING one is no sibling's)
         self._told = -math.inf
 
     def __call__(self, study: "optuna.Study", trial: Any) -> None:
@@ -135,11 +136,13 @@ class StopAtTotal:
             if finished >= self.total:
                 break
             if finished + running < self.total:
+                self._granted += 1
                 return True  # room for one more trial (or for a queued retry)
             if not is_heartbeat_enabled(study._storage):
                 # Cannot tell a dead worker from a slow one: leave the rest to the others, and say how
                 # to release a trial whose worker was killed (else the study would wait for it forever).
-                self._explain_no_heartbeat(study, [t.number for t in trials if t.state == TrialState.RUNNING])
+                if not self._granted:  # at the end of a normal run the others' trials are just running
+                    self._explain_no_heartbeat(study, [t.number for t in trials if t.state == TrialState.RUNNING])
                 break
             self.gate.release()
             self._explain_wait(study, [t.number for t in trials if t.state == TrialState.RUNNING])

@@ -108,7 +108,7 @@ def test_config_file_sets_options_and_flags_override_it(cli, small_npz, tmp_path
     ('budget = "3k"\nbogus = 1\n', "unknown key 'bogus'"),
     ('budget = "3k"\nsampler = "grid"\n', "sampler must be one of tpe, nsga2, random"),
     ('budget = "3k"\ntrials = "many"\n', "trials: invalid value"),
-    ('budget = [\n', "not a readable TOML file"),
+    ('budget = [\n', "is not valid TOML"),
 ])
 def test_a_bad_config_file_is_one_error_line(cli, tmp_path, body, contains):
     (tmp_path / "bad.toml").write_text(body)
@@ -116,7 +116,7 @@ def test_a_bad_config_file_is_one_error_line(cli, tmp_path, body, contains):
 
 
 def test_threads_below_one_is_refused(search):
-    assert_one_line_error(search("--trials", "1", "--threads", "0"), 2, "--threads must be at least 1")
+    assert_one_line_error(search("--trials", "1", "--threads", "0"), 2, "--threads must be from 1 to 1,024")
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None and os.environ.get("CI") != "true", reason="tmux not installed")

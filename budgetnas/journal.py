@@ -156,14 +156,14 @@ def repair_journal(path: str | Path) -> RepairResult:
         tail = lines.pop()
         kept: list[bytes] = []
         dropped_lines = 0
-        for line in lines + ([tail] if tail else []):
+        for line, is_tail in [(line, False) for line in lines] + ([(tail, True)] if tail else []):
             if _record(line) is not None:
                 kept.append(line)  # also a last record that lost only its newline
                 continue
             start = line.rfind(_RECORD_START)  # a whole record appended after a torn one
             if start > 0 and _record(line[start:]) is not None:
                 kept.append(line[start:])
-            elif line is not tail:
+            elif not is_tail:  # a torn tail is counted in bytes only
                 dropped_lines += 1
         if not kept:
             raise StorageError(f"journal file {path} holds no journal record; nothing to keep")

@@ -34,12 +34,12 @@ from budgetnas import records
 from budgetnas.budget import format_budget, parse_budget
 from budgetnas.cost import Cap, CostBounds, parse_cap
 from budgetnas.counting import human_count
-from budgetnas.data import check_dataset_name, check_validation, dataset_info, load_dataset
+from budgetnas.data import check_dataset_name, check_validation, load_dataset
 from budgetnas.device import resolve_placement
 from budgetnas.errors import DataError, FieldError, RunFailure, UsageError
 from budgetnas.families import check_choices, family_key, get_family
 from budgetnas.fmt import percent
-from budgetnas.limits import check_search_edges, check_threads
+from budgetnas.limits import MAX_EPOCHS, check_search_edges, check_threads
 from budgetnas.objective import Objective
 from budgetnas.progress import Monitor, as_monitor, clock
 from budgetnas.proxies import ProxyScreen, check_screen
@@ -168,6 +168,9 @@ class Prepared:
 
     input_shape: tuple[int, int, int]
     starts: list[tuple[str, dict[str, Any]]]
+    # The dataset as the trials will see it, loaded here so that a bad --subset or --data-root is refused
+    # before any study exists; None once handed to --workers processes (each loads its own).
+    data: Any = None
 
 
 def prepare(config: SearchConfig, say: Progress | None = None) -> Prepared:
@@ -176,7 +179,8 @@ def prepare(config: SearchConfig, say: Progress | None = None) -> Prepared:
     search (with workers: in the parent, which hands the result to each worker)."""
     say = say or (lambda message: None)
     resolve_placement(config.device, config.precision)  # a missing GPU fails before any study is made
-    input_shape, num_classes = dataset_info(config.dataset, config.data_root)
+    data = load_dataset(config.dataset, config.data_root, subset=config.subset, validation=config.validation)
+    input_shape, num_classes = data.input_shape, data.num_classes
     smallest = check_budget(config, input_shape, num_classes)
     if config.budget < TIGHT_BUDGET * smallest:  # deeper structures' smallest members are over it: say so up front
         say(f"note: budget {config.budget:,} is close to the smallest {config.family} ({smallest:,} parameters), so "
@@ -192,7 +196,7 @@ def prepare(config: SearchConfig, say: Progress | None = None) -> Prepared:
         sources = ", ".join(redact(ref) for ref in config.transfer_from)  # a source may be a URL with a password
         say(f"transfer: {len(transferred)} re-fitted starting point(s) from {sources}")
         starts += transferred
-    return Prepared(input_shape, starts)
+    return Prepared(input_shape, starts, data)
 
 
 def run_search(config: SearchConfig, progress: Progress | None = None, *,
@@ -211,7 +215,7 @@ def run_search(config: SearchConfig, progress: Progress | None = None, *,
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's (with tracebacks)
     try:
-        return _optimize(config, prepared.input_shape, say, prepared.starts)
+        return _optimize(config, prepared, say)
     finally:
         optuna.logging.set_verbosity(verbosity)
 
@@ -236,12 +240,10 @@ def start_params(config: SearchConfig, input_shape: tuple[int, int, int],
     return starts
 
 
-def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Monitor,
-              starts: list[tuple[str, dict[str, Any]]] = ()) -> SearchSummary:
-    # Everything that can refuse the options is done before the study is created: a bad --subset,
-    # --epochs or --data-root must not leave a study behind whose stored settings then refuse the fix.
-    data = load_dataset(config.dataset, config.data_root, subset=config.subset, validation=config.validation)
-    recipe = config.training_recipe()
+def _optimize(config: SearchConfig, prepared: Prepared, say: Monitor) -> SearchSummary:
+    data = prepared.data
+    if data is None:  # a --workers process: the parent checked the options on its own copy
+        data = load_dataset(config.dataset, config.data_root, subset=config.subset, validation=config.validation)
     storage = open_storage(config.storage_url)
     pruner = make_pruner(config.pruner_name(), config.epochs)
     study = create_or_load(storage, config.study_name, config.settings(), config.sampler,
@@ -254,12 +256,12 @@ def _optimize(config: SearchConfig, input_shape: tuple[int, int, int], say: Moni
     if done_before:
         say(f"resuming: {done_before} of {config.trials if config.trials is not None else '?'} trials finished")
 
-    for ref, values in starts:  # skip_if_exists: rerunning the command does not queue them again
+    for ref, values in prepared.starts:  # skip_if_exists: rerunning the command does not queue them again
         study.enqueue_trial(values, user_attrs={"enqueued": ref}, skip_if_exists=True)
     guard = _CtrlC()
     screen = (ProxyScreen(config.proxy, config.proxy_screen, data.train.x, data.train.y, data.mean, data.std,
                           data.num_classes, seed=config.seed) if config.proxy else None)
-    objective = Objective(config.settings(), data, recipe, device=config.device,
+    objective = Objective(config.settings(), data, config.training_recipe(), device=config.device,
                           precision=config.precision, pruner=config.pruner_name(),
                           bounds=config.cost_bounds(data.input_shape), storage_url=config.storage_url,
                           progress=say, interruptible=guard.training, on_step=say.step, screen=screen)
@@ -429,8 +431,8 @@ def check_config(config: SearchConfig) -> None:
         raise FieldError(f"trials must be at least 1, got {config.trials}", "trials")
     if config.trials is None and config.timeout is None:
         raise FieldError("give trials or timeout (or both) so the search knows when to stop", "trials", "timeout")
-    if config.epochs < 1:
-        raise FieldError(f"epochs must be at least 1, got {config.epochs}", "epochs")
+    if not 1 <= config.epochs <= MAX_EPOCHS:  # the recipe's own bound, checked before any study exists
+        raise FieldError(f"epochs must be from 1 to {MAX_EPOCHS:,}, got {config.epochs:,}", "epochs")
     try:
         check_threads(config.threads, "threads")
     except UsageError as exc:

@@ -133,6 +133,12 @@ def shell_join(parts: list[str]) -> str:
     return " ".join(f'"${STORAGE_ENV}"' if part == f"${STORAGE_ENV}" else shlex.quote(part) for part in parts)
 
 
+def fail_running_command(url: str, study: str) -> str:
+    """The command that fails a study's RUNNING trials and queues their retries (for a killed worker's trial on a
+    storage without heartbeats), as a shell runs it: a storage with a password is read from the variable."""
+    return shell_join(["budgetnas", "storage", "fail-running", "--storage", command_storage(url), "--study", study])
+
+
 def storage_kind(url: str | None) -> str:
     """``"sqlite"``, ``"journal"``, or the RDB backend (``"postgresql"``, ``"mysql"``)."""
     url = normalise_url(url)

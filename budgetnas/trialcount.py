@@ -159,10 +159,10 @@ class StopAtTotal:
     def _explain_no_heartbeat(self, study: "optuna.Study", running: list[int]) -> None:
         if self.say is None:
             return
-        from budgetnas.storage import command_storage, shell_join
+        from budgetnas.storage import fail_running_command
 
-        fix = shell_join(["budgetnas", "storage", "fail-running", "--storage", command_storage(self.storage_url),
-                          "--study", study.study_name]) if self.storage_url else "budgetnas storage fail-running"
+        fix = (fail_running_command(self.storage_url, study.study_name) if self.storage_url
+               else "budgetnas storage fail-running")
         self.say(f"trial(s) {', '.join(map(str, running))} still RUNNING: this storage keeps no heartbeat, so a "
                  f"killed worker's trial looks alive. If no other process runs them, mark them failed (the next "
                  f"search retries them): {fix}")

@@ -56,11 +56,11 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from budgetnas.errors import RunFailure, UsageError
-from budgetnas.storage import command_storage, storage_kind
+from budgetnas.storage import fail_running_command, storage_kind
 from budgetnas.trialcount import (LOCK_ENV, GiveWay, StopAtTotal, TrialGate, count_finished,  # noqa: F401
                                   retried_numbers)  # (their old home; tests import them here)
 
@@ -157,6 +157,7 @@ def run_workers(config: "SearchConfig", workers: int | str = DEFAULT_WORKERS,
     if workers <= 1:
         return search.run_search(config, progress, prepared=prepared)  # or says that the study is already complete
 
+    prepared = replace(prepared, data=None)  # each worker loads its own copy; pickling the images would not pay
     threads = threads_per_worker(workers)
     say(f"{workers} workers, {threads} CPU thread(s) each, on {storage_kind(config.storage_url)} storage")
     start = time.perf_counter()
@@ -173,8 +174,8 @@ def run_workers(config: "SearchConfig", workers: int | str = DEFAULT_WORKERS,
         elif code < 0:
             say(f"worker {index} was killed by signal {-code}; journal storage has no heartbeat, so its trial stays "
                 "RUNNING. When no worker of this study runs any more, fail it and queue it again with: "
-                f"budgetnas storage fail-running --storage {command_storage(config.storage_url)} "
-                f"--study {config.study_name}; then rerun this search to finish the study")
+                f"{fail_running_command(config.storage_url, config.study_name)}; then rerun this search to finish "
+                "the study")
     summary = search.summarise(study, config, time.perf_counter() - start)
     if interrupted or EXIT_INTERRUPTED in codes:
         summary.interrupted = True

@@ -557,3 +557,14 @@ def test_a_transfer_source_with_a_password_is_printed_redacted_in_the_resume_com
     assert SECRET not in line
     assert '--transfer-from "$BUDGETNAS_STORAGE"' in line  # the storage itself: the variable, like --storage
     assert "--transfer-from 'postgresql://me:***@elsewhere/nas'" in line, line
+
+
+def test_options_the_data_refuses_leave_no_study_with_several_workers(cli, tiny_npz, tmp_path):
+    """With --workers 2 the parent creates the study before the workers start: a --subset the data cannot
+    give must be refused before that too (prepare loads the data), not only in a single-process search."""
+    journal = tmp_path / "w.log"
+    proc = cli(*small_search(tiny_npz, f"journal:{journal}", 1, "--workers", "2", "--subset", "5000"))
+    assert_one_line_error(proc, 2, "larger than the 1,000 training images")
+    if journal.exists():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        assert not optuna.get_all_study_summaries(open_storage(f"journal:{journal}")), "a study was left behind"

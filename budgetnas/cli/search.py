@@ -184,11 +184,9 @@ def run(args: argparse.Namespace) -> int:
         document = summary.to_dict()
         document["commands"] = commands(summary, config)
         document["config"] = resolved = _configfile.resolved(args.parser, args)
-        for key in ("storage", "transfer-from"):  # --json never prints a password either
-            if isinstance(resolved.get(key), str):
-                resolved[key] = redact(resolved[key])
-            elif isinstance(resolved.get(key), list):
-                resolved[key] = [redact(ref) for ref in resolved[key]]
+        # --json never prints a password either: the two options that may hold a URL
+        resolved["storage"] = redact(resolved["storage"]) if resolved["storage"] else resolved["storage"]
+        resolved["transfer-from"] = [redact(ref) for ref in resolved["transfer-from"]]
         print_json(document)
         return 0
     print(render(summary, config))

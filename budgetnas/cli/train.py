@@ -43,7 +43,6 @@ def add_epoch_options(parser: argparse.ArgumentParser) -> None:
 def check_epoch_options(args: argparse.Namespace) -> None:
     """The options the library does not check before it loads data (--epochs and --seed: the recipe does)."""
     from budgetnas.errors import UsageError
-
     from budgetnas.limits import check_threads
 
     check_threads(args.threads)

@@ -34,12 +34,12 @@ from budgetnas import records
 from budgetnas.budget import format_budget, parse_budget
 from budgetnas.cost import Cap, CostBounds, parse_cap
 from budgetnas.counting import human_count
-from budgetnas.data import check_dataset_name, check_validation, load_dataset
+from budgetnas.data import Data, check_dataset_name, check_validation, load_dataset
 from budgetnas.device import resolve_placement
 from budgetnas.errors import DataError, FieldError, RunFailure, UsageError
 from budgetnas.families import check_choices, family_key, get_family
 from budgetnas.fmt import percent
-from budgetnas.limits import MAX_EPOCHS, check_search_edges, check_threads
+from budgetnas.limits import check_search_edges, check_threads
 from budgetnas.objective import Objective
 from budgetnas.progress import Monitor, as_monitor, clock
 from budgetnas.proxies import ProxyScreen, check_screen
@@ -170,7 +170,7 @@ class Prepared:
     starts: list[tuple[str, dict[str, Any]]]
     # The dataset as the trials will see it, loaded here so that a bad --subset or --data-root is refused
     # before any study exists; None once handed to --workers processes (each loads its own).
-    data: Any = None
+    data: Data | None = None
 
 
 def prepare(config: SearchConfig, say: Progress | None = None) -> Prepared:
@@ -431,8 +431,10 @@ def check_config(config: SearchConfig) -> None:
         raise FieldError(f"trials must be at least 1, got {config.trials}", "trials")
     if config.trials is None and config.timeout is None:
         raise FieldError("give trials or timeout (or both) so the search knows when to stop", "trials", "timeout")
-    if not 1 <= config.epochs <= MAX_EPOCHS:  # the recipe's own bound, checked before any study exists
-        raise FieldError(f"epochs must be from 1 to {MAX_EPOCHS:,}, got {config.epochs:,}", "epochs")
+    try:  # the recipe's own check (Recipe.__post_init__) of --epochs, before any study exists
+        config.training_recipe()
+    except UsageError as exc:  # the seed was checked above, so what is left is epochs
+        raise FieldError(str(exc).removeprefix("recipe "), "epochs") from None
     try:
         check_threads(config.threads, "threads")
     except UsageError as exc:

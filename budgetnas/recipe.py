@@ -8,10 +8,10 @@ reader rely on that instead of checking again.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from budgetnas.errors import UsageError
+from budgetnas.errors import FieldError, UsageError
 from budgetnas.limits import MAX_EPOCHS, MAX_SEED, MAX_SPEC_INT
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -79,6 +79,27 @@ class Recipe:
         if unknown:
             raise UsageError(f"unknown key(s) {', '.join(unknown)} in recipe; allowed: {', '.join(sorted(allowed))}")
         return cls(**data)
+
+    def with_changes(self, **changes: Any) -> "Recipe":
+        """This recipe with ``changes`` applied (a value of None keeps this recipe's), checked as it is made.
+
+        For overrides from a command line (``replay --epochs``, ``train --seed``): a bad value is a
+        :class:`~budgetnas.errors.FieldError` naming its field, which the CLI spells as its flag.
+        """
+        try:
+            return replace(self, **{name: value for name, value in changes.items() if value is not None})
+        except UsageError as exc:
+            raise as_field_error(exc) from None
+
+
+def as_field_error(exc: UsageError) -> UsageError:
+    """A check of :meth:`Recipe.__post_init__` (``recipe epochs must be ...``) as a :class:`FieldError`
+    naming the field (``epochs must be ...``, spelled ``--epochs`` by the CLI); any other error unchanged."""
+    text = str(exc)
+    for name in (f.name for f in fields(Recipe)):
+        if text.startswith(f"recipe {name} "):
+            return FieldError(text.removeprefix("recipe "), name)
+    return exc
 
 
 PAPER_RECIPE = Recipe(normalize=False)

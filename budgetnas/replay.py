@@ -143,8 +143,7 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
     settings = settings_of(loaded)
     choice = choose_trial(loaded, trial)
     spec, stored = spec_of(choice.trial), recipe_of(choice.trial)
-    recipe = replace(stored, **{k: v for k, v in (("epochs", epochs), ("seed", seed), ("augment", augment))
-                                if v is not None})
+    recipe = stored.with_changes(epochs=epochs, seed=seed, augment=augment)
     if out is None:
         out = Path("runs") / f"{safe_name(loaded.study_name)}-trial{choice.trial.number}"
     out = Path(out).expanduser()

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from budgetnas import tables
 from budgetnas.config import RunConfig, load_config, save_config
-from budgetnas.errors import FieldError, UsageError
+from budgetnas.errors import UsageError
 from budgetnas.fmt import percent, plural
 from budgetnas.cost import check_model_memory
 from budgetnas.progress import Remaining
@@ -97,19 +97,12 @@ def override(config: RunConfig, *, epochs: int | None = None, seed: int | None =
              dataset: str | None = None) -> RunConfig:
     """A copy of ``config`` with command-line overrides applied (None keeps the config's value).
 
-    The new recipe validates itself as it is made (``Recipe.__post_init__``, the one recipe check);
-    a bad value raises :class:`FieldError` naming ``epochs`` or ``seed``.
+    The new recipe validates itself as it is made (:meth:`Recipe.with_changes`); a bad value raises
+    :class:`FieldError` naming ``epochs`` or ``seed``.
     """
     from budgetnas.data import check_dataset_name
 
-    recipe = config.recipe
-    changes = {name: value for name, value in (("epochs", epochs), ("seed", seed)) if value is not None}
-    if changes:
-        try:
-            recipe = replace(recipe, **changes)
-        except UsageError as exc:
-            named = [name for name in changes if str(exc).startswith(f"recipe {name} ")]
-            raise FieldError(str(exc).removeprefix("recipe "), *named) from None
+    recipe = config.recipe.with_changes(epochs=epochs, seed=seed)
     return replace(config, recipe=recipe, dataset=check_dataset_name(dataset) if dataset else config.dataset)
 
 

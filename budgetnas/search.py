@@ -40,6 +40,7 @@ from budgetnas.errors import DataError, FieldError, RunFailure, UsageError
 from budgetnas.families import check_choices, family_key, get_family
 from budgetnas.fmt import percent
 from budgetnas.limits import check_search_edges, check_threads
+from budgetnas.recipe import as_field_error
 from budgetnas.objective import Objective
 from budgetnas.progress import Monitor, as_monitor, clock
 from budgetnas.proxies import ProxyScreen, check_screen
@@ -433,8 +434,8 @@ def check_config(config: SearchConfig) -> None:
         raise FieldError("give trials or timeout (or both) so the search knows when to stop", "trials", "timeout")
     try:  # the recipe's own check (Recipe.__post_init__) of --epochs, before any study exists
         config.training_recipe()
-    except UsageError as exc:  # the seed was checked above, so what is left is epochs
-        raise FieldError(str(exc).removeprefix("recipe "), "epochs") from None
+    except UsageError as exc:
+        raise as_field_error(exc) from None
     try:
         check_threads(config.threads, "threads")
     except UsageError as exc:

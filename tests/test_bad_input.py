@@ -254,6 +254,9 @@ ROWS = {
     "replay-storage-missing": row("replay", "--storage", "{fresh}", *CPU1, contains="fresh.db", study="fresh"),
     "replay-out-not-writable": row(*REPLAY, "--trial", "0", "--out", "{file}/sub", contains="{file}", study="made"),
     "replay-unknown-device": row(*REPLAY, "--device", "tpu", contains="tpu", study="made"),
+    "replay-epochs-zero": row(*REPLAY[:-1], "0", contains="--epochs must be an integer >= 1, got 0", study="made"),
+    "replay-epochs-above-limit": row(*REPLAY[:-1], "200000", contains="--epochs must be <= 100,000", study="made"),
+    "replay-seed-negative": row(*REPLAY, "--seed=-1", contains="--seed must be an integer >= 0", study="made"),
     # report
     "report-unknown-study": row("report", "--storage", "{made}", "--study", "nope", contains="nope", study="made"),
     "report-out-not-writable": row("report", "--storage", "{made}", "--out", "{file}/r.html", contains="{file}",

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from budgetnas.data import Data, load_dataset
-from budgetnas.errors import DataError, RunFailure, TrainingDiverged, UsageError
+from budgetnas.cli import flag_message
+from budgetnas.errors import DataError, FieldError, RunFailure, TrainingDiverged, UsageError
 from budgetnas.spec import CNNSpec, ConvBlock, FCNSpec
 from budgetnas.trainer import (AUGMENTS, PAPER_RECIPE, SCHEDULES, EpochStats, Recipe, StopTraining, TrainResult,
                                _random_shift, train)
@@ -149,6 +150,25 @@ def test_recipe_validation(changes, message):
     with pytest.raises(UsageError) as exc:
         Recipe(**changes)
     assert message in str(exc.value)
+
+
+def test_recipe_changes_name_the_bad_field_for_the_cli():
+    """Overrides from a command line (replay, train, search) keep the one check of ``__post_init__`` and
+    come back as a FieldError naming the field, which the CLI spells as the flag."""
+    recipe = Recipe(epochs=3, seed=2)
+    assert recipe.with_changes(epochs=5, seed=None) == dataclasses.replace(recipe, epochs=5)
+    assert recipe.with_changes() == recipe
+    for changes, field, message in [({"epochs": 0}, "epochs", "epochs must be an integer >= 1, got 0"),
+                                    ({"seed": -1}, "seed", "seed must be an integer >= 0, got -1"),
+                                    ({"batch_size": 10**12}, "batch_size", "batch_size must be <= ")]:
+        with pytest.raises(FieldError) as exc:
+            recipe.with_changes(**changes)
+        assert exc.value.fields == (field,) and str(exc.value).startswith(message)
+        assert flag_message(exc.value).startswith("--" + message.replace("_", "-", 1))
+    # Errors that are not about one bounded field stay as they are.
+    with pytest.raises(UsageError, match="unknown recipe augment") as exc:
+        recipe.with_changes(augment="mixup")
+    assert not isinstance(exc.value, FieldError)
 
 
 def test_recipe_dict_round_trip_and_unknown_keys():

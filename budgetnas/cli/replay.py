@@ -47,10 +47,6 @@ def run(args: argparse.Namespace) -> int:
     from budgetnas.errors import UsageError
     from budgetnas.replay import parse_trial, replay
 
-    if args.epochs is not None and args.epochs < 1:
-        raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
-    if args.seed is not None and args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
     subset: int | str | None = {"study": "study", "full": None}.get(args.subset, args.subset)
     if isinstance(subset, str) and subset != "study":
         if not subset.isdigit():

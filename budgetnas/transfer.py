@@ -23,9 +23,12 @@ a run config (a TOML path such as ``studies/found/cnn-50k.toml``, or a paper nam
     read on the config's own dataset, so a Fashion-MNIST winner's shape carries over to
     8x8 digits too (pools that would shrink a map below 1x1 are dropped, as the space does).
 
-From each source study the ``TOP`` best trained trials by validation accuracy are taken. A
-candidate the current space cannot express (for example after a space revision) is skipped,
-not an error: transfer is a head start, never a reason for a search to fail.
+From each source study the ``TOP`` best trained trials by validation accuracy are taken. Where a
+revision of the space fixed a choice the source answered otherwise, the source is first moved to
+the nearest spec the space holds (``Family.nearest_in_space``: a CNN winner of space version 2
+without conv batch norm gets it), as its recipe is moved to the nearest the recipe space holds.
+A candidate the current space still cannot express is skipped, not an error: transfer is a head
+start, never a reason for a search to fail.
 """
 
 from __future__ import annotations
@@ -76,11 +79,15 @@ def refit(source: Source, budget: int, input_shape: tuple[int, int, int], num_cl
 
     family = family_of(source.spec)
     recipe = source.recipe if recipe_space == "search" else None
-    values = family.params_of(source.spec, recipe, source.budget, source.input_shape or input_shape,
-                              source.num_classes or num_classes, "fit")
+    source_shape, source_classes = source.input_shape or input_shape, source.num_classes or num_classes
+    source_spec = family.nearest_in_space(source.spec)  # e.g. an older study's winner, before a space revision
+    # What the nearest spec adds (a conv batch norm's 2 per channel) may take it a hair over its own
+    # budget: its fill is then 1, which the line below makes of it anyway.
+    source_budget = max(source.budget, family.count_params(source_spec, source_shape, source_classes))
+    values = family.params_of(source_spec, recipe, source_budget, source_shape, source_classes, "fit")
     values["fill"] = min(values["fill"], FILL[1])  # (params + 0.5) / budget can exceed 1 by a hair
     if source.input_shape and source.input_shape != input_shape:
-        values.update(family.shape_params(source.spec, input_shape))
+        values.update(family.shape_params(source_spec, input_shape))
 
     def fitted(fill: float) -> Spec:
         return family.sample(FixedTrial({**values, "fill": fill}), budget, input_shape, num_classes, "fit")

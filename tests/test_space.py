@@ -17,8 +17,9 @@ FMNIST = (1, 28, 28)
 
 
 def plain_cnn(conv: tuple[int, ...], fc: tuple[int, ...]) -> dict[str, object]:
-    """Direct-space parameters of the paper's CNNs: k3, pool 2 per block, flatten, ReLU, nothing else."""
-    params: dict[str, object] = {"n_conv": len(conv), "n_fc": len(fc), "conv_batch_norm": False, "head": "flatten",
+    """Direct-space parameters of the paper's CNNs: k3, pool 2 per block, flatten, ReLU, nothing else
+    (conv batch norm is not asked: every conv block has it since cnn space version 3)."""
+    params: dict[str, object] = {"n_conv": len(conv), "n_fc": len(fc), "head": "flatten",
                                  "fc_batch_norm": False, "dropout": 0.0, "activation": "relu", "init": "default"}
     for i, channels in enumerate(conv, start=1):
         params.update({f"conv{i}_kernel": 3, f"conv{i}_pool": True, f"conv{i}_channels": channels})
@@ -30,14 +31,24 @@ def plain_cnn(conv: tuple[int, ...], fc: tuple[int, ...]) -> dict[str, object]:
     ((10, 18), (8, 20), 9_192), ((20, 30), (9, 20), 19_279),
     ((25, 40), (20, 30), 49_450), ((40, 60), (25, 50), 97_395),
 ])
-def test_paper_cnns_are_reachable_exactly_in_direct(conv, fc, expected):
+def test_paper_cnns_are_reachable_exactly_in_direct_with_conv_batch_norm(conv, fc, expected):
     spec = sample_spec(FixedTrial(plain_cnn(conv, fc)), "cnn", 100_000, FMNIST, 10, "direct")
-    assert spec == CNNSpec(conv=tuple(ConvBlock(c, kernel_size=3, padding=1, pool=2) for c in conv), fc=fc)
-    assert count_params(spec, FMNIST, 10) == expected
+    assert spec == CNNSpec(conv=tuple(ConvBlock(c, kernel_size=3, padding=1, pool=2, batch_norm=True) for c in conv),
+                           fc=fc)
+    # the paper's as-counted model (expected) plus batch norm's scale and shift per channel
+    assert count_params(spec, FMNIST, 10) == expected + 2 * sum(conv)
+
+
+def test_every_conv_block_is_batch_normalised_whatever_the_stored_answer():
+    """A version-2 trial's ``conv_batch_norm=False`` is no longer asked, so it cannot switch batch norm off."""
+    spec = sample_spec(FixedTrial(plain_cnn((8, 8), ()) | {"conv_batch_norm": False}), "cnn", 10_000, FMNIST, 10,
+                       "direct")
+    assert all(b.batch_norm for b in spec.conv)
+    assert all(b.batch_norm for b in minimal_spec("cnn", "fit", FMNIST).conv)
 
 
 def test_paper_cnn_with_batch_norm_is_reachable():
-    params = plain_cnn((40, 60), (25, 50)) | {"conv_batch_norm": True, "fc_batch_norm": True}
+    params = plain_cnn((40, 60), (25, 50)) | {"fc_batch_norm": True}
     spec = sample_spec(FixedTrial(params), "cnn", 100_000, FMNIST, 10, "direct")
     assert all(b.batch_norm for b in spec.conv) and spec.fc_batch_norm
 
@@ -114,7 +125,7 @@ def test_small_inputs_never_pool_below_one_pixel(input_shape, parameterisation):
 
 
 @pytest.mark.parametrize("family, parameterisation, expected", [
-    ("cnn", "fit", 30), ("cnn", "direct", 50), ("fcn", "fit", 805), ("fcn", "direct", 1_600),
+    ("cnn", "fit", 32), ("cnn", "direct", 54), ("fcn", "fit", 805), ("fcn", "direct", 1_600),
 ])
 def test_smallest_architecture_of_the_space(family, parameterisation, expected):
     assert smallest_count(family, parameterisation, FMNIST, 10) == expected
@@ -158,7 +169,7 @@ def test_unknown_recipe_space_is_refused():
         check_choices("cnn", "fit", "fancy")
 
 
-@pytest.mark.parametrize("name", ["cnn-10k", "cnn-20k", "cnn-50k", "cnn-100k", "cnn-50k+bn", "fcn-50k", "fcn-100k",
+@pytest.mark.parametrize("name", ["cnn-10k+bn", "cnn-20k+bn", "cnn-50k+bn", "cnn-100k+bn", "fcn-50k", "fcn-100k",
                                   "fcn-200k"])
 @pytest.mark.parametrize("parameterisation", ["fit", "direct"])
 def test_params_of_inverts_the_space_for_the_paper_picks(name, parameterisation):
@@ -172,6 +183,16 @@ def test_params_of_inverts_the_space_for_the_paper_picks(name, parameterisation)
     recipe = sample_recipe(FixedTrial(values), config.recipe)
     assert (recipe.lr, recipe.batch_size, recipe.augment) == (1e-3, 512, "none")  # the paper's, inside the space
     assert recipe.weight_decay == 1e-5  # the space's floor (the paper has none)
+
+
+@pytest.mark.parametrize("name", ["cnn-10k", "cnn-100k"])
+def test_the_paper_cnns_as_counted_are_refused_with_their_batch_norm_variant_named(name):
+    from budgetnas.errors import UsageError
+    from budgetnas.reproduce import resolve_config
+    from budgetnas.space import params_of
+
+    with pytest.raises(UsageError, match=r"batch-normalises every conv block .* NAME\+bn"):
+        params_of(resolve_config(name).spec, None, 100_000, FMNIST, 10, "direct")
 
 
 def test_params_of_inverts_random_specs_of_the_direct_space():
@@ -191,10 +212,11 @@ def test_params_of_inverts_random_specs_of_the_direct_space():
 
 
 @pytest.mark.parametrize("spec, message", [
-    (CNNSpec(conv=(ConvBlock(8, kernel_size=4),)), "kernels (3, 5, 7)"),
-    (CNNSpec(conv=(ConvBlock(8, batch_norm=True), ConvBlock(8))), "all conv blocks or none"),
-    (CNNSpec(conv=(ConvBlock(8, pool=3),)), "pool 2 or none"),
-    (CNNSpec(conv=(ConvBlock(200), ConvBlock(200))), "over the budget"),
+    (CNNSpec(conv=(ConvBlock(8, kernel_size=4, batch_norm=True),)), "kernels (3, 5, 7)"),
+    (CNNSpec(conv=(ConvBlock(8, batch_norm=True), ConvBlock(8))), "batch-normalises every conv block"),
+    (CNNSpec(conv=(ConvBlock(8),)), "start from its batch-norm variant (a paper name: NAME+bn)"),
+    (CNNSpec(conv=(ConvBlock(8, pool=3, batch_norm=True),)), "pool 2 or none"),
+    (CNNSpec(conv=(ConvBlock(200, batch_norm=True), ConvBlock(200, batch_norm=True))), "over the budget"),
     (FCNSpec(hidden=(2,)), "outside the fit space"),
 ])
 def test_params_of_names_what_the_space_cannot_express(spec, message):

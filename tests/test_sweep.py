@@ -114,7 +114,7 @@ def test_found_config_records_the_enqueued_starting_points():
     assert result["search_enqueue"] == ["cnn-10k+bn", "studies/seeds/cnn-10k-a.toml"]
     # ... and the other sources of starting points, the early-stopping rule and the space it searched
     assert result["search_transfer_from"] == ["auto"] and result["search_pruner"] == "sha"
-    assert result["search_space_version"] == 2
+    assert result["search_space_version"] == 3  # cnn: conv batch norm in every block since version 3
     assert result["trial"] == 3 and result["search_seconds"] == 60.0
 
 

@@ -43,11 +43,15 @@ def test_transfer_auto_enqueues_the_neighbouring_winners_refitted_to_this_budget
     proc = search("--trials", "3", "--objectives", "accuracy", "--study", "big", "--transfer-from", "auto",
                   budget="8k")
     assert proc.returncode == 0, proc.stderr
-    assert f"transfer: {min(len(best), 3)} re-fitted starting point(s) from auto" in proc.stderr
+    # A tiny random model the fit space cannot express (widths of 1, under half its budget) is skipped, said so.
+    skipped = [t for t in best[:3] if f"transfer transfer:t#{t.number} skipped: " in proc.stderr]
+    assert all("outside the fit space" in proc.stderr for _ in skipped) and len(skipped) < 3
+    taken = [t for t in best[:3] if t not in skipped]
+    assert f"transfer: {len(taken)} re-fitted starting point(s) from auto" in proc.stderr
     study = load(tmp_path, "big")
     moved = [t for t in study.trials if "enqueued" in t.user_attrs]
-    assert [t.user_attrs["enqueued"] for t in moved] == [f"transfer:t#{t.number}" for t in best[:3]]
-    for trial, origin in zip(moved, best):
+    assert [t.user_attrs["enqueued"] for t in moved] == [f"transfer:t#{t.number}" for t in taken]
+    for trial, origin in zip(moved, taken):
         fitted = sample_spec(FixedTrial(trial.params), "cnn", 8000, SHAPE_8X8, 10, "fit")
         params = count_params(fitted, SHAPE_8X8, 10)
         assert params <= 8000 and params == trial.user_attrs["params"]  # fits the new budget exactly
@@ -60,6 +64,27 @@ def test_transfer_auto_enqueues_the_neighbouring_winners_refitted_to_this_budget
                    budget="8k")
     assert again.returncode == 0, again.stderr
     assert sum("enqueued" in t.user_attrs for t in load(tmp_path, "big").trials) == len(moved)  # queued once
+
+
+def test_a_winner_of_the_older_space_gets_conv_batch_norm_and_keeps_the_rest_of_its_shape():
+    """cnn space version 3 batch-normalises every conv block; a version-2 winner without it is moved there
+    (Family.nearest_in_space), not skipped: its fill is that of the normalised model on its own budget."""
+    from budgetnas.errors import UsageError
+    from budgetnas.space import params_of
+
+    run = resolve_config(str(REPO / "studies" / "found" / "searched" / "cnn-20k.toml"))
+    assert not any(b.batch_norm for b in run.spec.conv)  # a version-2 winner
+    with pytest.raises(UsageError, match="batch-normalises every conv block"):  # --enqueue stays exact: refused
+        params_of(run.spec, None, 20_000, (1, 28, 28), 10)
+    source = Source(ref="v2", spec=run.spec, recipe=run.recipe, budget=run.result["budget"])
+    values = refit(source, 50_000, (1, 28, 28), 10)
+    fitted = sample_spec(FixedTrial(values), "cnn", 50_000, (1, 28, 28), 10, "fit")
+    normalised = dataclasses.replace(run.spec, conv=tuple(dataclasses.replace(b, batch_norm=True)
+                                                          for b in run.spec.conv))
+    assert _shape(fitted.to_dict()) == _shape(normalised.to_dict())
+    assert all(b.batch_norm for b in fitted.conv)
+    assert values["fill"] == pytest.approx((count_params(normalised, (1, 28, 28), 10) + 0.5) / 20_000)
+    assert int(0.85 * values["fill"] * 50_000) <= count_params(fitted, (1, 28, 28), 10) <= 50_000
 
 
 def test_a_found_config_is_refitted_to_another_budget_keeping_its_shape_and_fill():

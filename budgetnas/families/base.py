@@ -98,6 +98,12 @@ class Family(ABC):
         raise UsageError(f"the {self.name} family cannot start a search from a given model (--enqueue): "
                          "it has no inverse of its search space")
 
+    def nearest_in_space(self, spec: Any) -> Any:
+        """The spec nearest ``spec`` that ``sample`` can produce, where a revision of the space fixed a
+        choice that ``spec`` (an older study's winner) answered otherwise: ``--transfer-from`` re-fits
+        from it. Default: ``spec`` itself (what the space cannot express is then skipped)."""
+        return spec
+
     def shape_params(self, spec: Any, input_shape: Shape) -> dict[str, Any]:
         """The trial parameters of ``spec`` whose question depends on the input size, answered for
         ``input_shape`` (``--transfer-from`` moves a winner to another input size, e.g. 28x28 to

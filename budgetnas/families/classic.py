@@ -29,9 +29,9 @@ class _Classic(Family):
 
     @property
     def space_version(self) -> int:
-        from budgetnas.space import SPACE_VERSION
+        from budgetnas.space import SPACE_VERSIONS
 
-        return SPACE_VERSION
+        return SPACE_VERSIONS[self.name]
 
     def count_params(self, spec: Any, input_shape: Shape, num_classes: int) -> int:
         from budgetnas.counting import count_params
@@ -108,6 +108,9 @@ class CNNFamily(_Classic):
 
     def with_batch_norm(self, spec: CNNSpec) -> CNNSpec:
         return replace(spec, conv=tuple(replace(b, batch_norm=True) for b in spec.conv), fc_batch_norm=True)
+
+    def nearest_in_space(self, spec: CNNSpec) -> CNNSpec:
+        return replace(spec, conv=tuple(replace(b, batch_norm=True) for b in spec.conv))  # space version 3
 
     def activations(self, spec: CNNSpec, input_shape: Shape) -> tuple[int, int]:
         saved = largest = 0

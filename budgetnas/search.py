@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -201,10 +201,13 @@ def prepare(config: SearchConfig, say: Progress | None = None) -> Prepared:
 
 
 def run_search(config: SearchConfig, progress: Progress | None = None, *,
-               prepared: Prepared | None = None) -> SearchSummary:
+               prepared: Prepared | None = None,
+               callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> SearchSummary:
     """Run (or resume) the search that ``config`` describes and summarise the study.
 
     ``prepared``: the result of :func:`prepare` when the caller already ran it (the workers).
+    ``callbacks``: called after each trial of this run as Optuna's ``optimize`` calls its own (a
+    sweep's :class:`~budgetnas.sweep.FinalistReserve` ends the search with ``study.stop()``).
     """
     say = as_monitor(progress)
     if config.threads:  # in this process: each --workers worker applies it to itself
@@ -216,7 +219,7 @@ def run_search(config: SearchConfig, progress: Progress | None = None, *,
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's (with tracebacks)
     try:
-        return _optimize(config, prepared, say)
+        return _optimize(config, prepared, say, callbacks)
     finally:
         optuna.logging.set_verbosity(verbosity)
 
@@ -241,7 +244,8 @@ def start_params(config: SearchConfig, input_shape: tuple[int, int, int],
     return starts
 
 
-def _optimize(config: SearchConfig, prepared: Prepared, say: Monitor) -> SearchSummary:
+def _optimize(config: SearchConfig, prepared: Prepared, say: Monitor,
+              extra: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> SearchSummary:
     data = prepared.data
     if data is None:  # a --workers process: the parent checked the options on its own copy
         data = load_dataset(config.dataset, config.data_root, subset=config.subset, validation=config.validation)
@@ -269,7 +273,7 @@ def _optimize(config: SearchConfig, prepared: Prepared, say: Monitor) -> SearchS
     say(f"{plan(config)}; early stopping: {config.pruner_name()}")
     say(f"cost bounds: {objective.bounds.describe()} (checked before a candidate is built; widen with "
         "--max-mult-adds / --max-memory)")
-    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_Reporter(config, say)]
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [_Reporter(config, say), *extra]
     total = StopAtTotal(config.trials, say=say, storage_url=config.storage_url) if config.trials is not None else None
     if total is not None:
         callbacks.insert(0, total)

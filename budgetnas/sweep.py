@@ -41,6 +41,8 @@ class SweepConfig:
     # Train each finalist once per augmentation named here (empty: with its own recipe's only), so that
     # augmentation is decided at full length: short search runs under-rate it (it pays once a model overfits).
     finalist_augments: tuple[str, ...] = ()
+    # Count the finalists' runs in budget_timeout: the search ends early enough to leave them their time.
+    finalists_within_timeout: bool = False
 
     def __post_init__(self) -> None:
         from budgetnas.recipe import AUGMENTS
@@ -51,6 +53,9 @@ class SweepConfig:
         if unknown or len(set(self.finalist_augments)) != len(self.finalist_augments):
             raise UsageError(f"--finalist-augments takes distinct names among {', '.join(AUGMENTS)} (or 'all'), "
                              f"got {','.join(self.finalist_augments)}")
+        if self.finalists_within_timeout and not self.budget_timeout:
+            raise UsageError("--finalists-within-timeout shares --budget-timeout between search and finalists: "
+                             "give --budget-timeout too, e.g. --budget-timeout 40m")
         if not self.budgets:
             raise UsageError("a sweep needs at least one budget, e.g. --budgets 10k,20k,50k,100k")
         if len(set(self.budgets)) != len(self.budgets):
@@ -69,6 +74,8 @@ class SweepRow:
     finalists: list[dict[str, Any]] = field(default_factory=list)
     finalist_seconds: float = 0.0  # wall time of the finalists' full-length runs (part of the search's cost)
     finalist_augments: list[str] = field(default_factory=list)  # --finalist-augments (empty: each trial's own)
+    # --finalists-within-timeout: what the finalists were expected to take when the search ended (None: not asked)
+    finalist_estimate: float | None = None
 
 
 @dataclass
@@ -113,7 +120,8 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
         search = replace(config.search, budget=budget, study=None,
                          timeout=config.budget_timeout if config.budget_timeout else config.search.timeout)
         say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: searching study {search.study_name}")
-        summary = run_search(search, progress=say)
+        reserve = finalist_reserve(config, search, say)
+        summary = run_search(search, progress=say, callbacks=[reserve] if reserve else ())
         finalists: list[dict[str, Any]] = []
         chosen: str | int = "best"
         augment: str | None = None  # None: the chosen trial's own
@@ -128,6 +136,10 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
                 chosen = finalists[0]["trial"]
                 augment = finalists[0]["augment"] if config.finalist_augments else None
         finalist_seconds = time.monotonic() - started if finalists else 0.0
+        if reserve is not None and finalists:
+            say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: search and finalists took "
+                f"{(time.monotonic() - reserve.started) / 60:.1f} of {reserve.limit / 60:.3g} minutes (finalists "
+                f"{finalist_seconds / 60:.1f}, estimated {reserve.estimate / 60:.1f} when the search ended)")
         say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: replaying trial {chosen}"
             + (f" with augmentation {augment}" if augment else ""))
         # The replay trains on the whole training split (as the paper did) unless --replay-subset asks for a
@@ -139,7 +151,8 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
         rows.append(SweepRow(budget=budget, study=summary.study, trial=result.trial, search_trials=summary.trials,
                              search_seconds=search_span(search, summary.study), replay=_compact(result.metrics),
                              finalists=finalists, finalist_seconds=finalist_seconds,
-                             finalist_augments=sorted(config.finalist_augments)))
+                             finalist_augments=sorted(config.finalist_augments),
+                             finalist_estimate=round(reserve.estimate, 1) if reserve is not None else None))
         path = write_found(rows[-1], search, config.out / "found")
         say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: test accuracy "
             f"{percent(result.metrics['test_accuracy'])}; config {path}")
@@ -153,6 +166,73 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
     return SweepResult(family, dataset, rows, markdown, html)
 
 
+class FinalistReserve:
+    """Ends a budget's search early enough that its finalists fit the budget's time with it.
+
+    Why: the finalists' full-length runs are part of choosing a budget's winner (often a third of
+    it), so a user who gives each budget 40 minutes means search and finalists together. Optuna's
+    timeout only stops *starting* trials, and knows nothing of what comes after the search. So
+    after each trial this asks: would the time left still hold one more trial and then the
+    finalists? If not, the search ends there (``study.stop``), and the sweep goes on to them.
+
+    The estimates come from what the search measured. A finalist run trains a trial's model for
+    ``epochs`` epochs on ``scale`` times as many images as the search's epochs did, and each of
+    those took the mean of the trial's ``epoch_seconds``, validation included (the finalists
+    validate on as many images per training image), so it costs about ``mean * scale * epochs``.
+    The finalists are the ``count`` trials the ranking would take were the search to end now, each
+    run once per augmentation. One more trial is the median time of the trials trained to the end
+    (a trial that starts runs until it is stopped, and the one to plan for is one that is not).
+    """
+
+    def __init__(self, limit: float, count: int, epochs: int | None, runs_per_trial: int, scale: float,
+                 say: Progress = lambda _m: None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.count, self.epochs, self.runs_per_trial = limit, count, epochs, runs_per_trial
+        self.scale, self.say, self.clock = scale, say, clock
+        self.started = clock()
+        self.estimate = 0.0  # the finalists' seconds, as estimated after the latest trial
+
+    def finalist_seconds(self, study: Any) -> float:
+        """Estimated seconds of the finalists' runs if the search ended now (0 before a trial is trained)."""
+        from budgetnas.records import recipe_of
+
+        total = 0.0
+        for trial in ranked_trials(study)[:self.count]:
+            seconds = trial.user_attrs.get("epoch_seconds") or []
+            if seconds:
+                epochs = self.epochs or recipe_of(trial).epochs
+                total += sum(seconds) / len(seconds) * self.scale * epochs * self.runs_per_trial
+        return total
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        import statistics
+
+        from budgetnas.replay import trained_trials
+
+        self.estimate = self.finalist_seconds(study)
+        durations = [t.duration.total_seconds() for t in trained_trials(study) if t.duration is not None]
+        another = statistics.median(durations) if durations else 0.0
+        left = self.limit - (self.clock() - self.started)
+        if left < another + self.estimate:
+            self.say(f"ending the search with {left / 60:.1f} minutes left: the finalists need about "
+                     f"{self.estimate / 60:.1f} and a trial trained to the end takes about {another / 60:.1f}")
+            study.stop()
+
+
+def finalist_reserve(config: SweepConfig, search: SearchConfig, say: Progress) -> FinalistReserve | None:
+    """The :class:`FinalistReserve` of one budget's search, or None when the time is the search's alone."""
+    if not config.finalists_within_timeout or not (config.finalists > 1 or config.finalist_augments):
+        return None
+    from budgetnas.data import load_dataset
+
+    def images(subset: int | None) -> int:  # training images of a run on this slice (exact: the split is made)
+        return len(load_dataset(search.dataset, search.data_root, subset=subset, seed=search.settings().split_seed,
+                                validation=search.validation).train)
+
+    scale = images(config.replay_subset) / images(search.subset)
+    return FinalistReserve(float(config.budget_timeout or 0), config.finalists, config.replay_epochs,
+                           max(1, len(config.finalist_augments)), scale, say)
+
+
 def search_span(search: SearchConfig, study_name: str) -> float:
     """Seconds from the study's first trial start to its last trial end: the search's wall time
     over all the runs that made it (this run alone may have added nothing when it resumed)."""
@@ -162,6 +242,16 @@ def search_span(search: SearchConfig, study_name: str) -> float:
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+
+
+def ranked_trials(study: Any) -> list[Any]:
+    """The study's trained trials, most accurate on validation first (the smaller on a tie): the order
+    the finalists are taken in."""
+    from budgetnas.records import settings_of
+    from budgetnas.replay import trained_trials, val_accuracy_of
+
+    settings = settings_of(study)
+    return sorted(trained_trials(study), key=lambda t: (-val_accuracy_of(t, settings), t.user_attrs.get("params", 0)))
 
 
 def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: int | None,
@@ -179,13 +269,13 @@ def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: in
     """
     from budgetnas.data import load_dataset
     from budgetnas.records import recipe_of, settings_of, spec_of
-    from budgetnas.replay import trained_trials, val_accuracy_of
+    from budgetnas.replay import val_accuracy_of
     from budgetnas.runs import train_run
     from budgetnas.studyio import load_existing_study
 
     study, _url = load_existing_study(search.storage_url, study_name)
     settings = settings_of(study)
-    top = sorted(trained_trials(study), key=lambda t: (-val_accuracy_of(t, settings), t.user_attrs.get("params", 0)))
+    top = ranked_trials(study)
     # no test split: the choice is made on validation accuracy alone
     data = load_dataset(settings.dataset, search.data_root, subset=subset, seed=settings.split_seed,
                         validation=settings.validation)
@@ -233,6 +323,8 @@ def found_config(row: SweepRow, search: SearchConfig) -> "RunConfig":
               "finalists": len({f["trial"] for f in row.finalists}) or 1}
     if row.finalists:
         result["finalist_seconds"] = round(row.finalist_seconds, 1)
+    if row.finalist_estimate is not None:
+        result["finalist_estimate"] = row.finalist_estimate
     if row.finalist_augments:  # augmentation chosen at full length, among these
         result["finalist_augments"] = list(row.finalist_augments)
     name = f"{get_family(search.family).name}-{format_budget(row.budget)}"  # a plug-in's name, not its module path

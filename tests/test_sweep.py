@@ -71,9 +71,14 @@ def test_finalists_choose_the_augmentation_at_full_length(cli, tiny_npz, tmp_pat
     storage = f"sqlite:///{tmp_path / 'aug.db'}"
     proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}", "--trials", "2",
                "--epochs", "1", "--replay-epochs", "2", "--storage", storage, "--out", tmp_path / "out", "--json",
-               "--finalists", "1", "--finalist-augments", "none,shift", "--subset", "400")
+               "--finalists", "1", "--finalist-augments", "none,shift", "--subset", "400",
+               "--budget-timeout", "30m", "--finalists-within-timeout")
     assert proc.returncode == 0, proc.stderr
     row = json.loads(proc.stdout)["rows"][0]
+    # --finalists-within-timeout: the finalists' time was estimated from the search's epochs (2 trials
+    # ended it long before 30 minutes, so the estimate only informs), and the sweep says how it went
+    assert row["finalist_estimate"] > 0
+    assert "search and finalists took" in proc.stderr and "of 30 minutes" in proc.stderr
     assert sorted(f["augment"] for f in row["finalists"]) == ["none", "shift"]
     assert len({f["trial"] for f in row["finalists"]}) == 1 and row["trial"] == row["finalists"][0]["trial"]
     assert [f["val"] for f in row["finalists"]] == sorted((f["val"] for f in row["finalists"]), reverse=True)
@@ -84,12 +89,68 @@ def test_finalists_choose_the_augmentation_at_full_length(cli, tiny_npz, tmp_pat
     assert found.recipe.augment == row["finalists"][0]["augment"]
     assert found.result["finalist_augments"] == ["none", "shift"] and found.result["finalists"] == 1
     assert found.result["finalist_seconds"] > 0  # the finalists' runs are part of what the search cost
+    assert found.result["finalist_estimate"] == row["finalist_estimate"]
 
 
 def test_sweep_rejects_unknown_finalist_augments(cli, tiny_npz):
     proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}",
                "--finalist-augments", "none,rotate")
     assert_one_line_error(proc, 2, "--finalist-augments")
+
+
+def test_finalists_within_timeout_needs_a_budget_timeout(cli, tiny_npz):
+    proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}",
+               "--finalist-augments", "none,flip", "--finalists-within-timeout")
+    assert_one_line_error(proc, 2, "--budget-timeout")
+
+
+def test_finalist_reserve_estimates_the_finalists_from_the_measured_epochs(tiny_npz, tmp_path):
+    # A real study of trained tiny CNNs: the estimate is the top trials' mean measured epoch, scaled by
+    # the finalists' images and epochs, once per augmentation.
+    from budgetnas.records import settings_of
+    from budgetnas.replay import trained_trials, val_accuracy_of
+    from budgetnas.sweep import FinalistReserve
+    from studyfactory import make_study
+
+    made = make_study(tmp_path, tiny_npz, with_failed=False)
+    study = optuna.load_study(study_name=made.name, storage=made.url)
+    settings = settings_of(study)
+    ranked = sorted(trained_trials(study), key=lambda t: -val_accuracy_of(t, settings))
+    mean = [sum(t.user_attrs["epoch_seconds"]) / len(t.user_attrs["epoch_seconds"]) for t in ranked]
+    assert all(m > 0 for m in mean)
+    one = FinalistReserve(600.0, count=1, epochs=20, runs_per_trial=2, scale=3.0)
+    assert one.finalist_seconds(study) == pytest.approx(mean[0] * 3.0 * 20 * 2)
+    two = FinalistReserve(600.0, count=2, epochs=None, runs_per_trial=1, scale=1.5)  # None: the trials' own epochs
+    assert two.finalist_seconds(study) == pytest.approx((mean[0] + mean[1]) * 1.5 * 2)
+
+
+def test_finalist_reserve_ends_the_search_when_the_time_left_would_not_hold_the_finalists(tiny_npz, tmp_path):
+    from budgetnas.replay import trained_trials
+    from budgetnas.sweep import FinalistReserve
+    from studyfactory import make_study
+
+    made = make_study(tmp_path, tiny_npz, with_failed=False)
+    study = optuna.load_study(study_name=made.name, storage=made.url)
+    before = len(study.trials)
+    durations = sorted(t.duration.total_seconds() for t in trained_trials(study))
+    now = [0.0]
+    said: list[str] = []
+    reserve = FinalistReserve(1000.0, count=1, epochs=20, runs_per_trial=1, scale=1.0, say=said.append,
+                              clock=lambda: now[0])
+    need = reserve.finalist_seconds(study) + durations[len(durations) // 2]  # the finalist + one median trial
+
+    def objective(trial):  # stands in for a trial that was stopped early: it adds no trained trial
+        now[0] += 1.0
+        raise optuna.TrialPruned()
+
+    # plenty of time left: the search runs every trial it was asked for
+    study.optimize(objective, n_trials=3, callbacks=[reserve])
+    assert len(study.trials) == before + 3 and not said
+    # less time left than the finalist and one more trial need: it ends after the next trial
+    now[0] = 1000.0 - need
+    study.optimize(objective, n_trials=3, callbacks=[reserve])
+    assert len(study.trials) == before + 4
+    assert said and "ending the search" in said[0]
 
 
 def test_sweep_rejects_bad_budget_lists(cli, tiny_npz):

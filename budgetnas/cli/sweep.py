@@ -10,7 +10,9 @@ from budgetnas.cli._common import parse_duration, print_json, progress
 HELP = "search several budgets (one study each), replay each best trial, and report accuracy vs budget"
 EXAMPLES = """examples:
   budgetnas sweep --family cnn --budgets 10k,20k,50k,100k,200k --trials 30 --epochs 3 --budget-timeout 45m
-  budgetnas sweep --family fcn --budgets 50k,100k,200k --replay-epochs 20 --out runs/sweep-fcn"""
+  budgetnas sweep --family fcn --budgets 50k,100k,200k --replay-epochs 20 --out runs/sweep-fcn
+  budgetnas sweep --family cnn --budgets 50k --budget-timeout 40m --finalist-augments none,flip \
+      --finalists-within-timeout       # 40 minutes for search and finalists together"""
 
 
 def register(subparsers: Any) -> None:
@@ -21,6 +23,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--budgets", required=True, metavar="LIST", help="comma-separated budgets, e.g. 10k,20k,50k")
     parser.add_argument("--budget-timeout", default=None, metavar="DURATION",
                         help="wall-clock search time per budget: 90s, 30m, 2h")
+    parser.add_argument("--finalists-within-timeout", action="store_true",
+                        help="count the finalists' full-length runs in --budget-timeout: each search ends early "
+                             "enough to leave them their time, estimated from the epochs it measured")
     parser.add_argument("--replay-epochs", type=int, default=20, metavar="E",
                         help="epochs of each best trial's replay (default 20, the paper's)")
     parser.add_argument("--replay-subset", type=int, default=None, metavar="N",
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                          budget_timeout=parse_duration(args.budget_timeout) if args.budget_timeout else None,
                          replay_epochs=args.replay_epochs, finalists=args.finalists,
                          finalist_augments=parse_augments(args.finalist_augments) if args.finalist_augments else (),
-                         replay_subset=args.replay_subset,
+                         finalists_within_timeout=args.finalists_within_timeout, replay_subset=args.replay_subset,
                          out=Path(args.out) if args.out else Path("runs") / f"sweep-{template.family}")
     result = run_sweep(config, progress=progress)
     if args.json:

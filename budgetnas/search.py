@@ -40,10 +40,10 @@ from budgetnas.errors import DataError, FieldError, RunFailure, UsageError
 from budgetnas.families import check_choices, family_key, get_family
 from budgetnas.fmt import percent
 from budgetnas.limits import check_search_edges, check_threads
-from budgetnas.recipe import as_field_error
 from budgetnas.objective import Objective
 from budgetnas.progress import Monitor, as_monitor, clock
 from budgetnas.proxies import ProxyScreen, check_screen
+from budgetnas.recipe import as_field_error
 from budgetnas.stopping import make_pruner, resolve_pruner
 from budgetnas.storage import normalise_url, open_storage, redact
 from budgetnas.study import create_or_load, default_study_name, parse_objectives
@@ -87,7 +87,7 @@ class SearchConfig:
     threads: int | None = None  # CPU threads for training (torch.set_num_threads); None = torch's default
     proxy: str | None = None  # zero-cost proxy scored (and recorded) per candidate before training (proxies.py)
     proxy_screen: float = 0.0  # reject candidates whose proxy is below this quantile of earlier ones (0 = record only)
-    transfer_from: tuple[str, ...] = ()  # "auto", storage URLs or found configs: start from re-fitted winners (transfer.py)
+    transfer_from: tuple[str, ...] = ()  # "auto", storage URLs or found configs: re-fitted winners (transfer.py)
     worker: int = 0  # index among --workers N processes; offsets the sampler seed so workers differ (workers.py)
 
     def __post_init__(self) -> None:

@@ -16,13 +16,16 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from budgetnas.budget import format_budget
-from budgetnas.errors import UsageError
 from budgetnas.datasets import reference_models
+from budgetnas.errors import UsageError
 from budgetnas.fmt import percent, plural
 from budgetnas.search import SearchConfig, run_search
+
+if TYPE_CHECKING:  # found_config imports it when called, as it does the trainer
+    from budgetnas.config import RunConfig
 
 Progress = Callable[[str], None]
 
@@ -190,6 +193,7 @@ class FinalistReserve:
         self.scale, self.say, self.clock = scale, say, clock
         self.started = clock()
         self.estimate = 0.0  # the finalists' seconds, as estimated after the latest trial
+        self._told = 0.0  # the estimate last told the user (the search's own ETA counts to budget_timeout)
 
     def finalist_seconds(self, study: Any) -> float:
         """Estimated seconds of the finalists' runs if the search ended now (0 before a trial is trained)."""
@@ -212,6 +216,10 @@ class FinalistReserve:
         durations = [t.duration.total_seconds() for t in trained_trials(study) if t.duration is not None]
         another = statistics.median(durations) if durations else 0.0
         left = self.limit - (self.clock() - self.started)
+        if self.estimate and abs(self.estimate - self._told) > 0.1 * self._told:
+            self._told = self.estimate
+            self.say(f"finalists' time reserved: about {self.estimate / 60:.1f} minutes, so the search ends in about "
+                     f"{max(left - self.estimate, 0.0) / 60:.1f}")
         if left < another + self.estimate:
             self.say(f"ending the search with {left / 60:.1f} minutes left: the finalists need about "
                      f"{self.estimate / 60:.1f} and a trial trained to the end takes about {another / 60:.1f}")
@@ -300,7 +308,7 @@ def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: in
     return sorted(ranked, key=lambda r: (-r["val"], r["params"]))
 
 
-def found_config(row: SweepRow, search: SearchConfig) -> "RunConfig":
+def found_config(row: SweepRow, search: SearchConfig) -> RunConfig:
     """The run config of one budget's replayed winner: what to train, and how it was found."""
     from budgetnas.config import RunConfig
     from budgetnas.spec import spec_from_dict

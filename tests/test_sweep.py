@@ -79,6 +79,7 @@ def test_finalists_choose_the_augmentation_at_full_length(cli, tiny_npz, tmp_pat
     # ended it long before 30 minutes, so the estimate only informs), and the sweep says how it went
     assert row["finalist_estimate"] > 0
     assert "search and finalists took" in proc.stderr and "of 30 minutes" in proc.stderr
+    assert "finalists' time reserved: about" in proc.stderr  # the search's ETA runs to --budget-timeout
     assert sorted(f["augment"] for f in row["finalists"]) == ["none", "shift"]
     assert len({f["trial"] for f in row["finalists"]}) == 1 and row["trial"] == row["finalists"][0]["trial"]
     assert [f["val"] for f in row["finalists"]] == sorted((f["val"] for f in row["finalists"]), reverse=True)
@@ -145,12 +146,13 @@ def test_finalist_reserve_ends_the_search_when_the_time_left_would_not_hold_the_
 
     # plenty of time left: the search runs every trial it was asked for
     study.optimize(objective, n_trials=3, callbacks=[reserve])
-    assert len(study.trials) == before + 3 and not said
+    assert len(study.trials) == before + 3
+    assert len(said) == 1 and said[0].startswith("finalists' time reserved: about")  # told once: it did not change
     # less time left than the finalist and one more trial need: it ends after the next trial
     now[0] = 1000.0 - need
     study.optimize(objective, n_trials=3, callbacks=[reserve])
     assert len(study.trials) == before + 4
-    assert said and "ending the search" in said[0]
+    assert len(said) == 2 and said[1].startswith("ending the search with")
 
 
 def test_sweep_rejects_bad_budget_lists(cli, tiny_npz):

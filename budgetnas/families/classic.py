@@ -107,10 +107,10 @@ class CNNFamily(_Classic):
         return pool_choices(spec, input_shape)  # the space asks a block's pool only of small maps
 
     def with_batch_norm(self, spec: CNNSpec) -> CNNSpec:
-        return replace(spec, conv=tuple(replace(b, batch_norm=True) for b in spec.conv), fc_batch_norm=True)
+        return replace(_conv_batch_norm(spec), fc_batch_norm=True)
 
     def nearest_in_space(self, spec: CNNSpec) -> CNNSpec:
-        return replace(spec, conv=tuple(replace(b, batch_norm=True) for b in spec.conv))  # space version 3
+        return _conv_batch_norm(spec)  # space version 3 normalises every conv block
 
     def activations(self, spec: CNNSpec, input_shape: Shape) -> tuple[int, int]:
         saved = largest = 0
@@ -176,3 +176,8 @@ class FCNFamily(_Classic):
 
     def readable_attrs(self, spec: FCNSpec) -> dict[str, Any]:
         return {"fc_widths": list(spec.hidden)}
+
+
+def _conv_batch_norm(spec: CNNSpec) -> CNNSpec:
+    """``spec`` with every conv block batch-normalised (its fully connected layers as they are)."""
+    return replace(spec, conv=tuple(replace(b, batch_norm=True) for b in spec.conv))

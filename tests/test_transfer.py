@@ -72,15 +72,22 @@ def test_a_winner_of_the_older_space_gets_conv_batch_norm_and_keeps_the_rest_of_
     from budgetnas.errors import UsageError
     from budgetnas.space import params_of
 
-    run = resolve_config(str(REPO / "studies" / "found" / "searched" / "cnn-20k.toml"))
-    assert not any(b.batch_norm for b in run.spec.conv)  # a version-2 winner
+    from budgetnas.spec import spec_from_dict
+
+    # the searched 20K winner shipped until session 18 (cnn space version 2: no conv batch norm)
+    block = {"padding": None, "batch_norm": False}
+    v2 = spec_from_dict({"family": "cnn", "conv": [{**block, "out_channels": 5, "kernel_size": 5, "pool": 2},
+                                                   {**block, "out_channels": 31, "kernel_size": 5, "pool": 2},
+                                                   {**block, "out_channels": 7, "kernel_size": 7, "pool": 0}],
+                         "fc": [], "head": "flatten", "fc_batch_norm": True, "dropout": 0.2,
+                         "activation": "silu", "init": "default"})
+    assert count_params(v2, (1, 28, 28), 10) == 18_116  # the config's own count
     with pytest.raises(UsageError, match="batch-normalises every conv block"):  # --enqueue stays exact: refused
-        params_of(run.spec, None, 20_000, (1, 28, 28), 10)
-    source = Source(ref="v2", spec=run.spec, recipe=run.recipe, budget=run.result["budget"])
+        params_of(v2, None, 20_000, (1, 28, 28), 10)
+    source = Source(ref="v2", spec=v2, recipe=None, budget=20_000)
     values = refit(source, 50_000, (1, 28, 28), 10)
     fitted = sample_spec(FixedTrial(values), "cnn", 50_000, (1, 28, 28), 10, "fit")
-    normalised = dataclasses.replace(run.spec, conv=tuple(dataclasses.replace(b, batch_norm=True)
-                                                          for b in run.spec.conv))
+    normalised = dataclasses.replace(v2, conv=tuple(dataclasses.replace(b, batch_norm=True) for b in v2.conv))
     assert _shape(fitted.to_dict()) == _shape(normalised.to_dict())
     assert all(b.batch_norm for b in fitted.conv)
     assert values["fill"] == pytest.approx((count_params(normalised, (1, 28, 28), 10) + 0.5) / 20_000)

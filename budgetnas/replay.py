@@ -16,6 +16,15 @@ and records its metrics in the study as user attribute ``replay:<trial number>``
 
     result = replay(storage="sqlite:///budgetnas.db", trial="best", epochs=20)
     result.metrics["test_accuracy"]
+
+One run's test accuracy carries a few tenths of a point of luck at these model sizes (the seed
+picks the initial weights, the batch order and the augmentation; the validation split is the
+study's, the same for every seed), so a claim about a model should rest on more than one
+seed: :func:`replay_seeds` replays the same trial once per seed and reports every run and the
+mean.
+
+    runs = replay_seeds(storage="sqlite:///budgetnas.db", seeds=[0, 1], epochs=20, subset=None)
+    runs.summary()["mean_test_accuracy"]
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from typing import Any, Callable, Sequence
 from budgetnas.errors import StorageError, UsageError
 from budgetnas.fmt import percent, plural
 from budgetnas.records import StudySettings, recipe_of, replay_key, settings_of, spec_of
-from budgetnas.runs import TrainedRun, write_json
+from budgetnas.runs import TrainedRun, check_seeds, seed_summary, write_json
 
 ProgressFn = Callable[[str], None]
 
@@ -163,6 +172,63 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
     if record:
         loaded.set_user_attr(replay_key(choice.trial.number), _recorded(result))
     return result
+
+
+@dataclass
+class SeedReplays:
+    """One trial replayed once per seed (:func:`replay_seeds`): every run and their mean."""
+
+    study: str
+    trial: int
+    reason: str
+    out: Path
+    results: list[ReplayResult]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(r.metrics["seed"]) for r in self.results]
+
+    def summary(self) -> dict[str, Any]:
+        """Each seed's validation and test accuracy and their means (:func:`budgetnas.runs.seed_summary`)."""
+        return seed_summary([r.metrics for r in self.results])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.study, "trial": self.trial, "reason": self.reason, "out": str(self.out),
+                **self.summary(), "runs": [r.to_dict() for r in self.results]}
+
+
+def replay_seeds(storage: str | None = None, study: str | None = None, trial: str | int = "best", *,
+                 seeds: Sequence[int], out: str | Path | None = None, record: bool = True,
+                 progress: ProgressFn | None = None, **options: Any) -> SeedReplays:
+    """Replay trial ``trial`` once per seed in ``seeds``, each run into ``out/seed-S``.
+
+    ``options`` are :func:`replay`'s (epochs, augment, device, precision, data_root, subset,
+    images). The trial is chosen once, before the first run, so every seed trains the same one
+    even while a search is still adding trials. Each run is a whole replay (artifacts and
+    ``metrics.json``); the study's record of the trial (``replay:N``) holds the first seed's run
+    with every seed's figures and their means.
+    """
+    from budgetnas.studyio import load_existing_study, safe_name
+
+    seeds = check_seeds(seeds)
+    say = progress or (lambda _msg: None)
+    loaded, _url = load_existing_study(storage, study)
+    choice = choose_trial(loaded, trial)
+    number = choice.trial.number
+    if out is None:
+        out = Path("runs") / f"{safe_name(loaded.study_name)}-trial{number}"
+    out = Path(out).expanduser()
+    check_writable(out)
+    results = []
+    for i, seed in enumerate(seeds, start=1):
+        say(f"[seed {seed}, run {i}/{len(seeds)}]")
+        results.append(replay(storage, loaded.study_name, number, seed=seed, out=out / f"seed-{seed}",
+                              record=False, progress=progress, **options))
+    replays = SeedReplays(study=loaded.study_name, trial=number, reason=choice.reason, out=out.resolve(),
+                          results=results)
+    if record:
+        loaded.set_user_attr(replay_key(number), {**_recorded(results[0]), **replays.summary()})
+    return replays
 
 
 def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, precision: str,

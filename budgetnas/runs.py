@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 from budgetnas.counting import paper_batch_mult_adds
+from budgetnas.errors import FieldError
 from budgetnas.spec import spec_to_dict
 
 # The trainer's summary keys every run's metrics carry.
@@ -52,6 +53,36 @@ def train_run(spec: Any, recipe: Any, data: Any, *, dataset: str, subset: int | 
         "spec": spec_to_dict(spec), "recipe": recipe.to_dict(),
     }
     return TrainedRun(metrics=metrics, result=result)
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """``seeds`` (``--seeds``) as a list, refused before any training when empty, negative or repeated."""
+    seeds = list(seeds)
+    if not seeds:
+        raise FieldError("seeds must name at least one seed, e.g. 0,1", "seeds")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise FieldError(f"seeds must be non-negative integers, got {seed!r}", "seeds")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:  # the same seed twice trains the same model twice: a mean over it would overstate agreement
+        raise FieldError(f"seeds must differ, got {repeated[0]} more than once", "seeds")
+    return seeds
+
+
+def seed_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The metrics of one model's runs with several seeds as each seed's accuracies and their means.
+
+    Why: one run's test accuracy carries a few tenths of a point of luck at these model sizes (the
+    seed picks initial weights, batch order and augmentation), so ``replay --seeds`` and ``train
+    --seeds`` report, and the study records, every run beside the mean.
+    """
+    def mean(key: str) -> float:
+        return sum(float(m[key]) for m in runs) / len(runs)
+
+    return {"seeds": [{"seed": int(m["seed"]), "val_accuracy": m["val_accuracy"], "test_accuracy": m["test_accuracy"]}
+                      for m in runs],
+            "mean_val_accuracy": mean("val_accuracy"), "mean_test_accuracy": mean("test_accuracy"),
+            "mean_train_seconds": mean("train_seconds")}
 
 
 def save_weights(model: Any, path: Path) -> Path:

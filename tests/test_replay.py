@@ -14,10 +14,10 @@ from budgetnas import records
 from budgetnas.config import load_config
 from budgetnas.counting import count_params
 from budgetnas.data import load_dataset
-from budgetnas.errors import StorageError, UsageError
+from budgetnas.errors import FieldError, StorageError, UsageError
 from budgetnas.export import load_exported
 from budgetnas.featuremaps import prepare
-from budgetnas.replay import choose_trial, load_trained, replay, val_accuracy_of
+from budgetnas.replay import check_seeds, choose_trial, load_trained, replay, replay_seeds, val_accuracy_of
 from budgetnas.storage import open_storage
 from conftest import assert_one_line_error
 from studyfactory import TINY_CNNS, make_study
@@ -178,6 +178,43 @@ def test_cli_replay_json(made, cli, tmp_path):
     assert recorded["epochs"] == 1 and recorded["seed"] == 3
 
 
+def test_replay_seeds_trains_one_trial_once_per_seed_and_records_every_run_and_the_mean(made, tmp_path):
+    from budgetnas.report import write_report
+
+    study = made.copy_to(tmp_path / "db")
+    runs = replay_seeds(study.url, trial="best", seeds=[1, 0], epochs=1, device="cpu", precision="fp32",
+                        out=tmp_path / "out")
+    best = choose_trial(_study(made), "best").trial.number
+    assert runs.trial == best and "highest validation accuracy" in runs.reason  # chosen once, as "best"
+    assert runs.seeds == [1, 0] and [r.trial for r in runs.results] == [best, best]
+    for seed, result in zip((1, 0), runs.results):
+        assert result.metrics["seed"] == seed and result.metrics["epochs_run"] == 1
+        assert result.out == (tmp_path / "out" / f"seed-{seed}").resolve()
+        assert json.loads((result.out / "metrics.json").read_text())["seed"] == seed
+    tests = [r.metrics["test_accuracy"] for r in runs.results]
+    assert runs.summary()["mean_test_accuracy"] == pytest.approx(sum(tests) / 2)
+    # Another seed is other initial weights and another batch order: the two runs are not copies.
+    losses = [[e["train_loss"] for e in r.metrics["curve"]] for r in runs.results]
+    assert losses[0] != losses[1]
+    recorded = records.replays_of(_study(study))[best]
+    assert recorded["seed"] == 1 and recorded["test_accuracy"] == tests[0]  # the first seed's run ...
+    assert [r["seed"] for r in recorded["seeds"]] == [1, 0]  # ... with every seed's figures and the means
+    assert [r["test_accuracy"] for r in recorded["seeds"]] == tests
+    assert recorded["mean_test_accuracy"] == pytest.approx(sum(tests) / 2)
+    assert recorded["mean_val_accuracy"] == pytest.approx(sum(r.metrics["val_accuracy"] for r in runs.results) / 2)
+    assert json.loads(json.dumps(runs.to_dict()))["mean_test_accuracy"] == recorded["mean_test_accuracy"]
+    html = write_report(study.url, out=tmp_path / "report.html").read_text()
+    assert f"seed 1: {tests[0] * 100:.2f}%, seed 0: {tests[1] * 100:.2f}%; mean " in html
+
+
+@pytest.mark.parametrize("seeds, message", [([], "at least one seed"), ([0, -1], "non-negative"),
+                                            ([0, True], "non-negative"), ([2, 1, 2], "got 2 more than once")])
+def test_replay_seeds_are_refused_before_any_training(seeds, message):
+    with pytest.raises(FieldError, match=message) as caught:
+        check_seeds(seeds)
+    assert caught.value.fields == ("seeds",)
+
+
 def _main_error(capsys, *args: str) -> str:
     """Run the CLI in-process (real parser and dispatcher) and return its one error line."""
     from budgetnas.cli import main
@@ -198,6 +235,10 @@ def _main_error(capsys, *args: str) -> str:
     (["--subset", "many"], "--subset"),
     (["--images", "1,x"], "--images"),
     (["--out", "STUDYFILE/sub"], "cannot write to output folder"),
+    (["--seeds", "0,x"], "--seeds must be comma-separated non-negative integers"),
+    (["--seeds", "1,0,1"], "--seeds must differ, got 1 more than once"),
+    (["--seeds", ","], "--seeds must name at least one seed"),
+    (["--seed", "1", "--seeds", "0,1"], "--seed and --seeds cannot be used together"),
 ])
 def test_cli_replay_bad_input(made, capsys, args, contains):
     subst = {"REJECTED": str(made.rejected), "FAILED": str(made.failed), "STUDYFILE/sub": f"{made.db}/sub"}

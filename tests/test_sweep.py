@@ -127,7 +127,7 @@ def test_finalist_reserve_estimates_the_finalists_from_the_measured_epochs(tiny_
 
 def test_finalist_reserve_ends_the_search_when_the_time_left_would_not_hold_the_finalists(tiny_npz, tmp_path):
     from budgetnas.replay import trained_trials
-    from budgetnas.sweep import FinalistReserve
+    from budgetnas.sweep import FINALIST_MARGIN, FinalistReserve
     from studyfactory import make_study
 
     made = make_study(tmp_path, tiny_npz, with_failed=False)
@@ -138,7 +138,8 @@ def test_finalist_reserve_ends_the_search_when_the_time_left_would_not_hold_the_
     said: list[str] = []
     reserve = FinalistReserve(1000.0, count=1, epochs=20, runs_per_trial=1, scale=1.0, say=said.append,
                               clock=lambda: now[0])
-    need = reserve.finalist_seconds(study) + durations[len(durations) // 2]  # the finalist + one median trial
+    # the finalist with its margin, and one more trial as long as the longest trained to the end
+    need = reserve.finalist_seconds(study) * FINALIST_MARGIN + durations[-1]
 
     def objective(trial):  # stands in for a trial that was stopped early: it adds no trained trial
         now[0] += 1.0
@@ -148,10 +149,11 @@ def test_finalist_reserve_ends_the_search_when_the_time_left_would_not_hold_the_
     study.optimize(objective, n_trials=3, callbacks=[reserve])
     assert len(study.trials) == before + 3
     assert len(said) == 1 and said[0].startswith("finalists' time reserved: about")  # told once: it did not change
-    # less time left than the finalist and one more trial need: it ends after the next trial
-    now[0] = 1000.0 - need
+    # half a second more than the finalist and one more trial need after the next trial, half a second less
+    # after the one after it: it ends there
+    now[0] = 1000.0 - need - 1.5
     study.optimize(objective, n_trials=3, callbacks=[reserve])
-    assert len(study.trials) == before + 4
+    assert len(study.trials) == before + 5
     assert len(said) == 2 and said[1].startswith("ending the search with")
 
 

@@ -58,6 +58,32 @@ def test_train_bn_variant_on_a_subset(cli):
     assert f"tested on {doc['test_images']:,} test images" in proc.stderr  # not the whole test split: said
 
 
+@pytest.mark.slow
+def test_train_seeds_trains_once_per_seed_and_reports_the_mean(cli, tiny_npz, tmp_path):
+    out = tmp_path / "runs"
+    proc = cli("train", "cnn-10k", "--dataset", f"npz:{tiny_npz}", "--epochs", "1", "--seeds", "4,2",
+               "--device", "cpu", "--precision", "fp32", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [r["seed"] for r in doc["runs"]] == [4, 2] and [s["seed"] for s in doc["seeds"]] == [4, 2]
+    tests = [r["test_accuracy"] for r in doc["runs"]]
+    assert [s["test_accuracy"] for s in doc["seeds"]] == tests
+    assert doc["mean_test_accuracy"] == pytest.approx(sum(tests) / 2)
+    assert doc["mean_val_accuracy"] == pytest.approx(sum(r["val_accuracy"] for r in doc["runs"]) / 2)
+    assert doc["runs"][0]["curve"][0]["train_loss"] != doc["runs"][1]["curve"][0]["train_loss"]  # not copies
+    for seed, test in zip((4, 2), tests):  # each seed's artifacts in its own folder
+        saved = load_config(out / f"seed-{seed}" / "config.toml")
+        assert saved.recipe.seed == seed and saved.result["test_accuracy"] == test
+    assert "[seed 4, run 1/2]" in proc.stderr and "[seed 2, run 2/2]" in proc.stderr
+    # Without --json: one line per seed and the mean.
+    proc = cli("train", "cnn-10k", "--dataset", f"npz:{tiny_npz}", "--epochs", "1", "--seeds", "0,1",
+               "--device", "cpu", "--precision", "fp32")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("cnn-10k: conv ") and "val acc" in lines[1] and "test acc" in lines[1]
+    assert [line.split()[0] for line in lines[3:]] == ["0", "1", "mean"]
+
+
 def test_train_bad_input_is_one_line(cli, tmp_path):
     assert_one_line_error(cli("train", "cnn-10k", "--epochs", "0"), 2, "--epochs")
     assert_one_line_error(cli("train", "cnn-10k", "--subset", "5"), 2, "--subset")
@@ -65,6 +91,12 @@ def test_train_bad_input_is_one_line(cli, tmp_path):
     assert_one_line_error(cli("train", str(tmp_path / "none.toml")), 2, "does not exist")
     assert_one_line_error(cli("train", "cnn-10k", "--dataset", "imagenet"), 2, "unknown dataset")
     assert_one_line_error(cli("train", "cnn-10k", "--dataset", f"npz:{tmp_path / 'x.npz'}"), 2, "npz")
+    assert_one_line_error(cli("train", "cnn-10k", "--seeds", "0,0"), 2, "--seeds must differ")
+    assert_one_line_error(cli("train", "cnn-10k", "--seeds", "0,-1"), 2, "--seeds must be comma-separated")
+    assert_one_line_error(cli("train", "cnn-10k", "--seed", "1", "--seeds", "2,3"), 2, "--seed and --seeds")
+    (tmp_path / "file").write_text("")  # --out that cannot be a folder: refused before training, not after
+    assert_one_line_error(cli("train", "cnn-10k", "--out", str(tmp_path / "file" / "sub")), 2,
+                          "cannot write to output folder")
 
 
 def test_format_duration_uses_the_papers_style():

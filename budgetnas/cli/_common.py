@@ -38,6 +38,34 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout and nothing else")
 
 
+def add_seeds_option(parser: argparse.ArgumentParser, each_into: str) -> None:
+    parser.add_argument("--seeds", default=None, metavar="S,T,...",
+                        help=f"train once per seed ({each_into}) and report every run and the mean: one run's "
+                             "test accuracy carries a few tenths of a point of luck")
+
+
+def parse_seeds(text: str, seed: int | None) -> list[int]:
+    """``--seeds 0,1`` as a list (the library refuses empty, negative and repeated seeds)."""
+    if seed is not None:
+        raise UsageError("--seed and --seeds cannot be used together; give every seed to --seeds, e.g. --seeds 0,1")
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise UsageError(f"--seeds must be comma-separated non-negative integers, e.g. 0,1, got {text!r}")
+    return [int(part) for part in parts]
+
+
+def seed_table(runs: list[dict[str, Any]], summary: dict[str, Any], places: list[str]) -> str:
+    """Each seed's run (validation and test accuracy, training seconds, where it went) and the mean."""
+    from budgetnas import tables
+    from budgetnas.fmt import percent
+
+    rows = [[str(m["seed"]), percent(m["val_accuracy"]), percent(m["test_accuracy"]), f"{m['train_seconds']:.1f}",
+             place] for m, place in zip(runs, places)]
+    rows.append(["mean", percent(summary["mean_val_accuracy"]), percent(summary["mean_test_accuracy"]),
+                 f"{summary['mean_train_seconds']:.1f}", ""])
+    return tables.text(["seed", "val acc", "test acc", "train s", "artifacts"], rows)
+
+
 def parse_duration(text: str) -> float:
     """'90' / '90s' / '30m' / '2h' -> seconds."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text), re.ASCII)  # ASCII digits, as budgets

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from budgetnas.cli._common import add_device_options, add_json_option, add_storage_option, set_examples
+from budgetnas.cli._common import (add_device_options, add_json_option, add_seeds_option, add_storage_option,
+                                   set_examples)
 from budgetnas.recipe import AUGMENTS
 
 HELP = "retrain the best (or a chosen) trial of a study and report its test accuracy"
@@ -17,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     set_examples(parser,
                  'budgetnas replay --trial best --epochs 20 --out runs/best',
                  'budgetnas replay --storage sqlite:///budgetnas.db --study cnn-100k-fashion-mnist --trial 16 --json',
-                 'budgetnas replay --subset full --device cuda --precision fp32 --seed 1')
+                 'budgetnas replay --subset full --device cuda --precision fp32 --seed 1',
+                 'budgetnas replay --trial best --epochs 20 --subset full --seeds 0,1')
     add_storage_option(parser)
     parser.add_argument("--study", metavar="NAME", default=None,
                         help="study to read (default: the only study in the storage)")
@@ -26,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "parameters; the default) or a trial number")
     parser.add_argument("--epochs", type=int, default=None, metavar="E", help="override the trial's epochs")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="override the trial's seed")
+    add_seeds_option(parser, "each into --out/seed-S")
     parser.add_argument("--augment", default=None, choices=AUGMENTS,
                         help="override the trial's training-image augmentation")
     add_device_options(parser)
@@ -43,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from budgetnas.cli._common import print_json, progress
+    from budgetnas.cli._common import parse_seeds, print_json, progress
     from budgetnas.errors import UsageError
     from budgetnas.replay import parse_trial, replay
 
@@ -58,10 +61,12 @@ def run(args: argparse.Namespace) -> int:
             images = [int(part) for part in args.images.split(",") if part.strip()]
         except ValueError:
             raise UsageError(f"--images must be comma-separated test-image indices, got {args.images!r}") from None
-    result = replay(args.storage, args.study, parse_trial(args.trial), epochs=args.epochs, seed=args.seed,
-                    augment=args.augment, device=args.device, precision=args.precision, out=args.out,
-                    data_root=args.data_root, subset=subset, images=images, record=not args.no_record,
-                    progress=progress)
+    options = dict(epochs=args.epochs, augment=args.augment, device=args.device, precision=args.precision,
+                   out=args.out, data_root=args.data_root, subset=subset, images=images, record=not args.no_record,
+                   progress=progress)
+    if args.seeds is not None:
+        return _run_seeds(args, parse_seeds(args.seeds, args.seed), options)
+    result = replay(args.storage, args.study, parse_trial(args.trial), seed=args.seed, **options)
     if args.json:
         print_json(result.to_dict())
         return 0
@@ -78,4 +83,18 @@ def run(args: argparse.Namespace) -> int:
           f"{plural(m['epochs_run'], 'epoch')}")
     print(f"  lowest loss     {m['lowest_loss']:.4f} in epoch {m['lowest_loss_epoch']}")
     print(f"  artifacts       {result.out}")
+    return 0
+
+
+
+def _run_seeds(args: argparse.Namespace, seeds: list[int], options: dict) -> int:
+    from budgetnas.cli._common import print_json, seed_table
+    from budgetnas.replay import parse_trial, replay_seeds
+
+    runs = replay_seeds(args.storage, args.study, parse_trial(args.trial), seeds=seeds, **options)
+    if args.json:
+        print_json(runs.to_dict())
+        return 0
+    print(f"study {runs.study}, {runs.reason}")
+    print(seed_table([r.metrics for r in runs.results], runs.summary(), [str(r.out) for r in runs.results]))
     return 0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from budgetnas.cli._common import add_device_options, add_json_option, set_examples
+from budgetnas.cli._common import add_device_options, add_json_option, add_seeds_option, set_examples
 from budgetnas.datasets import DATASETS
 
 HELP = "train a config and print weights, test accuracy, time, mult-adds and lowest loss"
@@ -16,10 +17,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     set_examples(parser,
                  'budgetnas train cnn-10k',
                  'budgetnas train studies/paper/fcn-100k.toml --epochs 5 --out runs/fcn-100k',
-                 'budgetnas train runs/best/spec.toml --device cuda --json')
+                 'budgetnas train runs/best/spec.toml --device cuda --json',
+                 'budgetnas train studies/found/searched/cnn-50k.toml --seeds 0,1 --out runs/cnn-50k')
     parser.add_argument("config", metavar="CONFIG", help="CONFIG.toml, or a paper name (cnn-100k, fcn-100k+bn, ...)")
     add_epoch_options(parser)
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="override the recipe's seed")
+    add_seeds_option(parser, "each into --out/seed-S")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="write model.pt, metrics.json and config.toml (with the results) here")
     add_device_options(parser)
@@ -51,10 +54,17 @@ def check_epoch_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from budgetnas.cli._common import format_table, print_json, progress
+    from budgetnas.cli._common import format_table, parse_seeds, print_json, progress
+    from budgetnas.replay import check_writable
     from budgetnas.reproduce import PAPER_COLUMNS, override, paper_row, resolve_config, save_run, train_config
+    from budgetnas.runs import check_seeds
 
     check_epoch_options(args)
+    seeds = parse_seeds(args.seeds, args.seed) if args.seeds is not None else None
+    if seeds is not None:
+        check_seeds(seeds)
+    if args.out:
+        check_writable(Path(args.out))  # before training, not after
     config = override(resolve_config(args.config), epochs=args.epochs, seed=args.seed, dataset=args.dataset)
     from budgetnas.fmt import chance_hint, percent, plural
 
@@ -65,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         progress(f"  epoch {e.epoch}/{config.recipe.epochs}  loss {e.train_loss:.4f}  "
                  f"val acc {percent(e.val_accuracy)}  "
                  f"({e.seconds:.1f}s)")
+
+    if seeds is not None:
+        return _run_seeds(args, config, seeds, on_epoch)
 
     report = train_config(config, device=args.device, precision=args.precision, subset=args.subset,
                           data_root=args.data_root, on_epoch=on_epoch, threads=args.threads)
@@ -83,4 +96,27 @@ def run(args: argparse.Namespace) -> int:
         print_json({k: v for k, v in report.metrics.items() if k != "curve"} | {"curve": report.metrics["curve"]})
         return 0
     print(format_table([paper_row(report.metrics)], PAPER_COLUMNS))
+    return 0
+
+
+def _run_seeds(args: argparse.Namespace, config, seeds: list[int], on_epoch) -> int:
+    from budgetnas.cli._common import print_json, progress, seed_table
+    from budgetnas.reproduce import save_run, train_config_seeds
+    from budgetnas.runs import seed_summary
+
+    reports = train_config_seeds(config, seeds, device=args.device, precision=args.precision, subset=args.subset,
+                                 data_root=args.data_root, on_epoch=on_epoch, threads=args.threads,
+                                 on_seed=lambda i, seed: progress(f"[seed {seed}, run {i}/{len(seeds)}]"))
+    places = ["-"] * len(reports)
+    if args.out:
+        for i, report in enumerate(reports):
+            paths = save_run(report, Path(args.out) / f"seed-{report.metrics['seed']}")
+            report.metrics["artifacts"] = {k: str(v) for k, v in paths.items()}
+            places[i] = str(paths["config"].parent)
+    summary = seed_summary([r.metrics for r in reports])
+    if args.json:
+        print_json({"name": config.name, **summary, "runs": [r.metrics for r in reports]})
+        return 0
+    print(f"{config.name}: {config.spec.describe()}")
+    print(seed_table([r.metrics for r in reports], summary, places))
     return 0

@@ -86,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def _run_seeds(args: argparse.Namespace, seeds: list[int], options: dict) -> int:
     from budgetnas.cli._common import print_json, seed_table
     from budgetnas.replay import parse_trial, replay_seeds

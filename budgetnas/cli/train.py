@@ -57,12 +57,9 @@ def run(args: argparse.Namespace) -> int:
     from budgetnas.cli._common import format_table, parse_seeds, print_json, progress
     from budgetnas.replay import check_writable
     from budgetnas.reproduce import PAPER_COLUMNS, override, paper_row, resolve_config, save_run, train_config
-    from budgetnas.runs import check_seeds
 
     check_epoch_options(args)
-    seeds = parse_seeds(args.seeds, args.seed) if args.seeds is not None else None
-    if seeds is not None:
-        check_seeds(seeds)
+    seeds = parse_seeds(args.seeds, args.seed) if args.seeds is not None else None  # the library checks them
     if args.out:
         check_writable(Path(args.out))  # before training, not after
     config = override(resolve_config(args.config), epochs=args.epochs, seed=args.seed, dataset=args.dataset)

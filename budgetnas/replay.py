@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 from budgetnas.errors import StorageError, UsageError
 from budgetnas.fmt import percent, plural
 from budgetnas.records import StudySettings, recipe_of, replay_key, settings_of, spec_of
-from budgetnas.runs import TrainedRun, check_seeds, seed_summary, write_json
+from budgetnas.runs import TrainedRun, check_seeds, seed_heading, seed_summary, write_json
 
 ProgressFn = Callable[[str], None]
 
@@ -221,7 +221,7 @@ def replay_seeds(storage: str | None = None, study: str | None = None, trial: st
     check_writable(out)
     results = []
     for i, seed in enumerate(seeds, start=1):
-        say(f"[seed {seed}, run {i}/{len(seeds)}]")
+        say(seed_heading(i, seed, len(seeds)))
         results.append(replay(storage, loaded.study_name, number, seed=seed, out=out / f"seed-{seed}",
                               record=False, progress=progress, **options))
     replays = SeedReplays(study=loaded.study_name, trial=number, reason=choice.reason, out=out.resolve(),

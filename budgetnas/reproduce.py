@@ -161,23 +161,23 @@ def train_config(config: RunConfig, *, device: str = "auto", precision: str = "a
 def train_config_seeds(config: RunConfig, seeds: Sequence[int], *, device: str = "auto", precision: str = "auto",
                        subset: int | None = None, data_root: str | None = None,
                        on_epoch: Callable[[Any], None] | None = None, threads: int | None = None,
-                       on_seed: Callable[[int, int], None] | None = None) -> list[RunReport]:
+                       progress: Callable[[str], None] | None = None) -> list[RunReport]:
     """Train ``config`` once per seed in ``seeds`` (``train --seeds``), on one loaded dataset.
 
     The seed overrides the recipe's (initial weights, batch order, augmentation); the data split
-    is the same for every seed, so the runs differ only in their luck. ``on_seed(i, seed)`` is
-    called before run i (1-based). :func:`budgetnas.runs.seed_summary` turns the reports'
-    metrics into each seed's accuracies and their means.
+    is the same for every seed, so the runs differ only in their luck. ``progress`` hears which
+    seed each run trains before it starts. :func:`budgetnas.runs.seed_summary` turns the
+    reports' metrics into each seed's accuracies and their means.
     """
     from budgetnas.data import load_dataset
-    from budgetnas.runs import check_seeds
+    from budgetnas.runs import check_seeds, seed_heading
 
     seeds = check_seeds(seeds)
     data = load_dataset(config.dataset, data_root, with_test=True, subset=subset)
     reports = []
     for i, seed in enumerate(seeds, start=1):
-        if on_seed:
-            on_seed(i, seed)
+        if progress:
+            progress(seed_heading(i, seed, len(seeds)))
         reports.append(train_config(override(config, seed=seed), device=device, precision=precision, subset=subset,
                                     data=data, on_epoch=on_epoch, threads=threads))
     return reports

@@ -69,6 +69,11 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
     return seeds
 
 
+def seed_heading(i: int, seed: int, count: int) -> str:
+    """The progress line said before run ``i`` (1-based) of ``count``, one per seed."""
+    return f"[seed {seed}, run {i}/{count}]"
+
+
 def seed_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The metrics of one model's runs with several seeds as each seed's accuracies and their means.
 

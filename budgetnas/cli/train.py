@@ -103,7 +103,7 @@ def _run_seeds(args: argparse.Namespace, config, seeds: list[int], on_epoch) -> 
 
     reports = train_config_seeds(config, seeds, device=args.device, precision=args.precision, subset=args.subset,
                                  data_root=args.data_root, on_epoch=on_epoch, threads=args.threads,
-                                 on_seed=lambda i, seed: progress(f"[seed {seed}, run {i}/{len(seeds)}]"))
+                                 progress=progress)
     places = ["-"] * len(reports)
     if args.out:
         for i, report in enumerate(reports):

@@ -56,7 +56,7 @@ def check_epoch_options(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from budgetnas.cli._common import format_table, parse_seeds, print_json, progress
     from budgetnas.replay import check_writable
-    from budgetnas.reproduce import PAPER_COLUMNS, override, paper_row, resolve_config, save_run, train_config
+    from budgetnas.reproduce import PAPER_COLUMNS, override, paper_row, resolve_config, train_config
 
     check_epoch_options(args)
     seeds = parse_seeds(args.seeds, args.seed) if args.seeds is not None else None  # the library checks them
@@ -86,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
         progress(f"note: --subset {args.subset}: trained on a slice and tested on "
                  f"{report.metrics.get('test_images', 0):,} test images; not comparable to the paper or a replay")
     if args.out:
-        paths = save_run(report, args.out)
-        report.metrics["artifacts"] = {k: str(v) for k, v in paths.items()}
+        paths = _save(report, Path(args.out))
         progress(f"wrote {', '.join(str(p) for p in paths.values())}")
     if args.json:
         print_json({k: v for k, v in report.metrics.items() if k != "curve"} | {"curve": report.metrics["curve"]})
@@ -98,18 +97,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_seeds(args: argparse.Namespace, config, seeds: list[int], on_epoch) -> int:
     from budgetnas.cli._common import print_json, progress, seed_table
-    from budgetnas.reproduce import save_run, train_config_seeds
+    from budgetnas.reproduce import train_config_seeds
     from budgetnas.runs import seed_summary
 
     reports = train_config_seeds(config, seeds, device=args.device, precision=args.precision, subset=args.subset,
                                  data_root=args.data_root, on_epoch=on_epoch, threads=args.threads,
                                  progress=progress)
-    places = ["-"] * len(reports)
-    if args.out:
-        for i, report in enumerate(reports):
-            paths = save_run(report, Path(args.out) / f"seed-{report.metrics['seed']}")
-            report.metrics["artifacts"] = {k: str(v) for k, v in paths.items()}
-            places[i] = str(paths["config"].parent)
+    places = []
+    for report in reports:
+        out = Path(args.out) / f"seed-{report.metrics['seed']}" if args.out else None
+        places.append(str(_save(report, out)["config"].parent) if out else "-")
     summary = seed_summary([r.metrics for r in reports])
     if args.json:
         print_json({"name": config.name, **summary, "runs": [r.metrics for r in reports]})
@@ -117,3 +114,12 @@ def _run_seeds(args: argparse.Namespace, config, seeds: list[int], on_epoch) -> 
     print(f"{config.name}: {config.spec.describe()}")
     print(seed_table([r.metrics for r in reports], summary, places))
     return 0
+
+
+def _save(report, out: Path) -> dict[str, Path]:
+    """Write ``report``'s files to ``out`` and name them in its metrics (``artifacts``), as --json prints them."""
+    from budgetnas.reproduce import save_run
+
+    paths = save_run(report, out)
+    report.metrics["artifacts"] = {k: str(v) for k, v in paths.items()}
+    return paths

@@ -145,25 +145,45 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
     ``images`` are the test indices for feature maps (default: the first test image of each
     class). ``record`` stores the metrics in the study (``replay:<N>``).
     """
-    from budgetnas.studyio import load_existing_study, safe_name
+    from budgetnas.studyio import load_existing_study
 
     say = progress or (lambda _msg: None)
     loaded, _url = load_existing_study(storage, study)
-    settings = settings_of(loaded)
+    settings = settings_of(loaded)  # first: a study budgetnas did not make says so, not "no trials"
     choice = choose_trial(loaded, trial)
-    spec, stored = spec_of(choice.trial), recipe_of(choice.trial)
-    recipe = stored.with_changes(epochs=epochs, seed=seed, augment=augment)
+    out = _out_folder(loaded, choice, out)
+    subset = settings.subset if subset == "study" else subset
+    data = replay_data(settings, data_root, subset)
+    return _replay_trial(loaded, choice, data, subset, epochs=epochs, seed=seed, augment=augment, device=device,
+                         precision=precision, out=out, images=images, record=record, say=say)
+
+
+def _out_folder(loaded: Any, choice: Choice, out: str | Path | None) -> Path:
+    """``out``, or runs/STUDY-trialN; checked writable before any training, and absolute so that
+    metrics.json and the study record hold paths valid from any folder."""
+    from budgetnas.studyio import safe_name
+
     if out is None:
         out = Path("runs") / f"{safe_name(loaded.study_name)}-trial{choice.trial.number}"
     out = Path(out).expanduser()
     check_writable(out)
-    out = out.resolve()  # metrics.json and the study record absolute paths, valid from any folder
+    return out.resolve()
+
+
+def _replay_trial(loaded: Any, choice: Choice, data: Any, subset: int | None, *, out: Path, record: bool,
+                  say: ProgressFn, epochs: int | None = None, seed: int | None = None, augment: str | None = None,
+                  device: str = "auto", precision: str = "auto",
+                  images: Sequence[int] | None = None) -> ReplayResult:
+    """:func:`replay` once the study is loaded, the trial chosen and the data loaded (``replay_seeds``
+    loads them once for all its seeds)."""
+    settings = settings_of(loaded)
+    spec, stored = spec_of(choice.trial), recipe_of(choice.trial)
+    recipe = stored.with_changes(epochs=epochs, seed=seed, augment=augment)
     say(f"replaying {choice.reason}")
     say(f"  spec {spec.describe()}; {plural(recipe.epochs, 'epoch')}, seed {recipe.seed}"
         + (f", augmentation {recipe.augment} (the trial's: {stored.augment})" if augment else ""))
-    run = retrain(spec, recipe, settings, device=device, precision=precision, data_root=data_root,
-                  subset=settings.subset if subset == "study" else subset, out=out, images=images,
-                  name=f"{loaded.study_name}-trial{choice.trial.number}", progress=say)
+    run = retrain(spec, recipe, settings, data, device=device, precision=precision, subset=subset, out=out,
+                  images=images, name=f"{loaded.study_name}-trial{choice.trial.number}", progress=say)
     run.metrics.update(study=loaded.study_name, trial=choice.trial.number,
                        search_val_accuracy=val_accuracy_of(choice.trial, settings))
     result = ReplayResult(study=loaded.study_name, trial=choice.trial.number, reason=choice.reason, out=out,
@@ -208,36 +228,50 @@ def replay_seeds(storage: str | None = None, study: str | None = None, trial: st
     ``metrics.json``); the study's record of the trial (``replay:N``) holds the first seed's run
     with every seed's figures and their means.
     """
-    from budgetnas.studyio import load_existing_study, safe_name
+    from budgetnas.studyio import load_existing_study
 
     seeds = check_seeds(seeds)
     say = progress or (lambda _msg: None)
     loaded, _url = load_existing_study(storage, study)
+    settings = settings_of(loaded)
     choice = choose_trial(loaded, trial)
     number = choice.trial.number
-    if out is None:
-        out = Path("runs") / f"{safe_name(loaded.study_name)}-trial{number}"
-    out = Path(out).expanduser()
-    check_writable(out)
+    out = _out_folder(loaded, choice, out)
+    for seed in seeds:
+        check_writable(out / f"seed-{seed}")  # every seed's folder before the first run trains
+    subset = options.pop("subset", "study")
+    subset = settings.subset if subset == "study" else subset
+    data = replay_data(settings, options.pop("data_root", None), subset)  # once, for every seed
     results = []
     for i, seed in enumerate(seeds, start=1):
         say(seed_heading(i, seed, len(seeds)))
-        results.append(replay(storage, loaded.study_name, number, seed=seed, out=out / f"seed-{seed}",
-                              record=False, progress=progress, **options))
-    replays = SeedReplays(study=loaded.study_name, trial=number, reason=choice.reason, out=out.resolve(),
-                          results=results)
+        results.append(_replay_trial(loaded, choice, data, subset, seed=seed, out=out / f"seed-{seed}",
+                                     record=False, say=say, **options))
+    replays = SeedReplays(study=loaded.study_name, trial=number, reason=choice.reason, out=out, results=results)
     if record:
         loaded.set_user_attr(replay_key(number), {**_recorded(results[0]), **replays.summary()})
     return replays
 
 
-def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, precision: str,
-            data_root: Any, subset: int | None, out: Path, images: Sequence[int] | None, name: str,
+def replay_data(settings: StudySettings, data_root: Any, subset: int | None) -> Any:
+    """The study's dataset with its test split: the ``subset`` slice (None: all) to train on, and the
+    whole test split to test on, so that figures compare with the paper and other replays."""
+    from budgetnas.data import load_dataset
+
+    data = load_dataset(settings.dataset, data_root, with_test=True, subset=subset, seed=settings.split_seed,
+                        validation=settings.validation)
+    if subset is not None:
+        whole = load_dataset(settings.dataset, data_root, with_test=True, seed=settings.split_seed)
+        data = replace(data, test=whole.test)
+    return data
+
+
+def retrain(spec: Any, recipe: Any, settings: StudySettings, data: Any, *, device: str, precision: str,
+            subset: int | None, out: Path, images: Sequence[int] | None, name: str,
             progress: ProgressFn) -> TrainedRun:
-    """Train ``spec`` with ``recipe`` on the study's dataset (with test split) and write its artifacts
+    """Train ``spec`` with ``recipe`` on ``data`` (:func:`replay_data`) and write its artifacts
     (all but ``metrics.json``, whose path is ``artifacts["metrics"]``: the caller writes it once)."""
     from budgetnas.config import RunConfig, save_config
-    from budgetnas.data import load_dataset
     from budgetnas.export import export_model
     from budgetnas.onnxexport import export_onnx
     from budgetnas.featuremaps import render_feature_maps, save_feature_maps
@@ -245,12 +279,6 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, *, device: str, pre
     from budgetnas.families import family_of
     from budgetnas.runs import save_weights, train_run
 
-    data = load_dataset(settings.dataset, data_root, with_test=True, subset=subset, seed=settings.split_seed,
-                        validation=settings.validation)
-    if subset is not None:
-        # Train on the slice, but test on the whole test split: comparable with the paper and other replays.
-        whole = load_dataset(settings.dataset, data_root, with_test=True, seed=settings.split_seed)
-        data = replace(data, test=whole.test)
     progress(f"  data {settings.dataset}: {len(data.train)} train / {len(data.val)} val / "
              f"{len(data.require_test())} test images")
     bad = [i for i in images or () if not 0 <= i < len(data.require_test())]

@@ -178,15 +178,22 @@ def test_cli_replay_json(made, cli, tmp_path):
     assert recorded["epochs"] == 1 and recorded["seed"] == 3
 
 
-def test_replay_seeds_trains_one_trial_once_per_seed_and_records_every_run_and_the_mean(made, tmp_path):
+def test_replay_seeds_trains_one_trial_once_per_seed_and_records_every_run_and_the_mean(made, tmp_path,
+                                                                                        monkeypatch):
+    import budgetnas.data
     from budgetnas.report import write_report
 
     study = made.copy_to(tmp_path / "db")
+    loads = []
+    real_load = budgetnas.data.load_dataset
+    monkeypatch.setattr(budgetnas.data, "load_dataset", lambda *a, **k: loads.append(k) or real_load(*a, **k))
     runs = replay_seeds(study.url, trial="best", seeds=[1, 0], epochs=1, device="cpu", precision="fp32",
                         out=tmp_path / "out")
     best = choose_trial(_study(made), "best").trial.number
     assert runs.trial == best and "highest validation accuracy" in runs.reason  # chosen once, as "best"
     assert runs.seeds == [1, 0] and [r.trial for r in runs.results] == [best, best]
+    # The data is loaded once for both seeds: the study's slice, plus the whole test split when it has one.
+    assert len(loads) == (2 if records.settings_of(_study(made)).subset else 1)
     for seed, result in zip((1, 0), runs.results):
         assert result.metrics["seed"] == seed and result.metrics["epochs_run"] == 1
         assert result.out == (tmp_path / "out" / f"seed-{seed}").resolve()

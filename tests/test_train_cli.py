@@ -75,10 +75,12 @@ def test_train_seeds_trains_once_per_seed_and_reports_the_mean(cli, tiny_npz, tm
         saved = load_config(out / f"seed-{seed}" / "config.toml")
         assert saved.recipe.seed == seed and saved.result["test_accuracy"] == test
     assert "[seed 4, run 1/2]" in proc.stderr and "[seed 2, run 2/2]" in proc.stderr
-    # Without --json: one line per seed and the mean.
+    assert "note: --subset" not in proc.stderr  # the whole (tiny) test split was used
+    # Without --json: one line per seed and the mean; on a slice, the caveat a single run prints, once.
     proc = cli("train", "cnn-10k", "--dataset", f"npz:{tiny_npz}", "--epochs", "1", "--seeds", "0,1",
-               "--device", "cpu", "--precision", "fp32")
+               "--subset", "200", "--device", "cpu", "--precision", "fp32")
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("note: --subset 200: trained on a slice and tested on") == 1
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("cnn-10k: conv ") and "val acc" in lines[1] and "test acc" in lines[1]
     assert [line.split()[0] for line in lines[3:]] == ["0", "1", "mean"]

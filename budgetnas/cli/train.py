@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         check_writable(Path(args.out))  # before training, not after
     config = override(resolve_config(args.config), epochs=args.epochs, seed=args.seed, dataset=args.dataset)
-    from budgetnas.fmt import chance_hint, percent, plural
+    from budgetnas.fmt import percent, plural
 
     progress(f"training {config.name}: {config.spec.describe()} on {config.dataset}, "
              f"{plural(config.recipe.epochs, 'epoch')}")
@@ -78,13 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = train_config(config, device=args.device, precision=args.precision, subset=args.subset,
                           data_root=args.data_root, on_epoch=on_epoch, threads=args.threads)
-    hint = chance_hint(report.metrics["test_accuracy"], report.metrics.get("num_classes") or 10,
-                       report.metrics["epochs_run"])
-    if hint:
-        progress(f"hint: {hint}")
-    if args.subset:  # a slice of the test split too: say so, or its figure reads like a replay's (all test images)
-        progress(f"note: --subset {args.subset}: trained on a slice and tested on "
-                 f"{report.metrics.get('test_images', 0):,} test images; not comparable to the paper or a replay")
+    _caveats(report.metrics, args.subset)
     if args.out:
         paths = _save(report, Path(args.out))
         progress(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -108,12 +102,28 @@ def _run_seeds(args: argparse.Namespace, config, seeds: list[int], on_epoch) -> 
         out = Path(args.out) / f"seed-{report.metrics['seed']}" if args.out else None
         places.append(str(_save(report, out)["config"].parent) if out else "-")
     summary = seed_summary([r.metrics for r in reports])
+    # every seed trains on the same slice and tests on the same images: one caveat, on the mean
+    _caveats(reports[0].metrics | {"test_accuracy": summary["mean_test_accuracy"]}, args.subset)
     if args.json:
         print_json({"name": config.name, **summary, "runs": [r.metrics for r in reports]})
         return 0
     print(f"{config.name}: {config.spec.describe()}")
     print(seed_table([r.metrics for r in reports], summary, places))
     return 0
+
+
+def _caveats(metrics: dict, subset: int | None) -> None:
+    """Say when a test figure is near chance or comes from a slice of the test split (--subset), so that it is
+    not read like a replay's figure on all test images."""
+    from budgetnas.cli._common import progress
+    from budgetnas.fmt import chance_hint
+
+    hint = chance_hint(metrics["test_accuracy"], metrics.get("num_classes") or 10, metrics["epochs_run"])
+    if hint:
+        progress(f"hint: {hint}")
+    if subset:
+        progress(f"note: --subset {subset}: trained on a slice and tested on {metrics.get('test_images', 0):,} "
+                 "test images; not comparable to the paper or a replay")
 
 
 def _save(report, out: Path) -> dict[str, Path]:

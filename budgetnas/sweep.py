@@ -188,13 +188,18 @@ class FinalistReserve:
     validate on as many images per training image), so it costs about ``mean * scale * epochs``.
     The finalists are the ``count`` trials the ranking would take were the search to end now, each
     run once per augmentation. One more trial is the longest of the trials trained to the end (a
-    trial that starts runs until it is stopped, and the one to plan for is one that is not).
+    trial that starts runs until it is stopped, and the one to plan for is one that is not), and
+    that trial may join the finalists: so the reserve plans for the last of them to be replaced
+    by a trial as slow as the slowest trained so far (:meth:`planned_seconds`).
 
-    The limit is one the user holds us to, so both guesses are taken from the safe side. Round E of
+    The limit is one the user holds us to, so every guess is taken from the safe side. Round E of
     ``studies/found/RESULTS.md`` (100K) ended 0.7 minutes over 40 with the median trial (the last
     one took 102 s against a median of 86) and the bare estimate (9.0 minutes of finalists for
     8.5 estimated); over the ten 40-minute runs there, the finalists took from 0.97x to 1.09x their
-    estimate, hence :data:`FINALIST_MARGIN`.
+    estimate, hence :data:`FINALIST_MARGIN`. Round G (mbconv 20K) ended 1.2 minutes over 40 when
+    the reserve planned for the finalist of the moment only: its last trial, three times as slow
+    per epoch as the best before it, became the finalist with 16.6 minutes left against 20.3
+    needed. mbconv trials differ five-fold in time, which is why a newcomer is planned for.
     """
 
     def __init__(self, limit: float, count: int, epochs: int | None, runs_per_trial: int, scale: float,
@@ -205,17 +210,29 @@ class FinalistReserve:
         self.estimate = 0.0  # the finalists' seconds, as estimated after the latest trial
         self._told = 0.0  # the estimate last told the user (the search's own ETA counts to budget_timeout)
 
-    def finalist_seconds(self, study: Any) -> float:
-        """Estimated seconds of the finalists' runs if the search ended now (0 before a trial is trained)."""
+    def run_seconds(self, trial: Any) -> float:
+        """Estimated seconds of one trial's finalist runs (0 when it measured no epoch)."""
         from budgetnas.records import recipe_of
 
-        total = 0.0
-        for trial in ranked_trials(study)[:self.count]:
-            seconds = trial.user_attrs.get("epoch_seconds") or []
-            if seconds:
-                epochs = self.epochs or recipe_of(trial).epochs
-                total += sum(seconds) / len(seconds) * self.scale * epochs * self.runs_per_trial
-        return total
+        seconds = trial.user_attrs.get("epoch_seconds") or []
+        if not seconds:
+            return 0.0
+        epochs = self.epochs or recipe_of(trial).epochs
+        return sum(seconds) / len(seconds) * self.scale * epochs * self.runs_per_trial
+
+    def finalist_seconds(self, study: Any) -> float:
+        """Estimated seconds of the finalists' runs if the search ended now (0 before a trial is trained)."""
+        return sum(self.run_seconds(t) for t in ranked_trials(study)[:self.count])
+
+    def planned_seconds(self, study: Any) -> float:
+        """The finalists' seconds to reserve: today's finalists, or them with the last one replaced by a
+        trial as slow as the slowest trained so far, whichever is longer (the next trial may join them)."""
+        from budgetnas.replay import trained_trials
+
+        current = [self.run_seconds(t) for t in ranked_trials(study)[:self.count]]
+        slowest = max((self.run_seconds(t) for t in trained_trials(study)), default=0.0)
+        displaced = current[-1] if len(current) == self.count else 0.0
+        return max(sum(current), sum(current) - displaced + slowest)
 
     def __call__(self, study: Any, trial: Any) -> None:
         from budgetnas.replay import trained_trials
@@ -223,12 +240,14 @@ class FinalistReserve:
         self.estimate = self.finalist_seconds(study)
         durations = [t.duration.total_seconds() for t in trained_trials(study) if t.duration is not None]
         another = max(durations, default=0.0)
-        reserved = self.estimate * FINALIST_MARGIN
+        planned = self.planned_seconds(study)
+        reserved = planned * FINALIST_MARGIN
         left = self.limit - (self.clock() - self.started)
-        if self.estimate and abs(self.estimate - self._told) > 0.1 * self._told:
-            self._told = self.estimate
+        if planned and abs(planned - self._told) > 0.1 * self._told:
+            self._told = planned
             self.say(f"finalists' time reserved: about {reserved / 60:.1f} minutes (estimated "
-                     f"{self.estimate / 60:.1f}), so the search ends in about {max(left - reserved, 0.0) / 60:.1f}")
+                     f"{self.estimate / 60:.1f}, {planned / 60:.1f} should a trial as slow as the slowest so far "
+                     f"join them), so the search ends in about {max(left - another - reserved, 0.0) / 60:.1f}")
         if left < another + reserved:
             self.say(f"ending the search with {left / 60:.1f} minutes left: the finalists need about "
                      f"{reserved / 60:.1f} and a trial trained to the end takes up to {another / 60:.1f}")

@@ -138,8 +138,9 @@ def test_finalist_reserve_ends_the_search_when_the_time_left_would_not_hold_the_
     said: list[str] = []
     reserve = FinalistReserve(1000.0, count=1, epochs=20, runs_per_trial=1, scale=1.0, say=said.append,
                               clock=lambda: now[0])
-    # the finalist with its margin, and one more trial as long as the longest trained to the end
-    need = reserve.finalist_seconds(study) * FINALIST_MARGIN + durations[-1]
+    # the finalist (or a newcomer as slow as the slowest) with its margin, and one more trial as long as the
+    # longest trained to the end
+    need = reserve.planned_seconds(study) * FINALIST_MARGIN + durations[-1]
 
     def objective(trial):  # stands in for a trial that was stopped early: it adds no trained trial
         now[0] += 1.0
@@ -155,6 +156,43 @@ def test_finalist_reserve_ends_the_search_when_the_time_left_would_not_hold_the_
     study.optimize(objective, n_trials=3, callbacks=[reserve])
     assert len(study.trials) == before + 5
     assert len(said) == 2 and said[1].startswith("ending the search with")
+
+
+def test_finalist_reserve_plans_for_a_newcomer_as_slow_as_the_slowest_trial(tiny_npz, tmp_path):
+    # Round G (RESULTS.md): a late trial, three times as slow per epoch as the finalist of the moment,
+    # became the finalist and the run ended 1.2 minutes over its limit. The reserve now plans for the last
+    # finalist being replaced by a trial as slow as the slowest trained so far.
+    from budgetnas.replay import trained_trials
+    from budgetnas.sweep import FinalistReserve, ranked_trials
+    from studyfactory import make_study
+
+    made = make_study(tmp_path, tiny_npz, with_failed=False)
+    source = optuna.load_study(study_name=made.name, storage=made.url)
+    ranked = ranked_trials(source)
+    assert len(ranked) >= 3
+    # A copy of the study in which the least accurate trained trial is ten times as slow as any other.
+    slow = max(s for t in ranked for s in t.user_attrs["epoch_seconds"]) * 10
+    study = optuna.create_study(directions=source.directions)
+    for key, value in source.user_attrs.items():
+        study.set_user_attr(key, value)
+    for t in source.get_trials(deepcopy=True):
+        if t.number == ranked[-1].number:
+            t.user_attrs["epoch_seconds"] = [slow] * len(t.user_attrs["epoch_seconds"])
+        study.add_trial(t)
+    ranked = ranked_trials(study)
+    assert ranked[-1].user_attrs["epoch_seconds"][0] == slow  # still the last: speed does not rank
+
+    one = FinalistReserve(600.0, count=1, epochs=20, runs_per_trial=2, scale=3.0)
+    cost = [one.run_seconds(t) for t in ranked]
+    assert one.finalist_seconds(study) == pytest.approx(cost[0])  # today's finalist alone ...
+    assert one.planned_seconds(study) == pytest.approx(cost[-1])  # ... but planned for: the slowest
+    assert cost[-1] > cost[0] * 5
+    two = FinalistReserve(600.0, count=2, epochs=20, runs_per_trial=1, scale=1.0)
+    cost = [two.run_seconds(t) for t in ranked]
+    assert two.planned_seconds(study) == pytest.approx(cost[0] + cost[-1])  # the second finalist displaced
+    every = FinalistReserve(600.0, count=len(ranked) + 1, epochs=20, runs_per_trial=1, scale=1.0)
+    cost = [every.run_seconds(t) for t in trained_trials(study)]
+    assert every.planned_seconds(study) == pytest.approx(sum(cost) + max(cost))  # a free place: one more joins
 
 
 def test_sweep_rejects_bad_budget_lists(cli, tiny_npz):

@@ -152,10 +152,9 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
     settings = settings_of(loaded)  # first: a study budgetnas did not make says so, not "no trials"
     choice = choose_trial(loaded, trial)
     out = _out_folder(loaded, choice, out)
-    subset = settings.subset if subset == "study" else subset
-    data = replay_data(settings, data_root, subset)
-    return _replay_trial(loaded, choice, data, subset, epochs=epochs, seed=seed, augment=augment, device=device,
-                         precision=precision, out=out, images=images, record=record, say=say)
+    subset, data = replay_data(settings, data_root, subset)
+    return _replay_trial(loaded, settings, choice, data, subset, epochs=epochs, seed=seed, augment=augment,
+                         device=device, precision=precision, out=out, images=images, record=record, say=say)
 
 
 def _out_folder(loaded: Any, choice: Choice, out: str | Path | None) -> Path:
@@ -170,13 +169,12 @@ def _out_folder(loaded: Any, choice: Choice, out: str | Path | None) -> Path:
     return out.resolve()
 
 
-def _replay_trial(loaded: Any, choice: Choice, data: Any, subset: int | None, *, out: Path, record: bool,
-                  say: ProgressFn, epochs: int | None = None, seed: int | None = None, augment: str | None = None,
-                  device: str = "auto", precision: str = "auto",
+def _replay_trial(loaded: Any, settings: StudySettings, choice: Choice, data: Any, subset: int | None, *,
+                  out: Path, record: bool, say: ProgressFn, epochs: int | None = None, seed: int | None = None,
+                  augment: str | None = None, device: str = "auto", precision: str = "auto",
                   images: Sequence[int] | None = None) -> ReplayResult:
     """:func:`replay` once the study is loaded, the trial chosen and the data loaded (``replay_seeds``
     loads them once for all its seeds)."""
-    settings = settings_of(loaded)
     spec, stored = spec_of(choice.trial), recipe_of(choice.trial)
     recipe = stored.with_changes(epochs=epochs, seed=seed, augment=augment)
     say(f"replaying {choice.reason}")
@@ -239,13 +237,11 @@ def replay_seeds(storage: str | None = None, study: str | None = None, trial: st
     out = _out_folder(loaded, choice, out)
     for seed in seeds:
         check_writable(out / f"seed-{seed}")  # every seed's folder before the first run trains
-    subset = options.pop("subset", "study")
-    subset = settings.subset if subset == "study" else subset
-    data = replay_data(settings, options.pop("data_root", None), subset)  # once, for every seed
+    subset, data = replay_data(settings, options.pop("data_root", None), options.pop("subset", "study"))  # once
     results = []
     for i, seed in enumerate(seeds, start=1):
         say(seed_heading(i, seed, len(seeds)))
-        results.append(_replay_trial(loaded, choice, data, subset, seed=seed, out=out / f"seed-{seed}",
+        results.append(_replay_trial(loaded, settings, choice, data, subset, seed=seed, out=out / f"seed-{seed}",
                                      record=False, say=say, **options))
     replays = SeedReplays(study=loaded.study_name, trial=number, reason=choice.reason, out=out, results=results)
     if record:
@@ -253,17 +249,19 @@ def replay_seeds(storage: str | None = None, study: str | None = None, trial: st
     return replays
 
 
-def replay_data(settings: StudySettings, data_root: Any, subset: int | None) -> Any:
-    """The study's dataset with its test split: the ``subset`` slice (None: all) to train on, and the
-    whole test split to test on, so that figures compare with the paper and other replays."""
+def replay_data(settings: StudySettings, data_root: Any, subset: int | None | str = "study") -> tuple[int | None, Any]:
+    """The slice a replay trains on (``"study"``: the search's; None: all) and the study's dataset with
+    that slice to train on and the whole test split to test on, so that figures compare with the
+    paper and other replays."""
     from budgetnas.data import load_dataset
 
+    subset = settings.subset if subset == "study" else subset
     data = load_dataset(settings.dataset, data_root, with_test=True, subset=subset, seed=settings.split_seed,
                         validation=settings.validation)
     if subset is not None:
         whole = load_dataset(settings.dataset, data_root, with_test=True, seed=settings.split_seed)
         data = replace(data, test=whole.test)
-    return data
+    return subset, data
 
 
 def retrain(spec: Any, recipe: Any, settings: StudySettings, data: Any, *, device: str, precision: str,

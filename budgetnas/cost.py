@@ -103,6 +103,55 @@ def training_memory(spec: Spec, input_shape: tuple[int, int, int], batch: int) -
     return int(_FLOAT_BYTES * batch * (saved + _GRADIENT_FACTOR * largest))
 
 
+@dataclass(frozen=True)
+class EpochTime:
+    """Seconds per training epoch predicted from a candidate's training activations per image,
+    fitted to the epochs a study measured, from the safe side.
+
+    Why activations and not mult-adds: on a CPU, these small nets spend a step moving feature
+    maps through memory more than multiplying. Over the 209 trials of six finished 40-minute
+    journals (CNN 50K and 100K, mbconv 20K, sessions 19-21, every epoch on the same 20,000-image
+    slice, one core), seconds per epoch per G of mult-adds varied with a coefficient of variation
+    of 0.83 (CNN) and 0.68 (mbconv), but per MB of :func:`training_memory` per image only 0.20 and
+    0.19 (mbconv's models of 0.15 MB and more; below that a step's fixed cost dominates). So the
+    fit is ``a + b * activations`` (least squares, ``a, b >= 0``), scaled up by ``k`` until no
+    measured epoch lies above it: the sweep's time limit is one the user holds us to.
+    """
+
+    a: float  # seconds per epoch whatever the model (data, optimiser steps, validation)
+    b: float  # seconds per epoch per byte of training activations per image
+    k: float  # >= 1: how far the measured epochs lie above the least-squares line, at most
+
+    @classmethod
+    def fit(cls, points: "list[tuple[float, float]]") -> "EpochTime | None":
+        """From (training activation bytes per image, measured mean seconds per epoch) of trials;
+        None without a point."""
+        points = [(x, y) for x, y in points if x > 0 and y > 0]
+        if not points:
+            return None
+        n = len(points)
+        mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+        spread = sum((x - mx) ** 2 for x, _ in points)
+        b = sum((x - mx) * (y - my) for x, y in points) / spread if spread else 0.0
+        a = my - b * mx
+        if b <= 0:  # one size, or no trend: as slow as the slowest, whatever the size
+            a, b = max(y for _, y in points), 0.0
+        elif a < 0:  # through the origin instead
+            a, b = 0.0, sum(x * y for x, y in points) / sum(x * x for x, _ in points)
+        k = max(1.0, max(y / (a + b * x) for x, y in points))
+        return cls(a, b, k)
+
+    def __call__(self, activations: float) -> float:
+        """Predicted seconds per epoch of a candidate with ``activations`` bytes per image."""
+        return self.k * (self.a + self.b * activations)
+
+    def largest(self, seconds: float) -> float:
+        """The most activation bytes per image an epoch of ``seconds`` allows (inf without a trend, 0 if none)."""
+        if self.k * self.a > seconds:
+            return 0.0
+        return math.inf if self.b == 0 else (seconds / self.k - self.a) / self.b
+
+
 def default_max_mult_adds(budget: int, input_shape: tuple[int, int, int], batch: int = PAPER_BATCH,
                           factor: float = COMPUTE_FACTOR) -> int:
     """The default compute bound: ``factor * budget * h * w`` mult-adds per image, times

@@ -64,7 +64,8 @@ class Objective:
                  storage_url: str | None = None,
                  progress: Callable[[str], None] | None = None,
                  interruptible: Callable[[bool], None] | None = None,
-                 on_step: Callable[..., None] | None = None, screen: ProxyScreen | None = None) -> None:
+                 on_step: Callable[..., None] | None = None, screen: ProxyScreen | None = None,
+                 admission: Callable[[float | None], str | None] | None = None) -> None:
         self.settings = settings
         self.device, self.precision = device, precision
         self.storage_url = storage_url  # where the dashboard's artifacts go (trialnotes); None: none
@@ -87,6 +88,9 @@ class Objective:
                                         family=settings.family)
         self.bounds = bounds
         self.screen = screen  # --proxy: score (and maybe reject) each candidate before training
+        # A sweep's time left (sweep.FinalistReserve.refusal): activations per image -> why not now, or None.
+        # Unlike the caps it says nothing of the candidate itself, so it sets no constraint.
+        self.admission = admission
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         config, data = self.settings, self.data
@@ -117,6 +121,9 @@ class Objective:
                                   training=True)) > available_memory():
             # Whatever the caps say (even none): a model that cannot fit at all is never built.
             reason = f"needs at least {gib(need)} of memory to train, more than is available: {spec.describe()}"
+        elif self.admission is not None and (refused := self.admission(
+                memory / recipe.batch_size if memory is not None else None)):
+            reason = f"{refused}: {spec.describe()}"
         if not reason and self.screen is not None:
             reason = self._screened(trial, spec)
         if reason:

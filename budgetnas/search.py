@@ -202,12 +202,15 @@ def prepare(config: SearchConfig, say: Progress | None = None) -> Prepared:
 
 def run_search(config: SearchConfig, progress: Progress | None = None, *,
                prepared: Prepared | None = None,
-               callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> SearchSummary:
+               callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+               admission: Callable[[float | None], str | None] | None = None) -> SearchSummary:
     """Run (or resume) the search that ``config`` describes and summarise the study.
 
     ``prepared``: the result of :func:`prepare` when the caller already ran it (the workers).
     ``callbacks``: called after each trial of this run as Optuna's ``optimize`` calls its own (a
     sweep's :class:`~budgetnas.sweep.FinalistReserve` ends the search with ``study.stop()``).
+    ``admission``: asked with each candidate's training activations per image before it trains;
+    a reason refuses it for this run (the same reserve's :meth:`~budgetnas.sweep.FinalistReserve.refusal`).
     """
     say = as_monitor(progress)
     if config.threads:  # in this process: each --workers worker applies it to itself
@@ -219,7 +222,7 @@ def run_search(config: SearchConfig, progress: Progress | None = None, *,
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's (with tracebacks)
     try:
-        return _optimize(config, prepared, say, callbacks)
+        return _optimize(config, prepared, say, callbacks, admission)
     finally:
         optuna.logging.set_verbosity(verbosity)
 
@@ -245,7 +248,8 @@ def start_params(config: SearchConfig, input_shape: tuple[int, int, int],
 
 
 def _optimize(config: SearchConfig, prepared: Prepared, say: Monitor,
-              extra: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> SearchSummary:
+              extra: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+              admission: Callable[[float | None], str | None] | None = None) -> SearchSummary:
     data = prepared.data
     if data is None:  # a --workers process: the parent checked the options on its own copy
         data = load_dataset(config.dataset, config.data_root, subset=config.subset, validation=config.validation)
@@ -269,7 +273,8 @@ def _optimize(config: SearchConfig, prepared: Prepared, say: Monitor,
     objective = Objective(config.settings(), data, config.training_recipe(), device=config.device,
                           precision=config.precision, pruner=config.pruner_name(),
                           bounds=config.cost_bounds(data.input_shape), storage_url=config.storage_url,
-                          progress=say, interruptible=guard.training, on_step=say.step, screen=screen)
+                          progress=say, interruptible=guard.training, on_step=say.step, screen=screen,
+                          admission=admission)
     say(f"{plan(config)}; early stopping: {config.pruner_name()}")
     say(f"cost bounds: {objective.bounds.describe()} (checked before a candidate is built; widen with "
         "--max-mult-adds / --max-memory)")

@@ -13,12 +13,14 @@ that found it), which ``budgetnas train`` retrains as it is; ``studies/found/`` 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from budgetnas.budget import format_budget
+from budgetnas.cost import EpochTime
 from budgetnas.datasets import reference_models
 from budgetnas.errors import UsageError
 from budgetnas.fmt import percent, plural
@@ -124,7 +126,8 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
                          timeout=config.budget_timeout if config.budget_timeout else config.search.timeout)
         say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: searching study {search.study_name}")
         reserve = finalist_reserve(config, search, say)
-        summary = run_search(search, progress=say, callbacks=[reserve] if reserve else ())
+        summary = run_search(search, progress=say, callbacks=[reserve] if reserve else (),
+                             admission=reserve.refusal if reserve else None)
         finalists: list[dict[str, Any]] = []
         chosen: str | int = "best"
         augment: str | None = None  # None: the chosen trial's own
@@ -171,26 +174,40 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
 
 # The finalists' time reserved per second estimated: the runs have taken up to 1.09x the estimate.
 FINALIST_MARGIN = 1.1
+# Candidates refused in a row for the time left before the search ends: each refusal costs a sampler call
+# (tens of milliseconds), and a sampler that proposed this many too-slow ones in a row has little else left.
+REFUSALS_TO_END = 25
 
 
 class FinalistReserve:
-    """Ends a budget's search early enough that its finalists fit the budget's time with it.
+    """Keeps a budget's search to what leaves its finalists the rest of the budget's time.
 
     Why: the finalists' full-length runs are part of choosing a budget's winner (often a third of
     it), so a user who gives each budget 40 minutes means search and finalists together. Optuna's
     timeout only stops *starting* trials, and knows nothing of what comes after the search. So
-    after each trial this asks: would the time left still hold one more trial and then the
-    finalists? If not, the search ends there (``study.stop``), and the sweep goes on to them.
+    after each trial this works out what the time left still holds, and before each candidate
+    trains the objective asks it (:meth:`refusal`).
 
-    The estimates come from what the search measured. A finalist run trains a trial's model for
-    ``epochs`` epochs on ``scale`` times as many images as the search's epochs did, and each of
-    those took the mean of the trial's ``epoch_seconds``, validation included (the finalists
-    validate on as many images per training image), so it costs about ``mean * scale * epochs``.
-    The finalists are the ``count`` trials the ranking would take were the search to end now, each
-    run once per augmentation. One more trial is the longest of the trials trained to the end (a
-    trial that starts runs until it is stopped, and the one to plan for is one that is not), and
-    that trial may join the finalists: so the reserve plans for the last of them to be replaced
-    by a trial as slow as the slowest trained so far (:meth:`planned_seconds`).
+    The finalists' estimate comes from what the search measured. A finalist run trains a trial's
+    model for ``epochs`` epochs on ``scale`` times as many images as the search's epochs did, and
+    each of those took the mean of the trial's ``epoch_seconds``, validation included (the
+    finalists validate on as many images per training image), so it costs about ``mean * scale *
+    epochs``. The finalists are the ``count`` trials the ranking would take were the search to end
+    now, each run once per augmentation.
+
+    **Admission** (when the study's trials say what their activations cost, see
+    :class:`~budgetnas.cost.EpochTime`): a candidate trains only if its own ``search_epochs``
+    epochs, and then the finalists' runs with it among them in place of the last, fit in the time
+    left, at its predicted seconds per epoch. The search ends when not even the cheapest candidate
+    measured so far would fit, or after :data:`REFUSALS_TO_END` refusals in a row (a sampler that
+    keeps proposing what no longer fits). Why admission rather than ending the search: mbconv's
+    trials differ five-fold in time, so a rule that must plan for the slowest (below) gave up the
+    last 19 of 40 minutes in a replay of round G's seed-7 journal, minutes cheaper candidates can use.
+
+    **Without that fit** (no epoch measured yet, or a family that estimates no activations) the
+    rule is the plain one: the search ends when the time left would not hold one more trial (the
+    longest trained to the end so far) and then the finalists, with the last of them replaced by a
+    trial as slow as the slowest trained so far (:meth:`planned_seconds`).
 
     The limit is one the user holds us to, so every guess is taken from the safe side. Round E of
     ``studies/found/RESULTS.md`` (100K) ended 0.7 minutes over 40 with the median trial (the last
@@ -199,16 +216,20 @@ class FinalistReserve:
     estimate, hence :data:`FINALIST_MARGIN`. Round G (mbconv 20K) ended 1.2 minutes over 40 when
     the reserve planned for the finalist of the moment only: its last trial, three times as slow
     per epoch as the best before it, became the finalist with 16.6 minutes left against 20.3
-    needed. mbconv trials differ five-fold in time, which is why a newcomer is planned for.
+    needed.
     """
 
     def __init__(self, limit: float, count: int, epochs: int | None, runs_per_trial: int, scale: float,
-                 say: Progress = lambda _m: None, clock: Callable[[], float] = time.monotonic) -> None:
+                 say: Progress = lambda _m: None, clock: Callable[[], float] = time.monotonic,
+                 search_epochs: int | None = None) -> None:
         self.limit, self.count, self.epochs, self.runs_per_trial = limit, count, epochs, runs_per_trial
-        self.scale, self.say, self.clock = scale, say, clock
+        self.scale, self.say, self.clock, self.search_epochs = scale, say, clock, search_epochs
         self.started = clock()
         self.estimate = 0.0  # the finalists' seconds, as estimated after the latest trial
-        self._told = 0.0  # the estimate last told the user (the search's own ETA counts to budget_timeout)
+        self._told = 0.0  # the figure last told the user (the search's own ETA counts to budget_timeout)
+        self.fit: EpochTime | None = None  # seconds per epoch from activations per image (admission)
+        self.epoch_limit = math.inf  # the most seconds per search epoch a candidate may take now
+        self.refused = 0  # candidates refused since the last one that trained
 
     def run_seconds(self, trial: Any) -> float:
         """Estimated seconds of one trial's finalist runs (0 when it measured no epoch)."""
@@ -234,15 +255,67 @@ class FinalistReserve:
         displaced = current[-1] if len(current) == self.count else 0.0
         return max(sum(current), sum(current) - displaced + slowest)
 
+    def admitted_epoch_seconds(self, study: Any, left: float) -> float:
+        """The most seconds per search epoch a new candidate may take with ``left`` seconds left: its own
+        ``search_epochs`` epochs, then the finalists' runs as they stand, or with it in place of the last
+        (at ``scale * epochs * runs_per_trial`` of its epochs per run), whichever is longer."""
+        current = [self.run_seconds(t) for t in ranked_trials(study)[:self.count]]
+        displaced = current[-1] if len(current) == self.count else 0.0
+        epochs = float(self.search_epochs or 1)
+        per_epoch = self.scale * (self.epochs or epochs) * self.runs_per_trial  # its finalist seconds per epoch second
+        alone = (left - FINALIST_MARGIN * sum(current)) / epochs
+        joining = (left - FINALIST_MARGIN * (sum(current) - displaced)) / (epochs + FINALIST_MARGIN * per_epoch)
+        return min(alone, joining)
+
+    def refusal(self, activations: float | None) -> str | None:
+        """Why a candidate with ``activations`` bytes of training activations per image may not train now
+        (None: it may). Asked by the objective before it builds the candidate."""
+        if self.fit is None or activations is None or self.fit(activations) <= self.epoch_limit:
+            return None
+        self.refused += 1
+        left = self.limit - (self.clock() - self.started)
+        return (f"too slow for the time left (--finalists-within-timeout): about {self.fit(activations):.1f} s "
+                f"per epoch predicted from its {activations / 1e6:.2f} MB of activations per image, "
+                f"{max(self.epoch_limit, 0.0):.1f} s allowed with {left / 60:.1f} minutes left")
+
     def __call__(self, study: Any, trial: Any) -> None:
-        from budgetnas.replay import trained_trials
+        from budgetnas.records import recipe_of
 
         self.estimate = self.finalist_seconds(study)
+        left = self.limit - (self.clock() - self.started)
+        if trial.user_attrs.get("epoch_seconds"):
+            self.refused = 0
+        measured = [(t.user_attrs["memory_estimate"] / recipe_of(t).batch_size,
+                     sum(t.user_attrs["epoch_seconds"]) / len(t.user_attrs["epoch_seconds"]))
+                    for t in study.get_trials(deepcopy=False)
+                    if t.user_attrs.get("epoch_seconds") and t.user_attrs.get("memory_estimate")]
+        self.fit = EpochTime.fit(measured) if self.search_epochs else None
+        if self.fit is None:
+            self._end_or_plan(study, left)
+            return
+        self.epoch_limit = self.admitted_epoch_seconds(study, left)
+        cheapest = self.fit(min(x for x, _ in measured))
+        if cheapest > self.epoch_limit or self.refused >= REFUSALS_TO_END:
+            why = (f"{self.refused} candidates in a row were too slow for it" if cheapest <= self.epoch_limit else
+                   f"not even the cheapest candidate so far ({cheapest:.1f} s per epoch) would fit with the "
+                   f"finalists' {self.estimate * FINALIST_MARGIN / 60:.1f}")
+            self.say(f"ending the search with {left / 60:.1f} minutes left: {why}")
+            study.stop()
+        elif self.epoch_limit < max(y for _, y in measured) and abs(self.epoch_limit - self._told) > 0.1 * self._told:
+            self._told = self.epoch_limit
+            self.say(f"{left / 60:.1f} minutes left, finalists' time reserved about "
+                     f"{self.estimate * FINALIST_MARGIN / 60:.1f}: admitting candidates of up to about "
+                     f"{self.epoch_limit:.1f} s per epoch ({self.fit.largest(self.epoch_limit) / 1e6:.2f} MB of "
+                     "activations per image)")
+
+    def _end_or_plan(self, study: Any, left: float) -> None:
+        """The rule without an activation fit: end when one more trial and the finalists would not fit."""
+        from budgetnas.replay import trained_trials
+
         durations = [t.duration.total_seconds() for t in trained_trials(study) if t.duration is not None]
         another = max(durations, default=0.0)
         planned = self.planned_seconds(study)
         reserved = planned * FINALIST_MARGIN
-        left = self.limit - (self.clock() - self.started)
         if planned and abs(planned - self._told) > 0.1 * self._told:
             self._told = planned
             self.say(f"finalists' time reserved: about {reserved / 60:.1f} minutes (estimated "
@@ -266,7 +339,7 @@ def finalist_reserve(config: SweepConfig, search: SearchConfig, say: Progress) -
 
     scale = images(config.replay_subset) / images(search.subset)
     return FinalistReserve(float(config.budget_timeout or 0), config.finalists, config.replay_epochs,
-                           max(1, len(config.finalist_augments)), scale, say)
+                           max(1, len(config.finalist_augments)), scale, say, search_epochs=search.epochs)
 
 
 def search_span(search: SearchConfig, study_name: str) -> float:

@@ -194,3 +194,20 @@ def test_a_cap_can_be_added_to_an_existing_study(cli, small_npz, tmp_path):
     other = cli(*common[:2], "4k", *common[3:], "--trials", "4")  # a real setting still refuses resume
     assert other.returncode == 2 and "budget: study has 3000, asked for 4000" in other.stderr
 
+
+
+def test_epoch_time_fits_a_line_and_lifts_it_over_every_measured_epoch():
+    line = cost.EpochTime.fit([(1e5, 2.0 + 1e-5 * 1e5), (5e5, 2.0 + 5.0), (1e6, 2.0 + 10.0)])
+    assert line.a == pytest.approx(2.0) and line.b == pytest.approx(1e-5) and line.k == pytest.approx(1.0)
+    assert line(2e6) == pytest.approx(22.0) and line.largest(22.0) == pytest.approx(2e6)
+    assert line.largest(1.0) == 0.0  # not even an empty model trains an epoch in less than its fixed cost
+    # Scattered epochs: no measured one lies above the fit, and the highest lies on it.
+    points = [(0.4e6, 7.3), (1.2e6, 20.4), (0.6e6, 8.0), (0.35e6, 3.8), (1.8e6, 18.8), (1.9e6, 25.4), (0.04e6, 2.0)]
+    scattered = cost.EpochTime.fit(points)
+    assert scattered.k > 1 and scattered.b > 0 and scattered.a >= 0
+    assert all(scattered(x) >= y - 1e-9 for x, y in points)
+    assert any(scattered(x) == pytest.approx(y) for x, y in points)
+    # One size, or no trend: as slow as the slowest, whatever the size; nothing measured: no fit.
+    flat = cost.EpochTime.fit([(1e6, 3.0), (1e6, 4.0)])
+    assert flat(1.0) == flat(1e9) == 4.0 and flat.largest(4.0) == math.inf
+    assert cost.EpochTime.fit([]) is None and cost.EpochTime.fit([(0.0, 1.0)]) is None

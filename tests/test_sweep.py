@@ -8,6 +8,7 @@ import optuna
 import pytest
 
 from conftest import assert_one_line_error
+from test_search import small_npz  # noqa: F401  (the 8x8 real-image slice, a fixture)
 
 
 @pytest.mark.slow
@@ -233,3 +234,99 @@ def test_sweep_markdown_says_what_the_replays_trained_on():
     assert "trained on the whole training split." in render_markdown("cnn", "fashion-mnist", [row(None)])
     sliced = render_markdown("cnn", "fashion-mnist", [row(600)])
     assert "trained on a 600-image slice of the training split" in sliced and "whole training split" not in sliced
+
+
+def test_finalist_reserve_admits_only_candidates_that_fit_the_time_left(tiny_npz, tmp_path):
+    # Admission: instead of ending the search when the slowest trial could not fit, the reserve refuses
+    # the candidates whose predicted epochs (from their activations per image) would not, and ends the
+    # search when not even the cheapest measured so far would.
+    from budgetnas import cost
+    from budgetnas.spec import spec_from_dict
+    from budgetnas.sweep import FINALIST_MARGIN, REFUSALS_TO_END, FinalistReserve
+    from studyfactory import make_study
+
+    made = make_study(tmp_path, tiny_npz, with_failed=False)
+    source = optuna.load_study(study_name=made.name, storage=made.url)
+    # A copy whose measured epochs take 0.5 s plus 1 s per 100 kB of activations per image, so that the fit
+    # is known exactly (a tiny study's own epochs are too short and noisy to show a trend).
+    study = optuna.create_study(directions=source.directions)
+    for key, value in source.user_attrs.items():
+        study.set_user_attr(key, value)
+    sizes = []
+    for t in source.get_trials(deepcopy=True):
+        if t.user_attrs.get("epoch_seconds"):  # the objective records the estimate; the factory does not
+            batch = t.user_attrs["recipe"]["batch_size"]
+            t.user_attrs["memory_estimate"] = cost.training_memory(spec_from_dict(t.user_attrs["spec"]), (1, 28, 28),
+                                                                   batch)
+            x = t.user_attrs["memory_estimate"] / batch
+            sizes.append(x)
+            t.user_attrs["epoch_seconds"] = [0.5 + x / 1e5] * len(t.user_attrs["epoch_seconds"])
+        study.add_trial(t)
+    small, large = min(sizes), max(sizes)
+    assert large > small
+    now = [0.0]
+    said: list[str] = []
+    reserve = FinalistReserve(10_000.0, count=1, epochs=20, runs_per_trial=1, scale=1.0, say=said.append,
+                              clock=lambda: now[0], search_epochs=3)
+    trial = study.trials[-1]
+    reserve(study, trial)  # plenty of time: everything is admitted, nothing is said
+    assert reserve.fit(large) == pytest.approx(0.5 + large / 1e5)
+    assert reserve.refusal(large * 100) is None and not said
+    finalist = reserve.finalist_seconds(study) * FINALIST_MARGIN
+    # Time for the finalist and then a candidate as slow as the smallest measured (its 3 epochs, then its
+    # finalist run should it displace the finalist), and half a second more.
+    cheapest = reserve.fit(small)
+    now[0] = 10_000.0 - max(finalist, FINALIST_MARGIN * cheapest * 20) - 3 * cheapest - 0.5
+    reserve(study, trial)
+    assert reserve.epoch_limit >= cheapest and reserve.refusal(small) is None
+    refused = reserve.refusal(large)
+    assert refused.startswith("too slow for the time left (--finalists-within-timeout)") and reserve.refused == 1
+    assert "admitting candidates of up to about" in said[-1] and said[-1].endswith("MB of activations per image)")
+
+    def objective(_trial):  # a trial that adds no measured epoch, and takes a second
+        now[0] += 1.0
+        raise optuna.TrialPruned()
+
+    # A second later the cheapest would no longer fit: the search ends after its next trial, and says why.
+    before = len(study.trials)
+    study.optimize(objective, n_trials=3, callbacks=[reserve])
+    assert len(study.trials) == before + 1
+    assert said[-1].startswith("ending the search with") and "not even the cheapest candidate so far" in said[-1]
+
+    # A sampler that keeps proposing what does not fit: the search ends after REFUSALS_TO_END refusals in a row.
+    roomy = FinalistReserve(10_000.0, count=1, epochs=20, runs_per_trial=1, scale=1.0, say=said.append,
+                            clock=lambda: now[0], search_epochs=3)
+    now[0] = 0.0
+    roomy(study, trial)
+    before = len(study.trials)
+
+    def too_slow(_trial):
+        roomy.epoch_limit = roomy.fit(small)  # as if only the cheapest fitted
+        assert roomy.refusal(large) is not None
+        raise optuna.TrialPruned()
+
+    study.optimize(too_slow, n_trials=REFUSALS_TO_END + 5, callbacks=[roomy])
+    assert len(study.trials) == before + REFUSALS_TO_END
+    assert said[-1].endswith(f"{REFUSALS_TO_END} candidates in a row were too slow for it")
+
+
+def test_a_refused_candidate_is_recorded_rejected_and_never_built(small_npz, tmp_path, monkeypatch):
+    from budgetnas.search import SearchConfig, run_search
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was built")
+    monkeypatch.setattr("budgetnas.trainer.build_model", refuse)
+    asked: list[float | None] = []
+
+    def admission(activations):
+        asked.append(activations)
+        return "too slow for the time left (a test)"
+
+    config = SearchConfig(budget=3000, dataset=f"npz:{small_npz}", trials=3, epochs=1, device="cpu",
+                          storage=f"sqlite:///{tmp_path}/s.db", study="t", sampler="random")
+    summary = run_search(config, admission=admission)
+    assert summary.trials == summary.rejected == 3 and len(asked) == 3 and all(a and a > 0 for a in asked)
+    for trial in optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/s.db").trials:
+        assert trial.state == optuna.trial.TrialState.PRUNED
+        assert trial.user_attrs["rejected"].startswith("too slow for the time left (a test): ")
+        assert trial.user_attrs["memory_estimate"] / 512 == pytest.approx(asked[trial.number])

@@ -13,7 +13,10 @@ parameterisation, where rejections are rare, with it.
 
 Candidates over the compute or memory bound (:mod:`budgetnas.cost`, counted from the spec
 before anything is built) are rejected the same way, with constraints ``mult_adds_over_cap``
-and ``memory_over_cap``.
+and ``memory_over_cap``. A sweep that must leave its finalists time (``--finalists-within-timeout``)
+may also refuse a candidate predicted too slow for the time left (``admission``, see
+:class:`~budgetnas.sweep.FinalistReserve`): recorded ``rejected`` the same way, but with no
+constraint, since it says nothing of the candidate that would hold in another run.
 
 Trials stopped early (Optuna's pruner in single-objective mode, :mod:`budgetnas.stopping`
 in multi-objective mode) keep all their training attributes and end PRUNED: a partial run

@@ -226,7 +226,8 @@ class FinalistReserve:
         self.scale, self.say, self.clock, self.search_epochs = scale, say, clock, search_epochs
         self.started = clock()
         self.estimate = 0.0  # the finalists' seconds, as estimated after the latest trial
-        self._told = 0.0  # the figure last told the user (the search's own ETA counts to budget_timeout)
+        self._told = 0.0  # the reserve last told the user (the search's own ETA counts to budget_timeout)
+        self._told_limit = 0.0  # the admission limit last told the user
         self.fit: EpochTime | None = None  # seconds per epoch from activations per image (admission)
         self.epoch_limit = math.inf  # the most seconds per search epoch a candidate may take now
         self.refused = 0  # candidates refused since the last one that trained
@@ -301,8 +302,9 @@ class FinalistReserve:
                    f"finalists' {self.estimate * FINALIST_MARGIN / 60:.1f}")
             self.say(f"ending the search with {left / 60:.1f} minutes left: {why}")
             study.stop()
-        elif self.epoch_limit < max(y for _, y in measured) and abs(self.epoch_limit - self._told) > 0.1 * self._told:
-            self._told = self.epoch_limit
+        elif self.epoch_limit < max(y for _, y in measured) and abs(self.epoch_limit - self._told_limit) > \
+                0.1 * self._told_limit:
+            self._told_limit = self.epoch_limit
             self.say(f"{left / 60:.1f} minutes left, finalists' time reserved about "
                      f"{self.estimate * FINALIST_MARGIN / 60:.1f}: admitting candidates of up to about "
                      f"{self.epoch_limit:.1f} s per epoch ({self.fit.largest(self.epoch_limit) / 1e6:.2f} MB of "

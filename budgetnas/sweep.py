@@ -256,11 +256,11 @@ class FinalistReserve:
         displaced = current[-1] if len(current) == self.count else 0.0
         return max(sum(current), sum(current) - displaced + slowest)
 
-    def admitted_epoch_seconds(self, study: Any, left: float) -> float:
+    def admitted_epoch_seconds(self, current: list[float], left: float) -> float:
         """The most seconds per search epoch a new candidate may take with ``left`` seconds left: its own
-        ``search_epochs`` epochs, then the finalists' runs as they stand, or with it in place of the last
-        (at ``scale * epochs * runs_per_trial`` of its epochs per run), whichever is longer."""
-        current = [self.run_seconds(t) for t in ranked_trials(study)[:self.count]]
+        ``search_epochs`` epochs, then the finalists' runs as they stand (``current``: their seconds, best
+        first), or with it in place of the last (at ``scale * epochs * runs_per_trial`` of its epochs per
+        run), whichever is longer."""
         displaced = current[-1] if len(current) == self.count else 0.0
         epochs = float(self.search_epochs or 1)
         per_epoch = self.scale * (self.epochs or epochs) * self.runs_per_trial  # its finalist seconds per epoch second
@@ -282,7 +282,8 @@ class FinalistReserve:
     def __call__(self, study: Any, trial: Any) -> None:
         from budgetnas.records import recipe_of
 
-        self.estimate = self.finalist_seconds(study)
+        current = [self.run_seconds(t) for t in ranked_trials(study)[:self.count]]  # ranked once per trial
+        self.estimate = sum(current)
         left = self.limit - (self.clock() - self.started)
         if trial.user_attrs.get("epoch_seconds"):
             self.refused = 0
@@ -294,7 +295,7 @@ class FinalistReserve:
         if self.fit is None:
             self._end_or_plan(study, left)
             return
-        self.epoch_limit = self.admitted_epoch_seconds(study, left)
+        self.epoch_limit = self.admitted_epoch_seconds(current, left)
         cheapest = self.fit(min(x for x, _ in measured))
         if cheapest > self.epoch_limit or self.refused >= REFUSALS_TO_END:
             why = (f"{self.refused} candidates in a row were too slow for it" if cheapest <= self.epoch_limit else

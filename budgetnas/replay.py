@@ -157,6 +157,14 @@ def replay(storage: str | None = None, study: str | None = None, trial: str | in
                          device=device, precision=precision, out=out, images=images, record=record, say=say)
 
 
+def replay_recipe(trial: Any, *, epochs: int | None = None, seed: int | None = None,
+                  augment: str | None = None) -> Any:
+    """The recipe a replay of ``trial`` trains with: the trial's own, with ``epochs``, ``seed`` and
+    ``augment`` in place of its values where given (a sweep writes its winner's config with it before
+    the replay runs)."""
+    return recipe_of(trial).with_changes(epochs=epochs, seed=seed, augment=augment)
+
+
 def _out_folder(loaded: Any, choice: Choice, out: str | Path | None) -> Path:
     """``out``, or runs/STUDY-trialN; checked writable before any training, and absolute so that
     metrics.json and the study record hold paths valid from any folder."""
@@ -176,7 +184,7 @@ def _replay_trial(loaded: Any, settings: StudySettings, choice: Choice, data: An
     """:func:`replay` once the study is loaded, the trial chosen and the data loaded (``replay_seeds``
     loads them once for all its seeds)."""
     spec, stored = spec_of(choice.trial), recipe_of(choice.trial)
-    recipe = stored.with_changes(epochs=epochs, seed=seed, augment=augment)
+    recipe = replay_recipe(choice.trial, epochs=epochs, seed=seed, augment=augment)
     say(f"replaying {choice.reason}")
     say(f"  spec {spec.describe()}; {plural(recipe.epochs, 'epoch')}, seed {recipe.seed}"
         + (f", augmentation {recipe.augment} (the trial's: {stored.augment})" if augment else ""))
@@ -217,14 +225,17 @@ class SeedReplays:
 
 def replay_seeds(storage: str | None = None, study: str | None = None, trial: str | int = "best", *,
                  seeds: Sequence[int], out: str | Path | None = None, record: bool = True,
-                 progress: ProgressFn | None = None, **options: Any) -> SeedReplays:
+                 progress: ProgressFn | None = None, on_result: Callable[[ReplayResult], None] | None = None,
+                 **options: Any) -> SeedReplays:
     """Replay trial ``trial`` once per seed in ``seeds``, each run into ``out/seed-S``.
 
     ``options`` are :func:`replay`'s (epochs, augment, device, precision, data_root, subset,
     images). The trial is chosen once, before the first run, so every seed trains the same one
     even while a search is still adding trials. Each run is a whole replay (artifacts and
     ``metrics.json``); the study's record of the trial (``replay:N``) holds the first seed's run
-    with every seed's figures and their means.
+    with every seed's figures and their means. ``on_result`` is called with each seed's run as it
+    ends, so that a caller can keep what finished if a later seed is stopped (a sweep rewrites its
+    found config).
     """
     from budgetnas.studyio import load_existing_study
 
@@ -243,6 +254,8 @@ def replay_seeds(storage: str | None = None, study: str | None = None, trial: st
         say(seed_heading(i, seed, len(seeds)))
         results.append(_replay_trial(loaded, settings, choice, data, subset, seed=seed, out=out / f"seed-{seed}",
                                      record=False, say=say, **options))
+        if on_result is not None:
+            on_result(results[-1])
     replays = SeedReplays(study=loaded.study_name, trial=number, reason=choice.reason, out=out, results=results)
     if record:
         loaded.set_user_attr(replay_key(number), {**_recorded(results[0]), **replays.summary()})

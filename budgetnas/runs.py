@@ -55,17 +55,18 @@ def train_run(spec: Any, recipe: Any, data: Any, *, dataset: str, subset: int | 
     return TrainedRun(metrics=metrics, result=result)
 
 
-def check_seeds(seeds: Sequence[int]) -> list[int]:
-    """``seeds`` (``--seeds``) as a list, refused before any training when empty, negative or repeated."""
+def check_seeds(seeds: Sequence[int], field: str = "seeds") -> list[int]:
+    """``seeds`` (``--seeds``; ``field`` names the setting, e.g. ``replay_seeds``) as a list, refused before
+    any training when empty, negative or repeated."""
     seeds = list(seeds)
     if not seeds:
-        raise FieldError("seeds must name at least one seed, e.g. 0,1", "seeds")
+        raise FieldError(f"{field} must name at least one seed, e.g. 0,1", field)
     for seed in seeds:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise FieldError(f"seeds must be non-negative integers, got {seed!r}", "seeds")
+            raise FieldError(f"{field} must be non-negative integers, got {seed!r}", field)
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:  # the same seed twice trains the same model twice: a mean over it would overstate agreement
-        raise FieldError(f"seeds must differ, got {repeated[0]} more than once", "seeds")
+        raise FieldError(f"{field} must differ, got {repeated[0]} more than once", field)
     return seeds
 
 
@@ -84,8 +85,8 @@ def seed_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     def mean(key: str) -> float:
         return sum(float(m[key]) for m in runs) / len(runs)
 
-    return {"seeds": [{"seed": int(m["seed"]), "val_accuracy": m["val_accuracy"], "test_accuracy": m["test_accuracy"]}
-                      for m in runs],
+    return {"seeds": [{"seed": int(m["seed"]), "val_accuracy": m["val_accuracy"], "test_accuracy": m["test_accuracy"],
+                       "train_seconds": m["train_seconds"]} for m in runs],
             "mean_val_accuracy": mean("val_accuracy"), "mean_test_accuracy": mean("test_accuracy"),
             "mean_train_seconds": mean("train_seconds")}
 

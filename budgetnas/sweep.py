@@ -8,6 +8,8 @@ mult-adds, with the paper's hand-picked models of the same family as reference p
 Each budget's winner is also written as a run config, ``found/FAMILY-BUDGET.toml``: its spec,
 the recipe it was replayed with and a ``[result]`` table (replayed figures plus the search
 that found it), which ``budgetnas train`` retrains as it is; ``studies/found/`` holds ours.
+The config is written once the winner is chosen, before the replay, and rewritten as each
+replay seed (``replay_seeds``) ends, so that a stopped replay loses only what had not finished.
 """
 
 from __future__ import annotations
@@ -48,9 +50,16 @@ class SweepConfig:
     finalist_augments: tuple[str, ...] = ()
     # Count the finalists' runs in budget_timeout: the search ends early enough to leave them their time.
     finalists_within_timeout: bool = False
+    # Replay each winner once per seed here (empty: once, with the search's seed): one run's test accuracy
+    # carries a few tenths of a point of luck, so a claim about a winner rests on several.
+    replay_seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         from budgetnas.recipe import AUGMENTS
+        from budgetnas.runs import check_seeds
+
+        if self.replay_seeds:
+            check_seeds(self.replay_seeds, "replay_seeds")
 
         if self.finalists < 1:
             raise UsageError(f"--finalists must be at least 1, got {self.finalists}")
@@ -81,6 +90,9 @@ class SweepRow:
     finalist_augments: list[str] = field(default_factory=list)  # --finalist-augments (empty: each trial's own)
     # --finalists-within-timeout: what the finalists were expected to take when the search ended (None: not asked)
     finalist_estimate: float | None = None
+    # --replay-seeds with several seeds: each seed's figures and their means (budgetnas.runs.seed_summary);
+    # ``replay`` is the first seed's run
+    seed_replays: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -116,7 +128,8 @@ def parse_budgets(text: str) -> tuple[int, ...]:
 
 def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
     """Search, replay and report every budget of ``config`` in turn (each step resumable)."""
-    from budgetnas.replay import check_writable, replay
+    from budgetnas.replay import check_writable, replay, replay_seeds
+    from budgetnas.runs import seed_summary
 
     say = progress or (lambda _m: None)
     check_writable(config.out)
@@ -146,22 +159,42 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
             say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: search and finalists took "
                 f"{(time.monotonic() - reserve.started) / 60:.1f} of {reserve.limit / 60:.3g} minutes (finalists "
                 f"{finalist_seconds / 60:.1f}, estimated {reserve.estimate / 60:.1f} when the search ended)")
-        say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: replaying trial {chosen}"
-            + (f" with augmentation {augment}" if augment else ""))
+        row = SweepRow(budget=budget, study=summary.study, trial=-1, search_trials=summary.trials,
+                       search_seconds=search_span(search, summary.study), finalists=finalists,
+                       finalist_seconds=finalist_seconds, finalist_augments=sorted(config.finalist_augments),
+                       finalist_estimate=round(reserve.estimate, 1) if reserve is not None else None)
+        seeds = config.replay_seeds or (search.seed,)
+        path = write_winner(row, search, chosen, augment, config.replay_epochs, seeds[0], config.out / "found")
+        say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: winner trial {row.trial} written to {path} "
+            f"(its replay adds the test figures); replaying it"
+            + (f" with augmentation {augment}" if augment else "")
+            + (f" with seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""))
         # The replay trains on the whole training split (as the paper did) unless --replay-subset asks for a
-        # slice, whatever slice the search used.
-        result = replay(search.storage, summary.study, chosen, epochs=config.replay_epochs, seed=search.seed,
-                        augment=augment, device=search.device, precision=search.precision,
-                        data_root=search.data_root,
-                        subset=config.replay_subset, out=config.out / f"{summary.study}-best", progress=say)
-        rows.append(SweepRow(budget=budget, study=summary.study, trial=result.trial, search_trials=summary.trials,
-                             search_seconds=search_span(search, summary.study), replay=_compact(result.metrics),
-                             finalists=finalists, finalist_seconds=finalist_seconds,
-                             finalist_augments=sorted(config.finalist_augments),
-                             finalist_estimate=round(reserve.estimate, 1) if reserve is not None else None))
-        path = write_found(rows[-1], search, config.out / "found")
+        # slice, whatever slice the search used. The found config is rewritten as each seed's run ends, so a
+        # stopped replay loses only the seeds that had not finished.
+        done: list[dict[str, Any]] = []
+
+        def keep(result: Any) -> None:  # called as each seed's run ends, within this budget's iteration
+            done.append(_compact(result.metrics))
+            row.replay = done[0]
+            row.seed_replays = seed_summary(done) if len(seeds) > 1 else {}
+            write_found(row, search, config.out / "found")
+
+        options = dict(epochs=config.replay_epochs, augment=augment, device=search.device,
+                       precision=search.precision, data_root=search.data_root, subset=config.replay_subset,
+                       progress=say)
+        if len(seeds) > 1:
+            replay_seeds(search.storage, summary.study, row.trial, seeds=seeds,
+                         out=config.out / f"{summary.study}-best", on_result=keep, **options)
+        else:
+            keep(replay(search.storage, summary.study, row.trial, seed=seeds[0],
+                        out=config.out / f"{summary.study}-best", **options))
+        rows.append(row)
         say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: test accuracy "
-            f"{percent(result.metrics['test_accuracy'])}; config {path}")
+            f"{percent(row.replay['test_accuracy'])}"
+            + (f" (seeds {', '.join(percent(r['test_accuracy']) for r in row.seed_replays['seeds'])}, mean "
+               f"{percent(row.seed_replays['mean_test_accuracy'])})" if row.seed_replays else "")
+            + f"; config {path}")
     family, dataset = config.search.family, config.search.dataset
     markdown = config.out / "SWEEP.md"
     markdown.write_text(render_markdown(family, dataset, rows), encoding="utf-8")
@@ -439,6 +472,7 @@ def found_config(row: SweepRow, search: SearchConfig) -> RunConfig:
         result["finalist_estimate"] = row.finalist_estimate
     if row.finalist_augments:  # augmentation chosen at full length, among these
         result["finalist_augments"] = list(row.finalist_augments)
+    result.update(row.seed_replays)  # seeds = [{seed, val_accuracy, test_accuracy, train_seconds}], the means
     name = f"{get_family(search.family).name}-{format_budget(row.budget)}"  # a plug-in's name, not its module path
     return RunConfig(name=f"found-{name}", dataset=search.dataset, spec=spec_from_dict(r["spec"]),
                      recipe=Recipe.from_dict(r["recipe"]), result=result,
@@ -455,19 +489,56 @@ def _resolved_cap(search: SearchConfig) -> int:
     return search.cost_bounds(dataset_info(search.dataset, search.data_root)[0]).max_mult_adds or 0
 
 
+def write_winner(row: SweepRow, search: SearchConfig, chosen: str | int, augment: str | None,
+                 epochs: int | None, seed: int | None, folder: Path) -> Path:
+    """Fill ``row`` with the winner ``chosen`` (``best`` or a trial number, resolved here once) as its
+    replay will train it, and write its found config before that replay runs.
+
+    Why: the replay of a slow winner takes as long as the search did, and the search's choice (the
+    finalists' ranking included) is the expensive part of a sweep. Written first, a stopped or failed
+    replay still leaves the config to retrain (``budgetnas train``) or replay (its ``[result]`` names
+    the study and trial).
+    """
+    from budgetnas.records import spec_of
+    from budgetnas.replay import choose_trial, replay_recipe
+    from budgetnas.spec import spec_to_dict
+    from budgetnas.studyio import load_existing_study
+
+    study, _url = load_existing_study(search.storage_url, row.study)
+    trial = choose_trial(study, chosen).trial
+    row.trial = trial.number
+    recipe = replay_recipe(trial, epochs=epochs, seed=seed, augment=augment)
+    row.replay = {"spec": spec_to_dict(spec_of(trial)), "recipe": recipe.to_dict(),
+                  "params": trial.user_attrs["params"]}
+    return write_found(row, search, folder)
+
+
 def write_found(row: SweepRow, search: SearchConfig, folder: Path) -> Path:
     """Write :func:`found_config` as ``folder/FAMILY-BUDGET.toml``; ``budgetnas train`` accepts it."""
     from budgetnas.config import save_config
 
     config = found_config(row, search)
     r = row.replay
-    header = (f"{config.description}.\n"
-              f"Replayed for {r.get('epochs')} epochs (seed {r.get('seed')}): validation accuracy "
-              f"{percent(r['val_accuracy'])}, test accuracy {percent(r['test_accuracy'])}, "
-              f"{r['params']:,} parameters.\n"
-              "[result] holds the replayed figures and the search that found it (selected on validation only).\n"
-              f"Retrain with: budgetnas train {config.name.removeprefix('found-')}.toml")
-    return save_config(config, folder / f"{config.name.removeprefix('found-')}.toml", header=header)
+    short = config.name.removeprefix("found-")
+    if "test_accuracy" not in r:
+        figures = (f"Not replayed yet: {r['params']:,} parameters. When the sweep's replay ends, it rewrites this "
+                   "file with the test figures.\n"
+                   f"[result] holds the search that found it (selected on validation only).\n")
+    elif row.seed_replays:
+        runs = row.seed_replays["seeds"]
+        figures = (f"Replayed for {r.get('epochs')} epochs with seeds {', '.join(str(s['seed']) for s in runs)}: "
+                   f"test accuracy {', '.join(percent(s['test_accuracy']) for s in runs)}, mean "
+                   f"{percent(row.seed_replays['mean_test_accuracy'])} (validation mean "
+                   f"{percent(row.seed_replays['mean_val_accuracy'])}), {r['params']:,} parameters.\n"
+                   "[result] holds the first seed's figures, every seed's (seeds) and the search that found it "
+                   "(selected on validation only).\n")
+    else:
+        figures = (f"Replayed for {r.get('epochs')} epochs (seed {r.get('seed')}): validation accuracy "
+                   f"{percent(r['val_accuracy'])}, test accuracy {percent(r['test_accuracy'])}, "
+                   f"{r['params']:,} parameters.\n"
+                   "[result] holds the replayed figures and the search that found it (selected on validation only).\n")
+    header = f"{config.description}.\n{figures}Retrain with: budgetnas train {short}.toml"
+    return save_config(config, folder / f"{short}.toml", header=header)
 
 
 def render_markdown(family: str, dataset: str, rows: list[SweepRow]) -> str:
@@ -505,6 +576,12 @@ def render_markdown(family: str, dataset: str, rows: list[SweepRow]) -> str:
             ranked = "; ".join(f"trial {f['trial']}" + (f" {f['augment']}" if f.get("augment") else "")
                                + f" {percent(f['search_val'])} -> {percent(f['val'])}" for f in row.finalists)
             lines += ["", f"{format_budget(row.budget)} finalists (validation accuracy: search -> full run): {ranked}"]
+    for row in rows:
+        if row.seed_replays:
+            runs = ", ".join(f"seed {s['seed']} {percent(s['test_accuracy'])}" for s in row.seed_replays["seeds"])
+            lines += ["", f"{format_budget(row.budget)} replays (test accuracy): {runs}; mean "
+                          f"{percent(row.seed_replays['mean_test_accuracy'])} (validation mean "
+                          f"{percent(row.seed_replays['mean_val_accuracy'])})"]
     lines += ["", f"Replays: {plural(rows[0].replay.get('epochs'), 'epoch')} each, "
               f"device {rows[0].replay.get('device')}, "
               f"precision {rows[0].replay.get('precision')}." if rows else ""]

@@ -101,11 +101,16 @@ def test_searched_winner_was_found_without_starting_points(path):
     # the finalists' full-length runs (--finalists, --finalist-augments) count as search time
     assert result["search_objectives"] == ["accuracy"]
     assert result["search_seconds"] + result.get("finalist_seconds", 0) <= 45 * 60
-    assert result["seed"] == 0 and result["second_seed"] == 1
+    # two replays, as `sweep --replay-seeds 0,1` records them: the first is the config's own run
+    seeds = result["seeds"]
+    assert [s["seed"] for s in seeds] == [0, 1] and result["seed"] == config.recipe.seed == 0
+    assert (seeds[0]["test_accuracy"], seeds[0]["val_accuracy"]) == (result["test_accuracy"], result["val_accuracy"])
+    mean = (seeds[0]["test_accuracy"] + seeds[1]["test_accuracy"]) / 2
+    assert result["mean_test_accuracy"] == pytest.approx(mean)
+    assert result["mean_val_accuracy"] == pytest.approx((seeds[0]["val_accuracy"] + seeds[1]["val_accuracy"]) / 2)
     table = (FOUND / "RESULTS.md").read_text(encoding="utf-8")
     row = next((line for line in table.splitlines() if line.startswith(f"| searched {path.stem.upper()} |")), None)
     assert row is not None, f"RESULTS.md has no 'searched' row for {path.stem}"
-    for accuracy in (result["test_accuracy"], result["second_seed_test_accuracy"]):
+    for accuracy in (seeds[0]["test_accuracy"], seeds[1]["test_accuracy"]):
         assert f"{accuracy * 100:.2f}%" in row, row
-    mean = (result["test_accuracy"] + result["second_seed_test_accuracy"]) / 2
     assert f"{mean * 100:.2f}%" in row, row

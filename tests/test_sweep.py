@@ -330,3 +330,77 @@ def test_a_refused_candidate_is_recorded_rejected_and_never_built(small_npz, tmp
         assert trial.state == optuna.trial.TrialState.PRUNED
         assert trial.user_attrs["rejected"].startswith("too slow for the time left (a test): ")
         assert trial.user_attrs["memory_estimate"] / 512 == pytest.approx(asked[trial.number])
+
+
+def test_winner_config_is_written_before_its_replay(tiny_npz, tmp_path):
+    # The search's choice is the expensive part of a sweep: a replay stopped or failed after it must not lose
+    # it. write_winner writes the chosen trial's config (spec, the recipe the replay will train, the search's
+    # record) before any replay runs; the replay then rewrites it with the test figures.
+    from budgetnas.config import load_config
+    from budgetnas.records import spec_of
+    from budgetnas.search import SearchConfig
+    from budgetnas.sweep import SweepRow, ranked_trials, write_winner
+    from studyfactory import BUDGET, make_study
+
+    made = make_study(tmp_path, tiny_npz, with_failed=False)
+    study = optuna.load_study(study_name=made.name, storage=made.url)
+    best = ranked_trials(study)[0]
+    search = SearchConfig(budget=BUDGET, storage=made.url, dataset=f"npz:{tiny_npz}", objectives=("accuracy",))
+    row = SweepRow(budget=BUDGET, study=made.name, trial=-1, search_trials=len(study.trials), search_seconds=5.0)
+    path = write_winner(row, search, "best", "flip", epochs=7, seed=3, folder=tmp_path / "found")
+    assert row.trial == best.number
+    found = load_config(path)
+    assert found.spec == spec_of(best) and found.result["params"] == best.user_attrs["params"]
+    assert (found.recipe.epochs, found.recipe.seed, found.recipe.augment) == (7, 3, "flip")  # as the replay trains
+    assert found.result["trial"] == best.number and "test_accuracy" not in found.result
+    assert "Not replayed yet" in path.read_text(encoding="utf-8")
+
+    # Any family's spec: an mbconv winner (a real 50K sweep once failed here, on a spec without to_dict). The
+    # study's best trial copied with an mbconv spec in place of its CNN's; nothing here trains it.
+    from budgetnas.families import get_family
+    from budgetnas.spec import spec_to_dict
+
+    mbconv = get_family("mbconv").minimal_spec("fit", (1, 28, 28))
+    copy = optuna.create_study(storage=made.url, study_name="mbconv-copy", directions=study.directions)
+    for key, value in study.user_attrs.items():
+        copy.set_user_attr(key, value)
+    frozen = study.get_trials(deepcopy=True)[best.number]
+    frozen.user_attrs["spec"] = spec_to_dict(mbconv)
+    copy.add_trial(frozen)
+    row = SweepRow(budget=BUDGET, study="mbconv-copy", trial=-1, search_trials=1, search_seconds=5.0)
+    found = load_config(write_winner(row, search, 0, None, epochs=7, seed=3, folder=tmp_path / "mbconv"))
+    assert found.spec == mbconv and row.trial == 0
+
+
+@pytest.mark.slow
+def test_sweep_replays_each_winner_with_every_replay_seed(cli, tiny_npz, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'seeds.db'}"
+    proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}", "--trials", "2",
+               "--epochs", "1", "--replay-epochs", "1", "--storage", storage, "--out", tmp_path / "out", "--json",
+               "--subset", "400", "--seed", "5", "--replay-seeds", "1,0")
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)["rows"][0]
+    runs = row["seed_replays"]["seeds"]
+    assert [r["seed"] for r in runs] == [1, 0] and row["replay"]["seed"] == 1  # the first seed's run is the row's
+    for run in runs:  # each seed a whole replay with its own artifacts
+        metrics = json.loads((tmp_path / "out" / f"{row['study']}-best" / f"seed-{run['seed']}" / "metrics.json")
+                             .read_text())
+        assert metrics["seed"] == run["seed"] and metrics["test_accuracy"] == run["test_accuracy"]
+        assert metrics["trial"] == row["trial"]  # every seed trains the same trial
+    mean = (runs[0]["test_accuracy"] + runs[1]["test_accuracy"]) / 2
+    assert row["seed_replays"]["mean_test_accuracy"] == pytest.approx(mean)
+    from budgetnas.config import load_config
+
+    found = load_config(tmp_path / "out" / "found" / "cnn-3k.toml")
+    assert found.recipe.seed == 1 and found.result["seed"] == 1 and found.result["search_seed"] == 5
+    assert [s["seed"] for s in found.result["seeds"]] == [1, 0]
+    assert found.result["mean_test_accuracy"] == pytest.approx(mean)
+    assert "seed 1" in (tmp_path / "out" / "SWEEP.md").read_text()
+
+
+def test_sweep_rejects_bad_replay_seeds(cli, tiny_npz):
+    for bad, says in (("0,x", "comma-separated"), ("1,1", "differ")):
+        proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}",
+                   "--replay-seeds", bad)
+        assert_one_line_error(proc, 2, "--replay-seeds")
+        assert says in proc.stderr, proc.stderr

@@ -44,13 +44,13 @@ def add_seeds_option(parser: argparse.ArgumentParser, each_into: str) -> None:
                              "test accuracy carries a few tenths of a point of luck")
 
 
-def parse_seeds(text: str, seed: int | None) -> list[int]:
-    """``--seeds 0,1`` as a list (the library refuses empty, negative and repeated seeds)."""
+def parse_seeds(text: str, seed: int | None, flag: str = "--seeds") -> list[int]:
+    """``--seeds 0,1`` (or ``flag``'s value) as a list (the library refuses empty, negative and repeated seeds)."""
     if seed is not None:
         raise UsageError("--seed and --seeds cannot be used together; give every seed to --seeds, e.g. --seeds 0,1")
     parts = [part.strip() for part in text.split(",") if part.strip()]
     if not all(part.isascii() and part.isdigit() for part in parts):
-        raise UsageError(f"--seeds must be comma-separated non-negative integers, e.g. 0,1, got {text!r}")
+        raise UsageError(f"{flag} must be comma-separated non-negative integers, e.g. 0,1, got {text!r}")
     return [int(part) for part in parts]
 
 

@@ -12,7 +12,8 @@ EXAMPLES = """examples:
   budgetnas sweep --family cnn --budgets 10k,20k,50k,100k,200k --trials 30 --epochs 3 --budget-timeout 45m
   budgetnas sweep --family fcn --budgets 50k,100k,200k --replay-epochs 20 --out runs/sweep-fcn
   budgetnas sweep --family cnn --budgets 50k --budget-timeout 40m --finalist-augments none,flip \
-      --finalists-within-timeout       # 40 minutes for search and finalists together"""
+      --finalists-within-timeout       # 40 minutes for search and finalists together
+  budgetnas sweep --family mbconv --budgets 20k --replay-seeds 0,1   # each winner replayed with two seeds"""
 
 
 def register(subparsers: Any) -> None:
@@ -28,6 +29,9 @@ def register(subparsers: Any) -> None:
                              "enough to leave them their time, estimated from the epochs it measured")
     parser.add_argument("--replay-epochs", type=int, default=20, metavar="E",
                         help="epochs of each best trial's replay (default 20, the paper's)")
+    parser.add_argument("--replay-seeds", default=None, metavar="S,T,...",
+                        help="replay each winner once per seed (e.g. 0,1) and record every run and the mean in its "
+                             "found config (default: once, with the search's --seed)")
     parser.add_argument("--replay-subset", type=int, default=None, metavar="N",
                         help="replay on a stratified N-image slice (quick looks; default: the whole training split)")
     parser.add_argument("--finalists", type=int, default=1, metavar="K",
@@ -45,6 +49,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from budgetnas.cli._common import parse_seeds
     from budgetnas.cli.search import config_from_args
     from budgetnas.errors import UsageError
     from budgetnas.sweep import SweepConfig, parse_augments, parse_budgets, run_sweep
@@ -60,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
                          replay_epochs=args.replay_epochs, finalists=args.finalists,
                          finalist_augments=parse_augments(args.finalist_augments) if args.finalist_augments else (),
                          finalists_within_timeout=args.finalists_within_timeout, replay_subset=args.replay_subset,
+                         replay_seeds=tuple(parse_seeds(args.replay_seeds, None, "--replay-seeds"))
+                         if args.replay_seeds is not None else (),
                          out=Path(args.out) if args.out else Path("runs") / f"sweep-{template.family}")
     result = run_sweep(config, progress=progress)
     if args.json:

@@ -75,6 +75,14 @@ class SweepConfig:
         if len(set(self.budgets)) != len(self.budgets):
             raise UsageError("each budget may appear once in --budgets")
 
+    @property
+    def reranks(self) -> bool:
+        """Whether the finalists' full-length runs can change the choice: more than one trial, or more
+        than one augmentation. One trial with one augmentation is the search's best trained as its replay
+        will train it; that run would decide nothing (round L spent 30.5 of its 40 minutes on one), so it
+        is not made and the augmentation goes straight to the replay."""
+        return self.finalists > 1 or len(self.finalist_augments) > 1
+
 
 @dataclass
 class SweepRow:
@@ -145,7 +153,7 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
         chosen: str | int = "best"
         augment: str | None = None  # None: the chosen trial's own
         started = time.monotonic()
-        if config.finalists > 1 or config.finalist_augments:
+        if config.reranks:
             runs = f" x {len(config.finalist_augments)} augmentations" if config.finalist_augments else ""
             say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: re-ranking the top "
                 f"{plural(config.finalists, 'trial')}{runs} with full-length runs (validation only)")
@@ -154,11 +162,18 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
             if finalists:
                 chosen = finalists[0]["trial"]
                 augment = finalists[0]["augment"] if config.finalist_augments else None
+        elif config.finalist_augments:  # one trial, one augmentation: nothing to re-rank (SweepConfig.reranks)
+            chosen = top_trial(search, summary.study)
+            augment = config.finalist_augments[0]
         finalist_seconds = time.monotonic() - started if finalists else 0.0
         if reserve is not None and finalists:
             say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: search and finalists took "
                 f"{(time.monotonic() - reserve.started) / 60:.1f} of {reserve.limit / 60:.3g} minutes (finalists "
                 f"{finalist_seconds / 60:.1f}, estimated {reserve.estimate / 60:.1f} when the search ended)")
+        elif reserve is not None:
+            say(f"[budget {i}/{len(config.budgets)}] {format_budget(budget)}: the search took "
+                f"{(time.monotonic() - reserve.started) / 60:.1f} of {reserve.limit / 60:.3g} minutes (no finalist "
+                "runs: one trial, at most one augmentation)")
         row = SweepRow(budget=budget, study=summary.study, trial=-1, search_trials=summary.trials,
                        search_seconds=search_span(search, summary.study), finalists=finalists,
                        finalist_seconds=finalist_seconds, finalist_augments=sorted(config.finalist_augments),
@@ -282,6 +297,8 @@ class FinalistReserve:
         trial as slow as the slowest trained so far, whichever is longer (the next trial may join them)."""
         from budgetnas.replay import trained_trials
 
+        if not self.count:  # no finalist runs: nothing to reserve
+            return 0.0
         current = [self.run_seconds(t) for t in ranked_trials(study)[:self.count]]
         slowest = max((self.run_seconds(t) for t in trained_trials(study)), default=0.0)
         displaced = current[-1] if len(current) == self.count else 0.0
@@ -292,8 +309,10 @@ class FinalistReserve:
         ``search_epochs`` epochs, then the finalists' runs as they stand (``current``: their seconds, best
         first), or with it in place of the last (at ``scale * epochs * runs_per_trial`` of its epochs per
         run), whichever is longer."""
-        displaced = current[-1] if len(current) == self.count else 0.0
         epochs = float(self.search_epochs or 1)
+        if not self.count:  # no finalist runs: its own epochs must end within the time
+            return left / epochs
+        displaced = current[-1] if len(current) == self.count else 0.0
         per_epoch = self.scale * (self.epochs or epochs) * self.runs_per_trial  # its finalist seconds per epoch second
         alone = (left - FINALIST_MARGIN * sum(current)) / epochs
         joining = (left - FINALIST_MARGIN * (sum(current) - displaced)) / (epochs + FINALIST_MARGIN * per_epoch)
@@ -329,9 +348,9 @@ class FinalistReserve:
         self.epoch_limit = self.admitted_epoch_seconds(current, left)
         cheapest = self.fit(min(x for x, _ in measured))
         if cheapest > self.epoch_limit or self.refused >= REFUSALS_TO_END:
+            finalists = f" with the finalists' {self.estimate * FINALIST_MARGIN / 60:.1f}" if self.count else ""
             why = (f"{self.refused} candidates in a row were too slow for it" if cheapest <= self.epoch_limit else
-                   f"not even the cheapest candidate so far ({cheapest:.1f} s per epoch) would fit with the "
-                   f"finalists' {self.estimate * FINALIST_MARGIN / 60:.1f}")
+                   f"not even the cheapest candidate so far ({cheapest:.1f} s per epoch) would fit{finalists}")
             self.say(f"ending the search with {left / 60:.1f} minutes left: {why}")
             study.stop()
         elif self.epoch_limit < max(y for _, y in measured) and abs(self.epoch_limit - self._told_limit) > \
@@ -356,14 +375,19 @@ class FinalistReserve:
                      f"{self.estimate / 60:.1f}, {planned / 60:.1f} should a trial as slow as the slowest so far "
                      f"join them), so the search ends in about {max(left - another - reserved, 0.0) / 60:.1f}")
         if left < another + reserved:
-            self.say(f"ending the search with {left / 60:.1f} minutes left: the finalists need about "
-                     f"{reserved / 60:.1f} and a trial trained to the end takes up to {another / 60:.1f}")
+            finalists = f"the finalists need about {reserved / 60:.1f} and " if self.count else ""
+            self.say(f"ending the search with {left / 60:.1f} minutes left: {finalists}a trial trained to the end "
+                     f"takes up to {another / 60:.1f}")
             study.stop()
 
 
 def finalist_reserve(config: SweepConfig, search: SearchConfig, say: Progress) -> FinalistReserve | None:
-    """The :class:`FinalistReserve` of one budget's search, or None when the time is the search's alone."""
-    if not config.finalists_within_timeout or not (config.finalists > 1 or config.finalist_augments):
+    """The :class:`FinalistReserve` of one budget's search, or None when the time is the search's alone.
+
+    With no finalist runs to make (:attr:`SweepConfig.reranks`) it reserves nothing and only keeps each
+    trial within the time: Optuna's timeout stops *starting* trials, so the last one could overrun it.
+    """
+    if not config.finalists_within_timeout:
         return None
     from budgetnas.data import load_dataset
 
@@ -372,7 +396,8 @@ def finalist_reserve(config: SweepConfig, search: SearchConfig, say: Progress) -
                                 validation=search.validation).train)
 
     scale = images(config.replay_subset) / images(search.subset)
-    return FinalistReserve(float(config.budget_timeout or 0), config.finalists, config.replay_epochs,
+    return FinalistReserve(float(config.budget_timeout or 0), config.finalists if config.reranks else 0,
+                           config.replay_epochs,
                            max(1, len(config.finalist_augments)), scale, say, search_epochs=search.epochs)
 
 
@@ -395,6 +420,15 @@ def ranked_trials(study: Any) -> list[Any]:
 
     settings = settings_of(study)
     return sorted(trained_trials(study), key=lambda t: (-val_accuracy_of(t, settings), t.user_attrs.get("params", 0)))
+
+
+def top_trial(search: SearchConfig, study_name: str) -> str | int:
+    """The trial a single finalist would be (the first of :func:`ranked_trials`), or ``best`` when
+    none is trained yet (the replay then says so)."""
+    from budgetnas.studyio import load_existing_study
+
+    ranked = ranked_trials(load_existing_study(search.storage_url, study_name)[0])
+    return ranked[0].number if ranked else "best"
 
 
 def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: int | None,

@@ -94,6 +94,58 @@ def test_finalists_choose_the_augmentation_at_full_length(cli, tiny_npz, tmp_pat
     assert found.result["finalist_estimate"] == row["finalist_estimate"]
 
 
+@pytest.mark.slow
+def test_one_finalist_with_one_augmentation_makes_no_finalist_run(cli, tiny_npz, tmp_path):
+    # One trial trained once more with one augmentation would decide nothing (round L spent 30.5 of its
+    # 40 minutes on such a run): the augmentation goes straight to the replay, and the whole budget
+    # timeout is the search's, each trial kept within it.
+    storage = f"sqlite:///{tmp_path / 'one.db'}"
+    proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}", "--trials", "2",
+               "--epochs", "1", "--replay-epochs", "1", "--storage", storage, "--out", tmp_path / "out", "--json",
+               "--finalists", "1", "--finalist-augments", "shift", "--subset", "400",
+               "--budget-timeout", "30m", "--finalists-within-timeout")
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)["rows"][0]
+    assert row["finalists"] == [] and row["finalist_seconds"] == 0.0 and row["finalist_estimate"] == 0.0
+    assert "re-ranking" not in proc.stderr and "no finalist runs" in proc.stderr
+    assert row["replay"]["recipe"]["augment"] == "shift"
+    from budgetnas.config import load_config
+    from budgetnas.sweep import ranked_trials
+
+    study = optuna.load_study(study_name=row["study"], storage=storage)
+    assert row["trial"] == ranked_trials(study)[0].number  # the search's best, as the search ranked it
+    found = load_config(tmp_path / "out" / "found" / "cnn-3k.toml")
+    assert found.recipe.augment == "shift" and found.result["finalist_augments"] == ["shift"]
+
+
+def test_a_reserve_without_finalists_keeps_each_trial_within_the_time(tiny_npz, tmp_path):
+    from budgetnas.replay import trained_trials
+    from budgetnas.sweep import FinalistReserve
+    from studyfactory import make_study
+
+    made = make_study(tmp_path, tiny_npz, with_failed=False)
+    study = optuna.load_study(study_name=made.name, storage=made.url)
+    now = [0.0]
+    said: list[str] = []
+    reserve = FinalistReserve(1000.0, count=0, epochs=20, runs_per_trial=1, scale=3.0, say=said.append,
+                              clock=lambda: now[0], search_epochs=4)
+    assert reserve.finalist_seconds(study) == reserve.planned_seconds(study) == 0.0
+    assert reserve.admitted_epoch_seconds([], 100.0) == 25.0  # its own 4 epochs, nothing after them
+    longest = max(t.duration.total_seconds() for t in trained_trials(study))
+
+    def objective(_trial):  # a trial that adds no trained trial and takes a second
+        now[0] += 1.0
+        raise optuna.TrialPruned()
+
+    # no epoch fit (the factory records no activations): the search ends once the time left would not
+    # hold one more trial as long as the longest, and the reason names no finalists
+    now[0] = 1000.0 - longest - 1.5
+    before = len(study.trials)
+    study.optimize(objective, n_trials=5, callbacks=[reserve])
+    assert len(study.trials) == before + 2
+    assert said[-1].startswith("ending the search with") and "finalists" not in said[-1]
+
+
 def test_sweep_rejects_unknown_finalist_augments(cli, tiny_npz):
     proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}",
                "--finalist-augments", "none,rotate")

@@ -65,15 +65,21 @@ def test_sweep_searches_replays_and_reports_each_budget(cli, tiny_npz, tmp_path)
     assert all(row["search_seconds"] > 0 for row in json.loads(again.stdout)["rows"])
 
 
+def sweep_3k(cli, tiny_npz, tmp_path, augments: str, replay_epochs: int):
+    """A 2-trial search at 3K with one finalist trained per augmentation in ``augments``, within 30 minutes."""
+    storage = f"sqlite:///{tmp_path / 'finalists.db'}"
+    proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}", "--trials", "2",
+               "--epochs", "1", "--replay-epochs", str(replay_epochs), "--storage", storage, "--out",
+               tmp_path / "out", "--json", "--finalists", "1", "--finalist-augments", augments, "--subset", "400",
+               "--budget-timeout", "30m", "--finalists-within-timeout")
+    return proc, storage
+
+
 @pytest.mark.slow
 def test_finalists_choose_the_augmentation_at_full_length(cli, tiny_npz, tmp_path):
     # --finalist-augments trains the best trial once per augmentation (validation only) and replays
     # the best of those runs with that augmentation, whatever the short search had chosen.
-    storage = f"sqlite:///{tmp_path / 'aug.db'}"
-    proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}", "--trials", "2",
-               "--epochs", "1", "--replay-epochs", "2", "--storage", storage, "--out", tmp_path / "out", "--json",
-               "--finalists", "1", "--finalist-augments", "none,shift", "--subset", "400",
-               "--budget-timeout", "30m", "--finalists-within-timeout")
+    proc, _storage = sweep_3k(cli, tiny_npz, tmp_path, "none,shift", replay_epochs=2)
     assert proc.returncode == 0, proc.stderr
     row = json.loads(proc.stdout)["rows"][0]
     # --finalists-within-timeout: the finalists' time was estimated from the search's epochs (2 trials
@@ -99,11 +105,7 @@ def test_one_finalist_with_one_augmentation_makes_no_finalist_run(cli, tiny_npz,
     # One trial trained once more with one augmentation would decide nothing (round L spent 30.5 of its
     # 40 minutes on such a run): the augmentation goes straight to the replay, and the whole budget
     # timeout is the search's, each trial kept within it.
-    storage = f"sqlite:///{tmp_path / 'one.db'}"
-    proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}", "--trials", "2",
-               "--epochs", "1", "--replay-epochs", "1", "--storage", storage, "--out", tmp_path / "out", "--json",
-               "--finalists", "1", "--finalist-augments", "shift", "--subset", "400",
-               "--budget-timeout", "30m", "--finalists-within-timeout")
+    proc, storage = sweep_3k(cli, tiny_npz, tmp_path, "shift", replay_epochs=1)
     assert proc.returncode == 0, proc.stderr
     row = json.loads(proc.stdout)["rows"][0]
     assert row["finalists"] == [] and row["finalist_seconds"] == 0.0 and row["finalist_estimate"] == 0.0

@@ -26,7 +26,8 @@ def register(subparsers: Any) -> None:
                         help="wall-clock search time per budget: 90s, 30m, 2h")
     parser.add_argument("--finalists-within-timeout", action="store_true",
                         help="count the finalists' full-length runs in --budget-timeout: each search ends early "
-                             "enough to leave them their time, estimated from the epochs it measured")
+                             "enough to leave them their time, estimated from the epochs it measured (with no "
+                             "finalist runs to make, it keeps each trial within the time)")
     parser.add_argument("--replay-epochs", type=int, default=20, metavar="E",
                         help="epochs of each best trial's replay (default 20, the paper's)")
     parser.add_argument("--replay-seeds", default=None, metavar="S,T,...",
@@ -39,7 +40,8 @@ def register(subparsers: Any) -> None:
                              "replay the one with the best validation accuracy (default 1: the search's best)")
     parser.add_argument("--finalist-augments", default=None, metavar="LIST|all",
                         help="train each finalist once per augmentation (e.g. none,shift; all: every one) and "
-                             "replay the best on validation: short search runs under-rate augmentation")
+                             "replay the best on validation: short search runs under-rate augmentation (one "
+                             "finalist and one augmentation: no run to rank, the replay trains with it)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="where SWEEP.md, sweep.html and the replays go (default runs/sweep-FAMILY)")
     add_search_options(parser)

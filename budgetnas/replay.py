@@ -226,7 +226,7 @@ class SeedReplays:
 def replay_seeds(storage: str | None = None, study: str | None = None, trial: str | int = "best", *,
                  seeds: Sequence[int], out: str | Path | None = None, record: bool = True,
                  progress: ProgressFn | None = None, on_result: Callable[[ReplayResult], None] | None = None,
-                 **options: Any) -> SeedReplays:
+                 workers: int | str = 1, **options: Any) -> SeedReplays:
     """Replay trial ``trial`` once per seed in ``seeds``, each run into ``out/seed-S``.
 
     ``options`` are :func:`replay`'s (epochs, augment, device, precision, data_root, subset,
@@ -236,6 +236,12 @@ def replay_seeds(storage: str | None = None, study: str | None = None, trial: st
     with every seed's figures and their means. ``on_result`` is called with each seed's run as it
     ends, so that a caller can keep what finished if a later seed is stopped (a sweep rewrites its
     found config).
+
+    ``workers`` (a number or ``auto``, :func:`budgetnas.processes.resolve_run_workers`) trains that many
+    seeds at once, each in its own process with its share of the CPU cores: on a CPU, N single-threaded
+    runs finish sooner than N runs one after another with N threads each. Each run's ``train_seconds``
+    is then measured beside the others, and its result carries no ``model`` (it stays in its process;
+    the weights are in its artifacts).
     """
     from budgetnas.studyio import load_existing_study
 
@@ -248,18 +254,39 @@ def replay_seeds(storage: str | None = None, study: str | None = None, trial: st
     out = _out_folder(loaded, choice, out)
     for seed in seeds:
         check_writable(out / f"seed-{seed}")  # every seed's folder before the first run trains
-    subset, data = replay_data(settings, options.pop("data_root", None), options.pop("subset", "study"))  # once
-    results = []
-    for i, seed in enumerate(seeds, start=1):
-        say(seed_heading(i, seed, len(seeds)))
-        results.append(_replay_trial(loaded, settings, choice, data, subset, seed=seed, out=out / f"seed-{seed}",
-                                     record=False, say=say, **options))
-        if on_result is not None:
-            on_result(results[-1])
+    data_root, subset = options.pop("data_root", None), options.pop("subset", "study")
+    from budgetnas.device import resolve_placement
+    from budgetnas.processes import resolve_run_workers, run_calls, threads_per_worker
+
+    workers = resolve_run_workers(workers, len(seeds), resolve_placement(options.get("device", "auto"),
+                                                                        options.get("precision", "auto")).device.type)
+    results: list[ReplayResult] = []
+    if workers > 1:
+        say(f"seeds {', '.join(map(str, seeds))}: {workers} at once, each in its own process with "
+            f"{plural(threads_per_worker(workers), 'CPU thread')}")
+        calls = [dict(storage=_url, study=loaded.study_name, trial=number, seed=seed, out=out / f"seed-{seed}",
+                      data_root=data_root, subset=subset, record=False, **options) for seed in seeds]
+        results = run_calls("budgetnas.replay:replay_detached", calls, workers, [f"seed {s}" for s in seeds],
+                            on_result=(lambda _i, result: on_result(result)) if on_result else None,
+                            verbose=progress is not None)
+    else:
+        subset, data = replay_data(settings, data_root, subset)  # loaded once for every seed
+        for i, seed in enumerate(seeds, start=1):
+            say(seed_heading(i, seed, len(seeds)))
+            results.append(_replay_trial(loaded, settings, choice, data, subset, seed=seed,
+                                         out=out / f"seed-{seed}", record=False, say=say, **options))
+            if on_result is not None:
+                on_result(results[-1])
     replays = SeedReplays(study=loaded.study_name, trial=number, reason=choice.reason, out=out, results=results)
     if record:
         loaded.set_user_attr(replay_key(number), {**_recorded(results[0]), **replays.summary()})
     return replays
+
+
+def replay_detached(**options: Any) -> ReplayResult:
+    """:func:`replay` in a :func:`budgetnas.processes.run_calls` process: its result without the model
+    (the parent would unpickle a module it does not use; the weights are in the run's artifacts)."""
+    return replace(replay(**options), model=None)
 
 
 def replay_data(settings: StudySettings, data_root: Any, subset: int | None | str = "study") -> tuple[int | None, Any]:

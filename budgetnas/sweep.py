@@ -53,13 +53,18 @@ class SweepConfig:
     # Replay each winner once per seed here (empty: once, with the search's seed): one run's test accuracy
     # carries a few tenths of a point of luck, so a claim about a winner rests on several.
     replay_seeds: tuple[int, ...] = ()
+    # Train that many replay seeds at once, each in its own process (a number or "auto";
+    # budgetnas.processes.resolve_run_workers): a slow winner's two replays take half the time on two cores.
+    replay_workers: int | str = 1
 
     def __post_init__(self) -> None:
         from budgetnas.recipe import AUGMENTS
         from budgetnas.runs import check_seeds
+        from budgetnas.processes import parse_workers
 
         if self.replay_seeds:
             check_seeds(self.replay_seeds, "replay_seeds")
+        parse_workers(self.replay_workers, "--replay-workers")
 
         if self.finalists < 1:
             raise UsageError(f"--finalists must be at least 1, got {self.finalists}")
@@ -191,6 +196,7 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
 
         def keep(result: Any) -> None:  # called as each seed's run ends, within this budget's iteration
             done.append(_compact(result.metrics))
+            done.sort(key=lambda m: seeds.index(m["seed"]))  # parallel seeds end in any order; the first leads
             row.replay = done[0]
             row.seed_replays = seed_summary(done) if len(seeds) > 1 else {}
             write_found(row, search, config.out / "found")
@@ -199,7 +205,7 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None) -> SweepRes
                        precision=search.precision, data_root=search.data_root, subset=config.replay_subset,
                        progress=say)
         if len(seeds) > 1:
-            replay_seeds(search.storage, summary.study, row.trial, seeds=seeds,
+            replay_seeds(search.storage, summary.study, row.trial, seeds=seeds, workers=config.replay_workers,
                          out=config.out / f"{summary.study}-best", on_result=keep, **options)
         else:
             keep(replay(search.storage, summary.study, row.trial, seed=seeds[0],

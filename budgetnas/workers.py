@@ -54,12 +54,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from budgetnas.errors import RunFailure, UsageError
+from budgetnas.processes import (AUTO, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, available_cores,  # noqa: F401
+                                 last_line, parse_workers, resolve_run_workers, run_calls, signals_as_ctrl_c,
+                                 threads_per_worker)
 from budgetnas.storage import fail_running_command, storage_kind
 from budgetnas.trialcount import (LOCK_ENV, GiveWay, StopAtTotal, TrialGate, count_finished,  # noqa: F401
                                   retried_numbers)  # (their old home; tests import them here)
@@ -69,25 +71,7 @@ if TYPE_CHECKING:
     from budgetnas.search import SearchConfig, SearchSummary
 
 Progress = Callable[[str], None]
-EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
-AUTO = "auto"
 DEFAULT_WORKERS = AUTO  # chosen from benchmarks/results/search_throughput.md
-
-
-def parse_workers(value: int | str) -> int | str:
-    """``--workers``: ``auto`` or a whole number of at least 1 (as given; see :func:`resolve_workers`)."""
-    if isinstance(value, str) and value.strip().lower() == AUTO:
-        return AUTO
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"--workers must be a whole number of at least 1 or 'auto', got {value!r}")
-    return value
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on: its affinity mask where the OS has one (taskset, cgroups)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def resolve_workers(workers: int | str, storage_url: str | None, device_type: str = "cpu",
@@ -111,11 +95,6 @@ def check_workers(workers: int, storage_url: str | None) -> None:
     if workers > 1 and storage_kind(storage_url) == "sqlite":
         raise UsageError(f"--workers {workers} cannot share an SQLite file (concurrent writers get 'database is "
                          "locked'); use --storage journal:budgetnas.log on one machine, or a postgresql:// URL")
-
-
-def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    """Each worker's share of the CPU cores this process may use (at least one)."""
-    return max(1, (cores if cores is not None else available_cores()) // workers)
 
 
 def run_workers(config: "SearchConfig", workers: int | str = DEFAULT_WORKERS,
@@ -165,7 +144,7 @@ def run_workers(config: "SearchConfig", workers: int | str = DEFAULT_WORKERS,
         processes = [_spawn(config, prepared, index, threads, lock, verbose=progress is not None)
                      for index in range(workers)]
         codes, interrupted = _wait(processes)
-    messages = [m for m in (_last_line(p) for p in processes) if m]
+    messages = [m for m in (last_line(p) for p in processes) if m]
     heartbeat = storage_kind(config.storage_url) != "journal"
     for index, code in enumerate(codes):
         if code < 0 and heartbeat:
@@ -190,7 +169,7 @@ def run_workers(config: "SearchConfig", workers: int | str = DEFAULT_WORKERS,
 def _wait(processes: list[subprocess.Popen]) -> tuple[list[int], bool]:
     """Wait for every worker; (exit codes, whether Ctrl-C or SIGTERM came meanwhile)."""
     interrupted = False
-    with _signals_as_ctrl_c():
+    with signals_as_ctrl_c():
         while any(p.poll() is None for p in processes):
             try:
                 for process in processes:
@@ -217,30 +196,6 @@ def _lock_file() -> Iterator[str]:
             os.unlink(path)
 
 
-@contextlib.contextmanager
-def _signals_as_ctrl_c() -> Iterator[None]:
-    """SIGINT and SIGTERM (``kill``, a batch system, ``timeout``) stop the workers as cleanly as Ctrl-C.
-
-    SIGINT gets an explicit handler too: Python installs its KeyboardInterrupt handler only when
-    SIGINT was not ignored at start-up, and a shell ignores it for the jobs it starts in the
-    background, where ``kill -INT`` would otherwise do nothing. A single-process search handles
-    SIGINT itself (``search._CtrlC``), so both modes answer it the same way.
-    """
-    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _spawn(config: "SearchConfig", prepared: Any, index: int, threads: int, lock: str,
            verbose: bool) -> subprocess.Popen:
     """Start ``python -m budgetnas.workers`` with the pickled job on its stdin.
@@ -256,13 +211,6 @@ def _spawn(config: "SearchConfig", prepared: Any, index: int, threads: int, lock
     process.stdin.write(pickle.dumps((config, prepared, index, threads, verbose)))
     process.stdin.close()
     return process
-
-
-def _last_line(process: subprocess.Popen) -> str:
-    assert process.stdout is not None
-    lines = process.stdout.read().decode(errors="replace").strip().splitlines()
-    process.stdout.close()
-    return lines[-1] if lines else ""
 
 
 def _worker_main() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import optuna
@@ -212,6 +213,91 @@ def test_replay_seeds_trains_one_trial_once_per_seed_and_records_every_run_and_t
     assert json.loads(json.dumps(runs.to_dict()))["mean_test_accuracy"] == recorded["mean_test_accuracy"]
     html = write_report(study.url, out=tmp_path / "report.html").read_text()
     assert f"seed 1: {tests[0] * 100:.2f}%, seed 0: {tests[1] * 100:.2f}%; mean " in html
+
+
+def test_replay_seeds_in_processes_train_the_same_runs_as_one_after_another(made, tmp_path):
+    # --workers 2: each seed in its own single-threaded process. Same trial, same seeds, same data: the same
+    # runs as in this process with one thread, each in its own folder, in the order of the seeds whatever
+    # order they end in, each handed to on_result as it ends.
+    import torch
+
+    study = made.copy_to(tmp_path / "db")
+    ended = []
+    options = dict(trial="best", seeds=[1, 0], epochs=1, device="cpu", precision="fp32")
+    parallel = replay_seeds(study.url, workers=2, out=tmp_path / "par", on_result=ended.append,
+                            progress=lambda _m: None, **options)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = replay_seeds(study.url, out=tmp_path / "seq", record=False, **options)
+    finally:
+        torch.set_num_threads(threads)
+    assert parallel.seeds == alone.seeds == [1, 0] and parallel.trial == alone.trial
+    assert sorted(r.metrics["seed"] for r in ended) == [0, 1]
+    for p, a in zip(parallel.results, alone.results):
+        assert p.model is None and p.out == (tmp_path / "par" / f"seed-{p.metrics['seed']}").resolve()
+        assert json.loads((p.out / "metrics.json").read_text())["seed"] == p.metrics["seed"]
+        assert (p.out / "model.pt").is_file()
+        assert [e["train_loss"] for e in p.metrics["curve"]] == [e["train_loss"] for e in a.metrics["curve"]]
+        assert p.metrics["test_accuracy"] == a.metrics["test_accuracy"]
+    recorded = records.replays_of(_study(study))[parallel.trial]
+    assert recorded["seed"] == 1 and [r["seed"] for r in recorded["seeds"]] == [1, 0]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_seed_process(made, tmp_path):
+    # Seeds in processes of their own session: Ctrl-C reaches the CLI only, which passes it on, and
+    # then exits 130 with one line and no process left behind.
+    import os
+    import signal
+    import threading
+
+    from pg import start_cli
+
+    study = made.copy_to(tmp_path / "db")
+    parent = start_cli(["replay", "--storage", study.url, "--trial", "best", "--seeds", "0,1", "--workers", "2",
+                        "--epochs", "400", "--device", "cpu", "--out", str(tmp_path / "out")], tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(parent.stderr), daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and parent.poll() is None and not all(
+                any(line.startswith(f"[seed {s}]   epoch 1/400") for line in list(lines)) for s in (0, 1)):
+            time.sleep(0.2)
+        children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent_of(int(p)) == parent.pid]
+        assert len(children) == 2, "".join(lines)[-3000:]
+        parent.send_signal(signal.SIGINT)
+        parent.wait(timeout=120)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    reader.join(timeout=10)
+    err = "".join(lines)
+    assert parent.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and err.rstrip().endswith("interrupted")
+    assert all(_parent_of(pid) is None for pid in children)  # none left running (or unreaped)
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent process id of ``pid`` (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def test_a_failed_call_in_a_process_raises_its_one_line_error(made, tmp_path):
+    from budgetnas.errors import UsageError
+    from budgetnas.workers import run_calls
+
+    study = made.copy_to(tmp_path / "db")
+    calls = [dict(storage=study.url, study="no-such-study", seed=seed, out=tmp_path / f"s{seed}", epochs=1,
+                  device="cpu") for seed in (0, 1)]
+    with pytest.raises(UsageError, match=r"^seed 0: .*no-such-study") as caught:
+        run_calls("budgetnas.replay:replay_detached", calls, 2, ["seed 0", "seed 1"], verbose=False)
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize("seeds, message", [([], "at least one seed"), ([0, -1], "non-negative"),

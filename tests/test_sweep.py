@@ -431,8 +431,9 @@ def test_sweep_replays_each_winner_with_every_replay_seed(cli, tiny_npz, tmp_pat
     storage = f"sqlite:///{tmp_path / 'seeds.db'}"
     proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}", "--trials", "2",
                "--epochs", "1", "--replay-epochs", "1", "--storage", storage, "--out", tmp_path / "out", "--json",
-               "--subset", "400", "--seed", "5", "--replay-seeds", "1,0")
+               "--subset", "400", "--seed", "5", "--replay-seeds", "1,0", "--replay-workers", "2")
     assert proc.returncode == 0, proc.stderr
+    assert "2 at once, each in its own process" in proc.stderr and "[seed 0]" in proc.stderr
     row = json.loads(proc.stdout)["rows"][0]
     runs = row["seed_replays"]["seeds"]
     assert [r["seed"] for r in runs] == [1, 0] and row["replay"]["seed"] == 1  # the first seed's run is the row's
@@ -458,3 +459,6 @@ def test_sweep_rejects_bad_replay_seeds(cli, tiny_npz):
                    "--replay-seeds", bad)
         assert_one_line_error(proc, 2, "--replay-seeds")
         assert says in proc.stderr, proc.stderr
+    proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}", "--replay-seeds", "0,1",
+               "--replay-workers", "0")
+    assert_one_line_error(proc, 2, "--replay-workers")

@@ -44,6 +44,13 @@ def add_seeds_option(parser: argparse.ArgumentParser, each_into: str) -> None:
                              "test accuracy carries a few tenths of a point of luck")
 
 
+def add_seed_workers_option(parser: argparse.ArgumentParser, flag: str, seeds_flag: str) -> None:
+    parser.add_argument(flag, default="1", metavar="N|auto",
+                        help=f"with {seeds_flag}: train N seeds at once, each in its own process with its share "
+                             "of the CPU cores (auto: one per seed, up to the cores; 1 on a GPU). Default 1: "
+                             "each run's train time is then measured alone")
+
+
 def parse_seeds(text: str, seed: int | None, flag: str = "--seeds") -> list[int]:
     """``--seeds 0,1`` (or ``flag``'s value) as a list (the library refuses empty, negative and repeated seeds)."""
     if seed is not None:

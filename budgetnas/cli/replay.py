@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from budgetnas.cli._common import (add_device_options, add_json_option, add_seeds_option, add_storage_option,
+from budgetnas.cli._common import (add_device_options, add_json_option, add_seed_workers_option, add_seeds_option,
+                                   add_storage_option,
                                    set_examples)
 from budgetnas.recipe import AUGMENTS
 
@@ -29,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=None, metavar="E", help="override the trial's epochs")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="override the trial's seed")
     add_seeds_option(parser, "each into --out/seed-S")
+    add_seed_workers_option(parser, "--workers", "--seeds")
     parser.add_argument("--augment", default=None, choices=AUGMENTS,
                         help="override the trial's training-image augmentation")
     add_device_options(parser)
@@ -90,7 +92,8 @@ def _run_seeds(args: argparse.Namespace, seeds: list[int], options: dict) -> int
     from budgetnas.cli._common import print_json, seed_table
     from budgetnas.replay import parse_trial, replay_seeds
 
-    runs = replay_seeds(args.storage, args.study, parse_trial(args.trial), seeds=seeds, **options)
+    runs = replay_seeds(args.storage, args.study, parse_trial(args.trial), seeds=seeds, workers=args.workers,
+                        **options)
     if args.json:
         print_json(runs.to_dict())
         return 0

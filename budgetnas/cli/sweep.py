@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from budgetnas.cli._common import parse_duration, print_json, progress
+from budgetnas.cli._common import add_seed_workers_option, parse_duration, print_json, progress
 
 HELP = "search several budgets (one study each), replay each best trial, and report accuracy vs budget"
 EXAMPLES = """examples:
@@ -33,6 +33,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--replay-seeds", default=None, metavar="S,T,...",
                         help="replay each winner once per seed (e.g. 0,1) and record every run and the mean in its "
                              "found config (default: once, with the search's --seed)")
+    add_seed_workers_option(parser, "--replay-workers", "--replay-seeds")
     parser.add_argument("--replay-subset", type=int, default=None, metavar="N",
                         help="replay on a stratified N-image slice (quick looks; default: the whole training split)")
     parser.add_argument("--finalists", type=int, default=1, metavar="K",
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from budgetnas.cli.search import config_from_args
     from budgetnas.errors import UsageError
     from budgetnas.sweep import SweepConfig, parse_augments, parse_budgets, run_sweep
-    from budgetnas.workers import AUTO
+    from budgetnas.processes import AUTO, parse_workers
 
     if str(args.workers) not in ("1", AUTO):  # auto: as many as a sweep can use, which is one
         raise UsageError("sweep runs one worker; start extra `budgetnas search --budget B --study NAME` "
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
                          finalists_within_timeout=args.finalists_within_timeout, replay_subset=args.replay_subset,
                          replay_seeds=tuple(parse_seeds(args.replay_seeds, None, "--replay-seeds"))
                          if args.replay_seeds is not None else (),
+                         replay_workers=parse_workers(args.replay_workers, "--replay-workers"),
                          out=Path(args.out) if args.out else Path("runs") / f"sweep-{template.family}")
     result = run_sweep(config, progress=progress)
     if args.json:

@@ -10,8 +10,10 @@ arms alternating ``--repeats`` times so that both see the same machine as far as
 
 Each run's wall time is measured from starting the command to its exit (interpreter start and data
 loading are part of what a user waits for). The result is the median of each arm and their ratio,
-and each arm's test accuracies, which must agree seed by seed where the arms train alike (they
-differ only by thread count: a few hundredths of a point at most).
+and each arm's test accuracies: the same in every repeat of an arm, but not across arms, whose runs
+differ in thread count and so in the order of float sums (runs with equal threads are identical:
+``tests/test_replay.py``); a run's few tenths of a point of seed luck is of that size too.
+Results: ``benchmarks/results/replay_workers.md``.
 
     python benchmarks/replay_workers.py --epochs 2 --repeats 3 --out benchmarks/results/replay_workers.json
 """
@@ -55,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="replay-workers-") as folder:
         work = Path(folder)
         storage = f"journal:{work / 'study.log'}"
-        cli("search", "--budget", "1000000", "--family", "mbconv", "--enqueue", args.config, "--recipe-space",
+        cli("search", "--budget", "30000", "--family", "mbconv", "--enqueue", args.config, "--recipe-space",
             "search", "--trials", "1", "--epochs", "1", "--subset", "2000", "--storage", storage, "--study", "bench",
             "--workers", "1", "--quiet", cwd=work)
         arms = {"sequential": 1, "parallel": args.workers}

@@ -25,7 +25,8 @@ AUTO = "auto"
 
 
 def parse_workers(value: int | str, flag: str = "--workers") -> int | str:
-    """``--workers`` (or ``flag``): ``auto`` or a whole number of at least 1 (as given; see :func:`budgetnas.workers.resolve_workers`)."""
+    """``--workers`` (or ``flag``): ``auto`` or a whole number of at least 1 (as given; see
+    :func:`budgetnas.workers.resolve_workers` and :func:`resolve_run_workers`)."""
     if isinstance(value, str) and value.strip().lower() == AUTO:
         return AUTO
     if isinstance(value, str) and value.strip().isdigit():
@@ -133,23 +134,39 @@ def _call_main() -> int:
     torch.set_num_threads(threads)
     module, name = target.split(":")
 
+    def work() -> None:
+        value = getattr(importlib.import_module(module), name)(**kwargs, progress=labelled(label) if verbose else None)
+        with open(path, "wb") as handle:
+            pickle.dump(value, handle)
+
+    return child_exit(work, failure_prefix=f"{label}: ", usage_prefix=f"{label}: ")
+
+
+def labelled(label: str) -> Callable[[str], None]:
+    """A child process's progress: ``[label] message`` lines on stderr, told apart from its siblings'."""
     def say(message: str) -> None:
         sys.stderr.write(f"[{label}] {message}\n")
         sys.stderr.flush()
 
+    return say
+
+
+def child_exit(work: Callable[[], None], failure_prefix: str, usage_prefix: str = "") -> int:
+    """Do a child process's ``work`` and return its exit code: 0, :data:`EXIT_INTERRUPTED` (Ctrl-C, and
+    anything that is a KeyboardInterrupt such as ``SearchInterrupted``), :data:`EXIT_USAGE` or
+    :data:`EXIT_FAILURE`, the error then as one line on stdout, where the parent reads it
+    (:func:`last_line`): not a traceback per child."""
     try:
-        value = getattr(importlib.import_module(module), name)(**kwargs, progress=say if verbose else None)
+        work()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except UsageError as exc:
-        print(f"{label}: " + " ".join(str(exc).split()))
+        print(usage_prefix + " ".join(str(exc).split()))
         return EXIT_USAGE
-    except Exception as exc:  # RunFailure or a bug: one line to the parent, not a traceback per process
+    except Exception as exc:  # RunFailure or a bug
         text = str(exc) if isinstance(exc, RunFailure) else f"internal error: {type(exc).__name__}: {exc}"
-        print(f"{label}: " + " ".join(text.split()))
+        print(failure_prefix + " ".join(text.split()))
         return EXIT_FAILURE
-    with open(path, "wb") as handle:
-        pickle.dump(value, handle)
     return 0
 
 

@@ -59,9 +59,8 @@ from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from budgetnas.errors import RunFailure, UsageError
-from budgetnas.processes import (AUTO, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, available_cores,  # noqa: F401
-                                 last_line, parse_workers, resolve_run_workers, run_calls, signals_as_ctrl_c,
-                                 threads_per_worker)
+from budgetnas.processes import (AUTO, EXIT_INTERRUPTED, EXIT_USAGE, available_cores, child_exit, labelled,
+                                 last_line, parse_workers, signals_as_ctrl_c, threads_per_worker)
 from budgetnas.storage import fail_running_command, storage_kind
 from budgetnas.trialcount import (LOCK_ENV, GiveWay, StopAtTotal, TrialGate, count_finished,  # noqa: F401
                                   retried_numbers)  # (their old home; tests import them here)
@@ -228,23 +227,8 @@ def _worker_main() -> int:
     if "worker" in {f.name for f in fields(config)}:  # offsets the sampler seed per worker (search.py)
         config = copy.copy(config)  # not replace(): the parent checked this config once, no second check here
         object.__setattr__(config, "worker", index)
-    try:
-        search.run_search(config, (lambda message: _say(index, message)) if verbose else None, prepared=prepared)
-    except KeyboardInterrupt:  # SearchInterrupted is one
-        return EXIT_INTERRUPTED
-    except UsageError as exc:
-        print(" ".join(str(exc).split()))
-        return EXIT_USAGE
-    except Exception as exc:  # RunFailure or a bug: one line to the parent, not a traceback per worker
-        text = str(exc) if isinstance(exc, RunFailure) else f"internal error: {type(exc).__name__}: {exc}"
-        print(f"worker {index}: " + " ".join(text.split()))
-        return EXIT_FAILURE
-    return 0
-
-
-def _say(index: int, message: str) -> None:
-    sys.stderr.write(f"[worker {index}] {message}\n")
-    sys.stderr.flush()
+    say = labelled(f"worker {index}") if verbose else None
+    return child_exit(lambda: search.run_search(config, say, prepared=prepared), failure_prefix=f"worker {index}: ")
 
 
 if __name__ == "__main__":

@@ -290,7 +290,7 @@ def _parent_of(pid: int) -> int | None:
 
 def test_a_failed_call_in_a_process_raises_its_one_line_error(made, tmp_path):
     from budgetnas.errors import UsageError
-    from budgetnas.workers import run_calls
+    from budgetnas.processes import run_calls
 
     study = made.copy_to(tmp_path / "db")
     calls = [dict(storage=study.url, study="no-such-study", seed=seed, out=tmp_path / f"s{seed}", epochs=1,

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from budgetnas.cli.search import config_from_args
     from budgetnas.errors import UsageError
     from budgetnas.sweep import SweepConfig, parse_augments, parse_budgets, run_sweep
-    from budgetnas.processes import AUTO, parse_workers
+    from budgetnas.processes import AUTO
 
     if str(args.workers) not in ("1", AUTO):  # auto: as many as a sweep can use, which is one
         raise UsageError("sweep runs one worker; start extra `budgetnas search --budget B --study NAME` "
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                          finalists_within_timeout=args.finalists_within_timeout, replay_subset=args.replay_subset,
                          replay_seeds=tuple(parse_seeds(args.replay_seeds, None, "--replay-seeds"))
                          if args.replay_seeds is not None else (),
-                         replay_workers=parse_workers(args.replay_workers, "--replay-workers"),
+                         replay_workers=args.replay_workers,  # checked by SweepConfig
                          out=Path(args.out) if args.out else Path("runs") / f"sweep-{template.family}")
     result = run_sweep(config, progress=progress)
     if args.json:

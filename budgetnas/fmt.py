@@ -8,6 +8,8 @@ separators (the budget is exact), and counted nouns agree with their number.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def percent(accuracy: float | None) -> str:
     """0.91274 -> ``91.27%``; None -> ``-``."""
@@ -17,6 +19,14 @@ def percent(accuracy: float | None) -> str:
 def plural(n: int, noun: str) -> str:
     """``plural(1, "epoch")`` -> ``1 epoch``, ``plural(3, "epoch")`` -> ``3 epochs``."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def epoch_line(stats: Any, epochs: int) -> str:
+    """One epoch's progress (an :class:`~budgetnas.recipe.EpochStats`), as every command that trains
+    shows it: ``epoch 3/20  loss 0.4312  val acc 88.15%  (41.2s)``; callers put their own prefix
+    (which run) in front."""
+    return (f"epoch {stats.epoch}/{epochs}  loss {stats.train_loss:.4f}  val acc {percent(stats.val_accuracy)}  "
+            f"({stats.seconds:.1f}s)")
 
 
 def chance_hint(accuracy: float, num_classes: int, epochs: int) -> str | None:

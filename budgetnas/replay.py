@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from budgetnas.errors import StorageError, UsageError
-from budgetnas.fmt import percent, plural
+from budgetnas.fmt import epoch_line, percent, plural
 from budgetnas.records import StudySettings, recipe_of, replay_key, settings_of, spec_of
 from budgetnas.runs import TrainedRun, check_seeds, seed_heading, seed_summary, write_json
 
@@ -324,8 +324,7 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, data: Any, *, devic
         raise UsageError(f"image index {bad[0]} is outside the test split (0..{len(data.require_test()) - 1})")
 
     def on_epoch(e: Any) -> None:
-        progress(f"  epoch {e.epoch}/{recipe.epochs}  loss {e.train_loss:.4f}  val acc {percent(e.val_accuracy)}  "
-                 f"({e.seconds:.1f}s)")
+        progress(f"  {epoch_line(e, recipe.epochs)}")
 
     run = train_run(spec, recipe, data, dataset=settings.dataset, subset=subset, device=device, precision=precision,
                     on_epoch=on_epoch)

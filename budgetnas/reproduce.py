@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 from budgetnas import tables
 from budgetnas.config import RunConfig, load_config, save_config
 from budgetnas.errors import UsageError
-from budgetnas.fmt import percent, plural
+from budgetnas.fmt import epoch_line, percent, plural
 from budgetnas.cost import check_model_memory
 from budgetnas.progress import Remaining
 from budgetnas.replay import check_writable
@@ -161,26 +161,68 @@ def train_config(config: RunConfig, *, device: str = "auto", precision: str = "a
 def train_config_seeds(config: RunConfig, seeds: Sequence[int], *, device: str = "auto", precision: str = "auto",
                        subset: int | None = None, data_root: str | None = None,
                        on_epoch: Callable[[Any], None] | None = None, threads: int | None = None,
-                       progress: Callable[[str], None] | None = None) -> list[RunReport]:
+                       progress: Callable[[str], None] | None = None, out: str | Path | None = None,
+                       workers: int | str = 1) -> list[RunReport]:
     """Train ``config`` once per seed in ``seeds`` (``train --seeds``), on one loaded dataset.
 
     The seed overrides the recipe's (initial weights, batch order, augmentation); the data split
     is the same for every seed, so the runs differ only in their luck. ``progress`` hears which
     seed each run trains before it starts. :func:`budgetnas.runs.seed_summary` turns the
-    reports' metrics into each seed's accuracies and their means.
+    reports' metrics into each seed's accuracies and their means. With ``out``, each run is saved
+    into ``out/seed-S`` (:func:`save_run`) as soon as it ends, so a run stopped at a later seed
+    keeps the finished ones.
+
+    ``workers`` (a number or ``auto``, :func:`budgetnas.processes.resolve_run_workers`) trains that
+    many seeds at once, each in its own process with its share of the CPU cores, as ``replay
+    --seeds --workers`` does. Each process then loads the data itself, its epochs reach ``progress``
+    (``on_epoch`` stays unused: the epochs happen in another process), each run's ``train_seconds``
+    is measured beside the others, and its report carries no model (the weights are in ``out``).
     """
-    from budgetnas.data import load_dataset
+    from budgetnas.device import resolve_placement
+    from budgetnas.processes import resolve_run_workers, run_calls, threads_per_worker
     from budgetnas.runs import check_seeds, seed_heading
 
     seeds = check_seeds(seeds)
+    folders = [Path(out) / f"seed-{seed}" if out is not None else None for seed in seeds]
+    for folder in folders:
+        if folder is not None:
+            check_writable(folder)  # every seed's folder before the first run trains
+    workers = resolve_run_workers(workers, len(seeds), resolve_placement(device, precision).device.type)
+    if workers > 1:
+        if progress:
+            progress(f"seeds {', '.join(map(str, seeds))}: {workers} at once, each in its own process with "
+                     f"{plural(threads_per_worker(workers), 'CPU thread')}")
+        calls = [dict(config=config, seed=seed, out=folder, device=device, precision=precision, subset=subset,
+                      data_root=data_root) for seed, folder in zip(seeds, folders)]
+        return run_calls("budgetnas.reproduce:train_seed", calls, workers, [f"seed {s}" for s in seeds],
+                         verbose=progress is not None)
+    from budgetnas.data import load_dataset
+
     data = load_dataset(config.dataset, data_root, with_test=True, subset=subset)
     reports = []
-    for i, seed in enumerate(seeds, start=1):
+    for i, (seed, folder) in enumerate(zip(seeds, folders), start=1):
         if progress:
             progress(seed_heading(i, seed, len(seeds)))
         reports.append(train_config(override(config, seed=seed), device=device, precision=precision, subset=subset,
                                     data=data, on_epoch=on_epoch, threads=threads))
+        if folder is not None:
+            save_run(reports[-1], folder)
     return reports
+
+
+def train_seed(config: RunConfig, seed: int, *, out: Path | None, progress: Callable[[str], None] | None = None,
+               **options: Any) -> RunReport:
+    """One seed of :func:`train_config_seeds` in a :func:`budgetnas.processes.run_calls` process: trained,
+    saved into ``out`` when given, and returned without its model (the parent would unpickle a module it
+    does not use; the weights are in ``out``)."""
+    def on_epoch(e: Any) -> None:
+        if progress:
+            progress(f"  {epoch_line(e, config.recipe.epochs)}")
+
+    report = train_config(override(config, seed=seed), on_epoch=on_epoch, **options)
+    if out is not None:
+        save_run(report, out)
+    return replace(report, model=None)
 
 
 def _torch_threads() -> int:
@@ -190,7 +232,8 @@ def _torch_threads() -> int:
 
 
 def save_run(report: RunReport, out: str | Path) -> dict[str, Path]:
-    """Write ``model.pt`` (state dict), ``metrics.json`` and ``config.toml`` (with ``[result]``) to ``out``."""
+    """Write ``model.pt`` (state dict), ``metrics.json`` and ``config.toml`` (with ``[result]``) to ``out``,
+    and name the files in the report's metrics (``artifacts``)."""
     from budgetnas.runs import save_weights, write_json
 
     out = Path(out)
@@ -204,6 +247,7 @@ def save_run(report: RunReport, out: str | Path) -> dict[str, Path]:
     save_config(replace(report.config, result=result), paths["config"],
                 header=f"{report.config.name} as trained on {report.metrics['trained_at']}; [result] holds what "
                        "we measured.\nRetrain with: budgetnas train config.toml")
+    report.metrics["artifacts"] = {k: str(v) for k, v in paths.items()}  # where it went, as --json prints it
     return paths
 
 
@@ -345,8 +389,7 @@ def reproduce(names: Sequence[str] | None = None, *, epochs: int | None = None, 
 
         def on_epoch(e: Any, i: int = i, per_epoch: float = per_epoch, config: RunConfig = config) -> None:
             eta = remaining.at(done_cost + per_epoch * e.epoch)
-            progress(f"[{i}/{len(configs)}] {config.name} epoch {e.epoch}/{config.recipe.epochs}  loss "
-                     f"{e.train_loss:.4f}  val acc {percent(e.val_accuracy)}  ({e.seconds:.1f}s)"
+            progress(f"[{i}/{len(configs)}] {config.name} {epoch_line(e, config.recipe.epochs)}"
                      + (f"  ETA ~{format_duration(eta)}" if eta is not None else ""))
 
         report = train_config(config, device=device, precision=precision, data=data, on_epoch=on_epoch,

@@ -25,7 +25,7 @@ from budgetnas.budget import format_budget
 from budgetnas.cost import EpochTime
 from budgetnas.datasets import reference_models
 from budgetnas.errors import UsageError
-from budgetnas.fmt import percent, plural
+from budgetnas.fmt import epoch_line, percent, plural
 from budgetnas.search import SearchConfig, run_search
 
 if TYPE_CHECKING:  # found_config imports it when called, as it does the trainer
@@ -470,8 +470,7 @@ def rank_finalists(search: SearchConfig, study_name: str, count: int, epochs: in
         name = f"trial {trial.number}" + (f", augmentation {augment}" if augments else "")
 
         def on_epoch(e: Any) -> None:  # called during train(), so the loop variables are current
-            say(f"  finalist {n}/{len(jobs)} ({name}): epoch {e.epoch}/{recipe.epochs} "
-                f"loss {e.train_loss:.4f} val acc {percent(e.val_accuracy)} ({e.seconds:.1f}s)")
+            say(f"  finalist {n}/{len(jobs)} ({name}): {epoch_line(e, recipe.epochs)}")
 
         run = train_run(spec_of(trial), recipe, data, dataset=settings.dataset, subset=subset, device=search.device,
                         precision=search.precision, on_epoch=on_epoch, evaluate_test=False)

@@ -86,6 +86,33 @@ def test_train_seeds_trains_once_per_seed_and_reports_the_mean(cli, tiny_npz, tm
     assert [line.split()[0] for line in lines[3:]] == ["0", "1", "mean"]
 
 
+@pytest.mark.slow
+def test_train_seeds_in_processes_train_the_same_runs_as_one_after_another(cli, tiny_npz, tmp_path):
+    # --workers 2: each seed in its own single-threaded process, which saves its own run. Same config, same
+    # seeds, same data: the same runs as one after another with one thread, in the order of the seeds.
+    common = ("train", "cnn-10k", "--dataset", f"npz:{tiny_npz}", "--epochs", "2", "--seeds", "4,2",
+              "--device", "cpu", "--precision", "fp32", "--json")
+    parallel = cli(*common, "--workers", "2", "--out", str(tmp_path / "par"))
+    alone = cli(*common, "--threads", "1", "--out", str(tmp_path / "seq"))
+    assert parallel.returncode == 0, parallel.stderr
+    assert alone.returncode == 0, alone.stderr
+    par, seq = json.loads(parallel.stdout), json.loads(alone.stdout)
+    assert [r["seed"] for r in par["runs"]] == [4, 2]
+    for p, a in zip(par["runs"], seq["runs"]):
+        assert [e["train_loss"] for e in p["curve"]] == [e["train_loss"] for e in a["curve"]]
+        assert p["test_accuracy"] == a["test_accuracy"] and p["threads"] == 1
+        folder = tmp_path / "par" / f"seed-{p['seed']}"
+        assert p["artifacts"]["config"] == str(folder / "config.toml")
+        saved = load_config(folder / "config.toml")
+        assert saved.recipe.seed == p["seed"] and saved.result["test_accuracy"] == p["test_accuracy"]
+        from budgetnas.model import build_model
+
+        build_model(saved.spec, (1, 28, 28), 10).load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    assert par["mean_test_accuracy"] == seq["mean_test_accuracy"]
+    assert "2 at once, each in its own process with 1 CPU thread" in parallel.stderr
+    assert "[seed 4]   epoch 2/2" in parallel.stderr and "[seed 2]   epoch 2/2" in parallel.stderr
+
+
 def test_train_bad_input_is_one_line(cli, tmp_path):
     assert_one_line_error(cli("train", "cnn-10k", "--epochs", "0"), 2, "--epochs")
     assert_one_line_error(cli("train", "cnn-10k", "--subset", "5"), 2, "--subset")
@@ -96,6 +123,7 @@ def test_train_bad_input_is_one_line(cli, tmp_path):
     assert_one_line_error(cli("train", "cnn-10k", "--seeds", "0,0"), 2, "--seeds must differ")
     assert_one_line_error(cli("train", "cnn-10k", "--seeds", "0,-1"), 2, "--seeds must be comma-separated")
     assert_one_line_error(cli("train", "cnn-10k", "--seed", "1", "--seeds", "2,3"), 2, "--seed and --seeds")
+    assert_one_line_error(cli("train", "cnn-10k", "--seeds", "0,1", "--workers", "0"), 2, "--workers must be")
     (tmp_path / "file").write_text("")  # --out that cannot be a folder: refused before training, not after
     assert_one_line_error(cli("train", "cnn-10k", "--out", str(tmp_path / "file" / "sub")), 2,
                           "cannot write to output folder")

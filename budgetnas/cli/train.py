@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from budgetnas.cli._common import add_device_options, add_json_option, add_seeds_option, set_examples
+from budgetnas.cli._common import (add_device_options, add_json_option, add_seed_workers_option, add_seeds_option,
+                                   set_examples)
 from budgetnas.datasets import DATASETS
 
 HELP = "train a config and print weights, test accuracy, time, mult-adds and lowest loss"
@@ -18,11 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                  'budgetnas train cnn-10k',
                  'budgetnas train studies/paper/fcn-100k.toml --epochs 5 --out runs/fcn-100k',
                  'budgetnas train runs/best/spec.toml --device cuda --json',
-                 'budgetnas train studies/found/searched/cnn-50k.toml --seeds 0,1 --out runs/cnn-50k')
+                 'budgetnas train studies/found/searched/cnn-50k.toml --seeds 0,1 --workers auto --out runs/cnn-50k')
     parser.add_argument("config", metavar="CONFIG", help="CONFIG.toml, or a paper name (cnn-100k, fcn-100k+bn, ...)")
     add_epoch_options(parser)
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="override the recipe's seed")
     add_seeds_option(parser, "each into --out/seed-S")
+    add_seed_workers_option(parser, "--workers", "--seeds")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="write model.pt, metrics.json and config.toml (with the results) here")
     add_device_options(parser)
@@ -56,22 +58,20 @@ def check_epoch_options(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from budgetnas.cli._common import format_table, parse_seeds, print_json, progress
     from budgetnas.replay import check_writable
-    from budgetnas.reproduce import PAPER_COLUMNS, override, paper_row, resolve_config, train_config
+    from budgetnas.reproduce import PAPER_COLUMNS, override, paper_row, resolve_config, save_run, train_config
 
     check_epoch_options(args)
     seeds = parse_seeds(args.seeds, args.seed) if args.seeds is not None else None  # the library checks them
     if args.out:
         check_writable(Path(args.out))  # before training, not after
     config = override(resolve_config(args.config), epochs=args.epochs, seed=args.seed, dataset=args.dataset)
-    from budgetnas.fmt import percent, plural
+    from budgetnas.fmt import epoch_line, plural
 
     progress(f"training {config.name}: {config.spec.describe()} on {config.dataset}, "
              f"{plural(config.recipe.epochs, 'epoch')}")
 
     def on_epoch(e) -> None:
-        progress(f"  epoch {e.epoch}/{config.recipe.epochs}  loss {e.train_loss:.4f}  "
-                 f"val acc {percent(e.val_accuracy)}  "
-                 f"({e.seconds:.1f}s)")
+        progress(f"  {epoch_line(e, config.recipe.epochs)}")
 
     if seeds is not None:
         return _run_seeds(args, config, seeds, on_epoch)
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                           data_root=args.data_root, on_epoch=on_epoch, threads=args.threads)
     _caveats(report.metrics, args.subset)
     if args.out:
-        paths = _save(report, Path(args.out))
+        paths = save_run(report, Path(args.out))
         progress(f"wrote {', '.join(str(p) for p in paths.values())}")
     if args.json:
         print_json({k: v for k, v in report.metrics.items() if k != "curve"} | {"curve": report.metrics["curve"]})
@@ -96,11 +96,8 @@ def _run_seeds(args: argparse.Namespace, config, seeds: list[int], on_epoch) -> 
 
     reports = train_config_seeds(config, seeds, device=args.device, precision=args.precision, subset=args.subset,
                                  data_root=args.data_root, on_epoch=on_epoch, threads=args.threads,
-                                 progress=progress)
-    places = []
-    for report in reports:
-        out = Path(args.out) / f"seed-{report.metrics['seed']}" if args.out else None
-        places.append(str(_save(report, out)["config"].parent) if out else "-")
+                                 progress=progress, out=args.out, workers=args.workers)
+    places = [str(Path(r.metrics["artifacts"]["config"]).parent) if args.out else "-" for r in reports]
     summary = seed_summary([r.metrics for r in reports])
     # every seed trains on the same slice and tests on the same images: one caveat, on the mean
     _caveats(reports[0].metrics | {"test_accuracy": summary["mean_test_accuracy"]}, args.subset)
@@ -126,10 +123,3 @@ def _caveats(metrics: dict, subset: int | None) -> None:
                  "test images; not comparable to the paper or a replay")
 
 
-def _save(report, out: Path) -> dict[str, Path]:
-    """Write ``report``'s files to ``out`` and name them in its metrics (``artifacts``), as --json prints them."""
-    from budgetnas.reproduce import save_run
-
-    paths = save_run(report, out)
-    report.metrics["artifacts"] = {k: str(v) for k, v in paths.items()}
-    return paths

@@ -113,6 +113,24 @@ def test_train_seeds_in_processes_train_the_same_runs_as_one_after_another(cli, 
     assert "[seed 4]   epoch 2/2" in parallel.stderr and "[seed 2]   epoch 2/2" in parallel.stderr
 
 
+def test_a_seed_stopped_by_ctrl_c_keeps_the_seeds_that_finished(tiny_npz, tmp_path):
+    # Each seed's run is saved as it ends, not after the last one: Ctrl-C in the second keeps the first.
+    from budgetnas.reproduce import override, resolve_config, train_config_seeds
+
+    config = override(resolve_config("cnn-10k"), epochs=1, dataset=f"npz:{tiny_npz}")
+    started = []
+
+    def on_epoch(_stats) -> None:
+        started.append(1)
+        if len(started) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_config_seeds(config, [5, 6], device="cpu", precision="fp32", out=tmp_path, on_epoch=on_epoch)
+    assert load_config(tmp_path / "seed-5" / "config.toml").recipe.seed == 5
+    assert (tmp_path / "seed-5" / "model.pt").is_file() and not (tmp_path / "seed-6" / "model.pt").exists()
+
+
 def test_train_bad_input_is_one_line(cli, tmp_path):
     assert_one_line_error(cli("train", "cnn-10k", "--epochs", "0"), 2, "--epochs")
     assert_one_line_error(cli("train", "cnn-10k", "--subset", "5"), 2, "--subset")

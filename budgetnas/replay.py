@@ -260,6 +260,9 @@ def replay_seeds(storage: str | None = None, study: str | None = None, trial: st
 
     workers = resolve_run_workers(workers, len(seeds), resolve_placement(options.get("device", "auto"),
                                                                         options.get("precision", "auto")).device.type)
+    # Loaded here even when the runs load their own: a missing dataset then fails (or downloads) once,
+    # before any process starts, instead of in every process at once.
+    subset, data = replay_data(settings, data_root, subset)
     results: list[ReplayResult] = []
     if workers > 1:
         say(f"seeds {', '.join(map(str, seeds))}: {workers} at once, each in its own process with "
@@ -270,7 +273,6 @@ def replay_seeds(storage: str | None = None, study: str | None = None, trial: st
                             on_result=(lambda _i, result: on_result(result)) if on_result else None,
                             verbose=progress is not None)
     else:
-        subset, data = replay_data(settings, data_root, subset)  # loaded once for every seed
         for i, seed in enumerate(seeds, start=1):
             say(seed_heading(i, seed, len(seeds)))
             results.append(_replay_trial(loaded, settings, choice, data, subset, seed=seed,

@@ -188,6 +188,11 @@ def train_config_seeds(config: RunConfig, seeds: Sequence[int], *, device: str =
         if folder is not None:
             check_writable(folder)  # every seed's folder before the first run trains
     workers = resolve_run_workers(workers, len(seeds), resolve_placement(device, precision).device.type)
+    from budgetnas.data import load_dataset
+
+    # Loaded here even when the runs load their own: a missing dataset then fails (or downloads) once,
+    # before any process starts, instead of in every process at once.
+    data = load_dataset(config.dataset, data_root, with_test=True, subset=subset)
     if workers > 1:
         if progress:
             progress(f"seeds {', '.join(map(str, seeds))}: {workers} at once, each in its own process with "
@@ -196,9 +201,6 @@ def train_config_seeds(config: RunConfig, seeds: Sequence[int], *, device: str =
                       data_root=data_root) for seed, folder in zip(seeds, folders)]
         return run_calls("budgetnas.reproduce:train_seed", calls, workers, [f"seed {s}" for s in seeds],
                          verbose=progress is not None)
-    from budgetnas.data import load_dataset
-
-    data = load_dataset(config.dataset, data_root, with_test=True, subset=subset)
     reports = []
     for i, (seed, folder) in enumerate(zip(seeds, folders), start=1):
         if progress:

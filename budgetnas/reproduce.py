@@ -188,6 +188,9 @@ def train_config_seeds(config: RunConfig, seeds: Sequence[int], *, device: str =
         if folder is not None:
             check_writable(folder)  # every seed's folder before the first run trains
     workers = resolve_run_workers(workers, len(seeds), resolve_placement(device, precision).device.type)
+    if workers > 1 and threads is not None:  # each process's threads are its share of the cores (run_calls)
+        raise UsageError(f"--threads sets the threads of one run at a time; with --workers {workers} each seed's "
+                         "process gets its share of the cores: give --threads or --workers, not both")
     from budgetnas.data import load_dataset
 
     # Loaded here even when the runs load their own: a missing dataset then fails (or downloads) once,

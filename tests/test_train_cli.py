@@ -142,6 +142,8 @@ def test_train_bad_input_is_one_line(cli, tmp_path):
     assert_one_line_error(cli("train", "cnn-10k", "--seeds", "0,-1"), 2, "--seeds must be comma-separated")
     assert_one_line_error(cli("train", "cnn-10k", "--seed", "1", "--seeds", "2,3"), 2, "--seed and --seeds")
     assert_one_line_error(cli("train", "cnn-10k", "--seeds", "0,1", "--workers", "0"), 2, "--workers must be")
+    assert_one_line_error(cli("train", "cnn-10k", "--seeds", "0,1", "--workers", "2", "--threads", "1"), 2,
+                          "give --threads or --workers, not both")
     # a missing dataset fails once, before any seed's process starts (not once per process)
     missing = cli("train", "cnn-10k", "--seeds", "0,1", "--workers", "2", "--dataset", f"npz:{tmp_path / 'x.npz'}")
     assert "seed 0" not in assert_one_line_error(missing, 2, "npz") and "[seed" not in missing.stderr

@@ -68,13 +68,14 @@ def run_calls(target: str, calls: list[dict[str, Any]], workers: int, labels: li
     with the call's label; ``on_result(i, value)`` is called in this process as each call ends, so a
     caller keeps what finished if a later one is stopped. Ctrl-C (or SIGTERM) starts no further call and
     passes SIGINT to the running ones; KeyboardInterrupt is raised once they have ended. A call that
-    failed raises UsageError or RunFailure with its one-line message, after the others have ended.
+    failed raises UsageError or RunFailure with its one-line message (the first failed call in the order of
+    ``calls``, whichever ended first), after the others have ended.
     """
     threads = threads_per_worker(workers)
     results: list[Any] = [None] * len(calls)
     pending = list(range(len(calls)))
     running: dict[int, tuple[subprocess.Popen, str]] = {}
-    failures: list[tuple[int, str]] = []
+    failures: dict[int, tuple[int, str]] = {}  # call index -> (exit code, one-line message)
     interrupted = False
     with tempfile.TemporaryDirectory(prefix="budgetnas-calls-") as folder, signals_as_ctrl_c():
         while pending or running:
@@ -94,7 +95,7 @@ def run_calls(target: str, calls: list[dict[str, Any]], workers: int, labels: li
                         if on_result is not None:
                             on_result(i, results[i])
                     else:
-                        failures.append((process.returncode, message or f"{labels[i]}: exit code {process.returncode}"))
+                        failures[i] = (process.returncode, message or f"{labels[i]}: exit code {process.returncode}")
                 time.sleep(0.1)
             except KeyboardInterrupt:
                 interrupted = True
@@ -102,10 +103,10 @@ def run_calls(target: str, calls: list[dict[str, Any]], workers: int, labels: li
                 for process, _path in running.values():
                     if process.poll() is None:
                         process.send_signal(signal.SIGINT)
-    if interrupted or any(code in (EXIT_INTERRUPTED, -signal.SIGINT) for code, _m in failures):
+    if interrupted or any(code in (EXIT_INTERRUPTED, -signal.SIGINT) for code, _m in failures.values()):
         raise KeyboardInterrupt
-    if failures:
-        code, message = failures[0]
+    if failures:  # the first call's error in the order of calls, not whichever process happened to end first
+        code, message = failures[min(failures)]
         raise UsageError(message) if code == EXIT_USAGE else RunFailure(message)
     return results
 

@@ -111,6 +111,20 @@ def run_calls(target: str, calls: list[dict[str, Any]], workers: int, labels: li
     return results
 
 
+def run_seeds(target: str, calls: list[dict[str, Any]], seeds: list[int], workers: int,
+              progress: Callable[[str], None] | None = None,
+              on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """:func:`run_calls` with one call per seed (``replay --seeds``, ``train --seeds``): says how the seeds
+    share the cores, and labels each process's progress with its seed."""
+    from budgetnas.fmt import plural
+
+    if progress is not None:
+        progress(f"seeds {', '.join(map(str, seeds))}: {workers} at once, each in its own process with "
+                 f"{plural(threads_per_worker(workers), 'CPU thread')}")
+    return run_calls(target, calls, workers, [f"seed {s}" for s in seeds], on_result=on_result,
+                     verbose=progress is not None)
+
+
 def _spawn_call(target: str, kwargs: dict[str, Any], threads: int, label: str, path: str,
                 verbose: bool) -> subprocess.Popen:
     """Start ``python -m budgetnas.processes`` with the pickled call on its stdin (see :func:`run_calls`)."""

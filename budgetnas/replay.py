@@ -256,7 +256,7 @@ def replay_seeds(storage: str | None = None, study: str | None = None, trial: st
         check_writable(out / f"seed-{seed}")  # every seed's folder before the first run trains
     data_root, subset = options.pop("data_root", None), options.pop("subset", "study")
     from budgetnas.device import resolve_placement
-    from budgetnas.processes import resolve_run_workers, run_calls, threads_per_worker
+    from budgetnas.processes import resolve_run_workers, run_seeds
 
     workers = resolve_run_workers(workers, len(seeds), resolve_placement(options.get("device", "auto"),
                                                                         options.get("precision", "auto")).device.type)
@@ -265,13 +265,10 @@ def replay_seeds(storage: str | None = None, study: str | None = None, trial: st
     subset, data = replay_data(settings, data_root, subset)
     results: list[ReplayResult] = []
     if workers > 1:
-        say(f"seeds {', '.join(map(str, seeds))}: {workers} at once, each in its own process with "
-            f"{plural(threads_per_worker(workers), 'CPU thread')}")
         calls = [dict(storage=_url, study=loaded.study_name, trial=number, seed=seed, out=out / f"seed-{seed}",
                       data_root=data_root, subset=subset, record=False, **options) for seed in seeds]
-        results = run_calls("budgetnas.replay:replay_detached", calls, workers, [f"seed {s}" for s in seeds],
-                            on_result=(lambda _i, result: on_result(result)) if on_result else None,
-                            verbose=progress is not None)
+        results = run_seeds("budgetnas.replay:replay_detached", calls, seeds, workers, progress,
+                            on_result=(lambda _i, result: on_result(result)) if on_result else None)
     else:
         for i, seed in enumerate(seeds, start=1):
             say(seed_heading(i, seed, len(seeds)))

@@ -179,7 +179,7 @@ def train_config_seeds(config: RunConfig, seeds: Sequence[int], *, device: str =
     is measured beside the others, and its report carries no model (the weights are in ``out``).
     """
     from budgetnas.device import resolve_placement
-    from budgetnas.processes import resolve_run_workers, run_calls, threads_per_worker
+    from budgetnas.processes import resolve_run_workers, run_seeds
     from budgetnas.runs import check_seeds, seed_heading
 
     seeds = check_seeds(seeds)
@@ -197,13 +197,9 @@ def train_config_seeds(config: RunConfig, seeds: Sequence[int], *, device: str =
     # before any process starts, instead of in every process at once.
     data = load_dataset(config.dataset, data_root, with_test=True, subset=subset)
     if workers > 1:
-        if progress:
-            progress(f"seeds {', '.join(map(str, seeds))}: {workers} at once, each in its own process with "
-                     f"{plural(threads_per_worker(workers), 'CPU thread')}")
         calls = [dict(config=config, seed=seed, out=folder, device=device, precision=precision, subset=subset,
                       data_root=data_root) for seed, folder in zip(seeds, folders)]
-        return run_calls("budgetnas.reproduce:train_seed", calls, workers, [f"seed {s}" for s in seeds],
-                         verbose=progress is not None)
+        return run_seeds("budgetnas.reproduce:train_seed", calls, seeds, workers, progress)
     reports = []
     for i, (seed, folder) in enumerate(zip(seeds, folders), start=1):
         if progress:

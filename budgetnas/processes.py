@@ -1,5 +1,6 @@
 """Processes that train: the cores this process may use, each process's share of them, Ctrl-C passed
-on to children, and :func:`run_calls`, which trains independent runs (a replay's seeds) side by side.
+on to children, and :func:`run_calls` (with :func:`run_seeds`, one call per seed), which trains independent runs
+(a replay's seeds) side by side.
 
 The search's own workers (:mod:`budgetnas.workers`) build on the same parts; this module knows nothing
 of studies, so that anything that trains (replay, sweep) can use it without importing the search.
@@ -19,6 +20,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from budgetnas.errors import RunFailure, UsageError
+from budgetnas.fmt import plural
 
 EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 AUTO = "auto"
@@ -68,8 +70,8 @@ def run_calls(target: str, calls: list[dict[str, Any]], workers: int, labels: li
     with the call's label; ``on_result(i, value)`` is called in this process as each call ends, so a
     caller keeps what finished if a later one is stopped. Ctrl-C (or SIGTERM) starts no further call and
     passes SIGINT to the running ones; KeyboardInterrupt is raised once they have ended. A call that
-    failed raises UsageError or RunFailure with its one-line message (the first failed call in the order of
-    ``calls``, whichever ended first), after the others have ended.
+    failed raises UsageError or RunFailure with its one-line message (that of the first failed call in the
+    order of ``calls``, not of whichever process ended first), after the others have ended.
     """
     threads = threads_per_worker(workers)
     results: list[Any] = [None] * len(calls)
@@ -116,8 +118,6 @@ def run_seeds(target: str, calls: list[dict[str, Any]], seeds: list[int], worker
               on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
     """:func:`run_calls` with one call per seed (``replay --seeds``, ``train --seeds``): says how the seeds
     share the cores, and labels each process's progress with its seed."""
-    from budgetnas.fmt import plural
-
     if progress is not None:
         progress(f"seeds {', '.join(map(str, seeds))}: {workers} at once, each in its own process with "
                  f"{plural(threads_per_worker(workers), 'CPU thread')}")

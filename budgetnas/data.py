@@ -4,7 +4,8 @@ Images stay ``uint8`` (N, C, H, W) until the trainer converts them once to norma
 floats on the training device; labels are ``int64``. The training set is split 90/10
 into train and validation with a stratified, seeded split (scikit-learn), as in the
 paper. The test split is only read when asked for (``with_test=True``): the search never
-asks, so it cannot select on test data.
+asks, so it cannot select on test data (a torchvision dataset's test files are not read, only
+checked to exist by torchvision; an npz file is read whole, its test arrays checked and dropped).
 
 Data root: the ``root`` argument, else ``$BUDGETNAS_DATA``, else ``./data``. torchvision
 datasets are read from there in torchvision's own layout; they are downloaded only when
@@ -112,14 +113,15 @@ def load_dataset(name: str = "fashion-mnist", root: str | os.PathLike | None = N
     if name.startswith("npz:"):
         x_train, y_train, x_test, y_test, classes = _load_npz(Path(name[4:]).expanduser())
     else:
-        x_train, y_train, x_test, y_test, classes = _load_torchvision(name, resolve_root(root), download)
+        x_train, y_train, x_test, y_test, classes = _load_torchvision(name, resolve_root(root), download, with_test)
     num_classes = len(classes)
     if subset is not None:
         if subset < 20:
             raise DataError(f"subset must be at least 20 images, got {subset}")
         if subset > len(y_train):
             raise DataError(f"subset {subset:,} is larger than the {len(y_train):,} training images of {name}")
-        x_test, y_test = _stratified_take(x_test, y_test, subset, seed)
+        if with_test:
+            x_test, y_test = _stratified_take(x_test, y_test, subset, seed)
     if subset is not None and validation == "full":
         train_idx, val_idx = _split_indices(y_train, val_fraction, seed)  # the split of a run without subset
         keep = subset - math.ceil(subset * val_fraction)  # as many training images as "slice" keeps
@@ -147,7 +149,8 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> tuple[tupl
     return data.input_shape, data.num_classes
 
 
-def _load_torchvision(name: str, root: Path, download: bool):
+def _load_torchvision(name: str, root: Path, download: bool, with_test: bool):
+    """Train images and labels, test images and labels (None unless ``with_test``), class names."""
     import torchvision
 
     entry = REGISTRY[name]
@@ -155,7 +158,7 @@ def _load_torchvision(name: str, root: Path, download: bool):
     where = root / entry.folder
     try:
         train = cls(str(root), train=True, download=False)
-        test = cls(str(root), train=False, download=False)
+        test = cls(str(root), train=False, download=False) if with_test else None
     except Exception as missing:  # torchvision raises RuntimeError, AssertionError, ValueError, ...
         if not _is_not_found(missing):
             raise DataError(f"{name} files under {where} are unreadable or corrupt ({_short(missing)}); "
@@ -170,7 +173,7 @@ def _load_torchvision(name: str, root: Path, download: bool):
             # for minutes. A per-read timeout still lets a real (slow) download finish.
             with _socket_timeout(_DOWNLOAD_TIMEOUT_S):
                 train = cls(str(root), train=True, download=True)
-                test = cls(str(root), train=False, download=True)
+                test = cls(str(root), train=False, download=True) if with_test else None
         except Exception as failed:  # no network, proxy refusal, read-only root, ...
             _remove_if_empty(new_dirs)  # a failed download leaves no empty data/... folders behind
             raise DataError(
@@ -178,6 +181,8 @@ def _load_torchvision(name: str, root: Path, download: bool):
                 f"copy the dataset files there in torchvision's layout, or point --data-root / "
                 f"${DATA_ENV} at a folder that has them") from failed
     x_train, y_train = _as_nchw(train.data), np.asarray(train.targets, dtype=np.int64)
+    if test is None:
+        return x_train, y_train, None, None, classes
     x_test, y_test = _as_nchw(test.data), np.asarray(test.targets, dtype=np.int64)
     return x_train, y_train, x_test, y_test, classes
 
@@ -313,7 +318,8 @@ def _split_indices(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.nd
 
     idx = np.arange(len(y))
     counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 else None
+    n_val = math.ceil(val_fraction * len(y))
+    stratify = y if _stratifiable(counts, n_val, len(y) - n_val) else None
     train_idx, val_idx = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=stratify)
     return np.sort(train_idx), np.sort(val_idx)
 
@@ -324,10 +330,18 @@ def _stratified_take(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> tuple[n
     from sklearn.model_selection import train_test_split
 
     counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 and n >= len(counts) else None
+    stratify = y if n >= len(counts) and _stratifiable(counts, n, len(y) - n) else None
     keep, _ = train_test_split(np.arange(len(y)), train_size=n, random_state=seed, stratify=stratify)
     keep = np.sort(keep)
     return x[keep], y[keep]
+
+
+def _stratifiable(counts: np.ndarray, *sizes: int) -> bool:
+    """Whether scikit-learn can split labels with these per-label ``counts`` into parts of ``sizes``,
+    stratified: every present class needs two images, every part room for one of each. A tiny
+    subset (20 images, 10 classes: a validation slice of 2) cannot be; it is split at random."""
+    present = counts[counts > 0]
+    return bool(present.min() >= 2 and min(sizes) >= len(present))
 
 
 def _short(exc: BaseException) -> str:

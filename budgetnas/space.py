@@ -241,7 +241,12 @@ def fit_params(widths: dict[str, int], params: int, budget: int, what: str) -> d
     family's inverse (``params_of``) uses it; out of the fit space is a UsageError naming ``what``."""
     middle = math.sqrt(max(widths.values()) * min(widths.values()))
     values: dict[str, float] = {f"{name}_width": width / middle for name, width in widths.items()}
+    # Half a parameter over, so that int(fill * budget) == params despite float rounding. A spec of exactly the
+    # budget gets fill 1 (the top of the space, not 1.000006); an over-budget start keeps its own fill, so that it
+    # is rebuilt as it is and the exact check rejects it.
     values["fill"] = (params + 0.5) / budget
+    if params <= budget:
+        values["fill"] = min(values["fill"], FILL[1])
     if values["fill"] < FILL[0] or max(widths.values()) / min(widths.values()) > RELATIVE_WIDTH[1] ** 2:
         raise UsageError(f"{what} ({params:,} parameters) is outside the fit space for budget {budget:,} "
                          "(under half the budget, or widths too far apart); use --parameterisation direct")

@@ -22,7 +22,7 @@ Other families (``mbconv``, plug-ins) define their spec types in :mod:`budgetnas
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal, Union
 
 from budgetnas.errors import UsageError
@@ -53,10 +53,10 @@ class ConvBlock:
     def __post_init__(self) -> None:
         if self.pool == 0:  # TOML has no null: configs write pool = 0 for "no pooling"
             object.__setattr__(self, "pool", None)
-        if self.padding is None:
-            object.__setattr__(self, "padding", self.kernel_size // 2)
         _check_int("conv out_channels", self.out_channels, 1, MAX_WIDTH)
         _check_int("conv kernel_size", self.kernel_size, 1, MAX_KERNEL)
+        if self.padding is None:
+            object.__setattr__(self, "padding", self.kernel_size // 2)
         _check_int("conv padding", self.padding, 0, MAX_KERNEL)
         if self.pool is not None:
             _check_int("conv pool", self.pool, 1)
@@ -79,9 +79,9 @@ class CNNSpec:
 
     def __post_init__(self) -> None:
         conv = tuple(b if isinstance(b, ConvBlock) else ConvBlock(**_keys(b, ConvBlock, "conv block"))
-                     for b in self.conv)
+                     for b in _sequence("conv", self.conv))
         object.__setattr__(self, "conv", conv)
-        object.__setattr__(self, "fc", tuple(self.fc))
+        object.__setattr__(self, "fc", _sequence("fc", self.fc))
         if not conv:
             raise UsageError("a CNN spec needs at least one conv block")
         if len(self.fc) > 3:
@@ -129,7 +129,7 @@ class FCNSpec:
     init: str = "default"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "hidden", _sequence("hidden", self.hidden))
         if not 1 <= len(self.hidden) <= 4:
             raise UsageError(f"an FCN spec has 1..4 hidden layers, got {len(self.hidden)}")
         for width in self.hidden:
@@ -218,7 +218,18 @@ def _keys(data: Any, cls: type, what: str) -> dict[str, Any]:
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise UsageError(f"unknown key(s) {', '.join(unknown)} in {what}; allowed: {', '.join(sorted(allowed))}")
+    missing = [f.name for f in fields(cls)
+               if f.name not in data and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise UsageError(f"{what} lacks key(s) {', '.join(missing)}")
     return data
+
+
+def _sequence(name: str, value: Any) -> tuple[Any, ...]:
+    """``value`` (a list or tuple, as TOML and JSON give them) as a tuple; anything else names ``name``."""
+    if not isinstance(value, (list, tuple)):
+        raise UsageError(f"{name} must be a list, got {value!r}")
+    return tuple(value)
 
 
 def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:

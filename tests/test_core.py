@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -115,4 +117,18 @@ def test_format_budget():
 ])
 def test_bad_specs_are_usage_errors(bad):
     with pytest.raises(UsageError):
+        spec_from_dict(bad)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"family": "cnn"}, "cnn spec lacks key(s) conv"),
+    ({"family": "cnn", "conv": [{"kernel_size": 3}]}, "conv block lacks key(s) out_channels"),
+    ({"family": "cnn", "conv": {"out_channels": 4}}, "conv must be a list"),
+    ({"family": "cnn", "conv": [{"out_channels": 4}], "fc": 5}, "fc must be a list, got 5"),
+    ({"family": "cnn", "conv": [{"out_channels": 4, "kernel_size": "3"}]}, "conv kernel_size must be an integer"),
+    ({"family": "fcn", "hidden": 7}, "hidden must be a list, got 7"),
+])
+def test_spec_tables_of_the_wrong_shape_name_the_key(bad, message):
+    """A config's [spec] with a key missing or a list given as a number: the key is named, no TypeError."""
+    with pytest.raises(UsageError, match=re.escape(message)):
         spec_from_dict(bad)

@@ -108,6 +108,32 @@ def test_subset_is_stratified_and_test_only_on_request(data_root: Path):
         load_dataset("fashion-mnist", data_root, subset=5)
 
 
+@pytest.mark.parametrize("subset", [20, 50, 59_995])
+def test_subsets_too_small_to_stratify_are_split_at_random(data_root: Path, subset: int):
+    """20 images hold a validation slice of 2 (10 classes cannot each have one): scikit-learn refuses a
+    stratified split then, so the split is a seeded random one instead of an error."""
+    data = load_dataset("fashion-mnist", data_root, subset=subset)
+    assert len(data.train) + len(data.val) == subset and len(data.val) == -(-subset // 10)
+    again = load_dataset("fashion-mnist", data_root, subset=subset)
+    assert torch.equal(data.val.y, again.val.y) and torch.equal(data.train.x, again.train.x)
+
+
+def test_the_test_files_are_not_read_unless_asked_for(tmp_path: Path, data_root: Path):
+    """The search loads without the test split: it never parses the test files (torchvision only checks
+    that they exist), so nothing of the test split is in memory to be selected on; a replay reads them."""
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (raw / name).symlink_to(data_root / "FashionMNIST" / "raw" / name)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"not an idx file")
+    data = load_dataset("fashion-mnist", tmp_path, subset=1000, download=False)
+    reference = load_dataset("fashion-mnist", data_root, subset=1000)
+    assert data.test is None and torch.equal(data.val.x, reference.val.x) and data.mean == reference.mean
+    with pytest.raises(DataError, match="unreadable or corrupt"):
+        load_dataset("fashion-mnist", tmp_path, subset=1000, download=False, with_test=True)
+
+
 def test_full_validation_is_the_whole_split_and_training_avoids_it(fmnist: Data, data_root: Path):
     """``validation="full"``: the search's trials validate on exactly the split a replay validates on,
     train on as many images as a slice would, stratified, and never on a validation image."""

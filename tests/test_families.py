@@ -120,6 +120,13 @@ def test_a_huge_width_is_refused_at_validation_and_counting_never_builds():
     ({"family": "mbconv", "stem": 8, "stages": [{"block": "plain", "out_channels": 4, "expansion": 3}]},
      "only inverted blocks"),
     ({"family": "mbconv", "stem": 8, "stages": [{"block": "plain", "out_channels": 4, "stride": 3}]}, "stride"),
+    # 2.0 == 2 in Python, but a float stride would reach torch's conv2d (a TOML writer may emit 2.0)
+    ({"family": "mbconv", "stem": 8, "stages": [{"block": "plain", "out_channels": 4, "stride": 2.0}]},
+     "stage stride must be 1 or 2, got 2.0"),
+    ({"family": "mbconv", "stem": 8, "stem_stride": 2.0, "stages": [{"block": "plain", "out_channels": 4}]},
+     "stem_stride must be 1 or 2, got 2.0"),
+    ({"family": "mbconv", "stem": 8, "stages": 3}, "stages must be a list, got 3"),
+    ({"family": "mbconv", "stem": 8, "stages": [{"out_channels": 4}]}, "mbconv stage lacks key(s) block"),
     ({"family": "mbconv", "stem": 8, "stages": [{"block": "plain", "out_channels": 4, "kernel_size": 4}]}, "odd"),
     ({"family": "mbconv", "stem": 8, "stages": [{"block": "plain", "out_channels": 4, "colour": 1}]}, "colour"),
     ({"family": "mbconv", "stem": 8, "stages": [{"block": "plain", "out_channels": 4}], "size": 3}, "size"),

@@ -42,11 +42,11 @@ against the built model and torchinfo.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from budgetnas.errors import UsageError
 from budgetnas.families.base import Shape
-from budgetnas.spec import MAX_WIDTH, _check_bool, _check_common, _check_int, _keys
+from budgetnas.spec import MAX_WIDTH, _check_bool, _check_common, _check_int, _keys, _sequence
 
 BLOCKS = ("plain", "dwsep", "inverted")
 MAX_STAGES = 6
@@ -73,7 +73,7 @@ class Stage:
             raise UsageError(f"unknown stage block {self.block!r}; choose one of {', '.join(BLOCKS)}")
         _check_int("stage out_channels", self.out_channels, 1, MAX_WIDTH)
         _check_int("stage depth", self.depth, 1, MAX_DEPTH)
-        if self.stride not in (1, 2) or isinstance(self.stride, bool):
+        if not _is_stride(self.stride):  # 2.0 == 2, but a float stride would reach torch's conv2d
             raise UsageError(f"stage stride must be 1 or 2, got {self.stride!r}")
         _check_int("stage kernel_size", self.kernel_size, 1, MAX_KERNEL)
         if self.kernel_size % 2 == 0:
@@ -106,10 +106,10 @@ class MBConvSpec:
 
     def __post_init__(self) -> None:
         stages = tuple(s if isinstance(s, Stage) else Stage(**_keys(s, Stage, "mbconv stage"))
-                       for s in self.stages)
+                       for s in _sequence("stages", self.stages))
         object.__setattr__(self, "stages", stages)
         _check_int("stem", self.stem, 1, MAX_WIDTH)
-        if self.stem_stride not in (1, 2) or isinstance(self.stem_stride, bool):
+        if not _is_stride(self.stem_stride):
             raise UsageError(f"stem_stride must be 1 or 2, got {self.stem_stride!r}")
         if not 1 <= len(stages) <= MAX_STAGES:
             raise UsageError(f"an mbconv spec has 1..{MAX_STAGES} stages, got {len(stages)}")
@@ -249,3 +249,7 @@ def count_params(spec: MBConvSpec, input_shape: Shape, num_classes: int) -> int:
 
 def _se_width(b: Block) -> int:
     return b.stage.out_channels if b.stage.block == "plain" else b.hidden
+
+
+def _is_stride(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value in (1, 2)

@@ -37,6 +37,8 @@ from budgetnas.spec import Spec, spec_from_dict, spec_to_dict
 from budgetnas.recipe import Recipe
 
 _KEYS = ("name", "description", "dataset", "spec", "recipe", "paper", "result")
+# The [paper] figures read as numbers (the table is otherwise free-form: source, mult_adds as the paper wrote it).
+_PAPER_NUMBERS = ("weights", "test_accuracy", "cpu_seconds", "gpu_seconds", "lowest_loss", "lowest_loss_epoch")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class RunConfig:
         for key in ("name", "description", "dataset"):
             if key in data and not isinstance(data[key], str):
                 raise UsageError(f"config key {key!r} must be a string, got {data[key]!r}")
+        for key in _PAPER_NUMBERS:  # read as numbers by count, reproduce and bench
+            value = data.get("paper", {}).get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise UsageError(f"[paper] {key} must be a number, got {value!r}")
         return cls(
             name=data.get("name", default_name),
             description=data.get("description", ""),

@@ -29,6 +29,7 @@ import torch
 from budgetnas.choices import VALIDATIONS
 from budgetnas.datasets import DATASETS as REGISTRY
 from budgetnas.errors import DataError
+from budgetnas.limits import MIN_SUBSET
 
 DATA_ENV = "BUDGETNAS_DATA"
 
@@ -116,8 +117,8 @@ def load_dataset(name: str = "fashion-mnist", root: str | os.PathLike | None = N
         x_train, y_train, x_test, y_test, classes = _load_torchvision(name, resolve_root(root), download, with_test)
     num_classes = len(classes)
     if subset is not None:
-        if subset < 20:
-            raise DataError(f"subset must be at least 20 images, got {subset}")
+        if subset < MIN_SUBSET:
+            raise DataError(f"subset must be at least {MIN_SUBSET} images, got {subset}")
         if subset > len(y_train):
             raise DataError(f"subset {subset:,} is larger than the {len(y_train):,} training images of {name}")
         if with_test:

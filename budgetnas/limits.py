@@ -32,6 +32,7 @@ from budgetnas.errors import UsageError
 MAX_SPEC_INT = 1 << 16  # also the largest batch size
 MAX_SEED = 2**31 - 1  # seeds are offset per worker and trial and must stay below numpy's 2**32
 MAX_EPOCHS = 100_000
+MIN_SUBSET = 20  # --subset and --replay-subset: fewer images than this measure nothing
 MAX_BUDGET = 100_000_000
 MAX_CONFIG_BYTES = 1 << 20
 MAX_THREADS = 1024  # OpenMP sets up every thread's state at once: 10**9 threads asked libgomp for 216 GB
@@ -93,6 +94,12 @@ def check_threads(threads: int | None, what: str = "--threads") -> None:
     """Refuse a thread count below 1 or above :data:`MAX_THREADS` (None: torch's default)."""
     if threads is not None and not 1 <= threads <= MAX_THREADS:
         raise UsageError(f"{what} must be from 1 to {MAX_THREADS:,}, got {threads:,}")
+
+
+def check_subset(subset: int | None, what: str = "--subset") -> None:
+    """Refuse a training slice (None: the whole split) below :data:`MIN_SUBSET` images, before any search runs."""
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < MIN_SUBSET):
+        raise UsageError(f"{what} must be at least {MIN_SUBSET} images, got {subset!r}")
 
 
 def check_small_file(path: Path, what: str, limit: int = MAX_CONFIG_BYTES) -> None:

@@ -43,7 +43,7 @@ from budgetnas.limits import available_memory, gib
 from budgetnas.proxies import SCREEN_ATTR, ProxyScreen
 from budgetnas.space import sample_recipe
 from budgetnas.spec import spec_to_dict
-from budgetnas.stopping import PRUNER_WORDS, FrontRule, RungRule, resolve_pruner
+from budgetnas.stopping import PRUNER_WORDS, FrontRule, RungRule, compared_trials, resolve_pruner
 from budgetnas.trainer import EpochStats, Recipe, StopTraining, train
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ class Objective:
                 if reason:
                     raise StopTraining(reason)
             elif self.rungs is not None and stats.epoch in self.rungs.rungs:
-                peers = [t for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number]
+                peers = compared_trials(trial.study, trial.number)
                 reason = self.rungs.should_stop(curve, peers, params=params, mult_adds=mult_adds,
                                                 measured=measured)
                 if reason:

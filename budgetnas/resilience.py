@@ -16,6 +16,9 @@ own ``UnboundLocalError``, and the trial left RUNNING. Now:
   :class:`StorageUnavailable`: one line, exit 1, and the study resumes with the same
   command once the server is back (the trial that was running is failed as stale by its
   heartbeat and retried);
+* a database that refuses writes for good (a read-only SQLite file or folder, a full disk:
+  :data:`_REFUSALS`, also ``OperationalError``) is not retried: waiting cannot help, so it is a
+  :class:`StorageError` at once (one line, exit 2) that says what to fix;
 * the heartbeat thread never raises: a missed heartbeat is harmless while the main thread
   retries (it is late, not lost), and a thread's exception would print a traceback;
 * a retried call whose first attempt reached the server but whose answer was lost is
@@ -56,19 +59,38 @@ def retry_seconds() -> float:
     return int(text)
 
 
+# Messages (lower case) of errors that SQLAlchemy raises as OperationalError but that no wait cures:
+# SQLite's read-only file or folder and full disk, PostgreSQL's full disk (DiskFull).
+_REFUSALS = ("readonly database", "read-only", "disk is full", "no space left on device")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not s for s in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def refusal(exc: BaseException) -> str | None:
+    """The reason, when ``exc`` (or anything in its chain) is a database refusing writes for good."""
+    for current in _chain(exc):
+        text = " ".join(str(current).split()).lower()
+        if any(marker in text for marker in _REFUSALS):
+            return _reason(exc)
+    return None
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` (or anything in its chain) is a lost or refused database connection."""
     from sqlalchemy import exc as sa
 
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError,
-                                sa.PendingRollbackError)) or getattr(current, "connection_invalidated", False):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    if refusal(exc) is not None:
+        return False
+    return any(isinstance(current, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError,
+                                    sa.PendingRollbackError)) or getattr(current, "connection_invalidated", False)
+               for current in _chain(exc))
 
 
 def _reason(exc: BaseException) -> str:
@@ -103,6 +125,11 @@ class RetryingRDBStorage(RDBStorage):
                 try:
                     return method(self, *args, **kwargs)
                 except Exception as exc:
+                    refused = refusal(exc)
+                    if refused is not None:
+                        raise StorageError(f"the database at {self._where} refuses writes ({refused}); make the "
+                                           "file and its folder writable or free disk space, then rerun the same "
+                                           "command (what was saved before is kept)") from None
                     if not is_transient(exc):
                         raise
                     waited = time.monotonic() - start
@@ -198,8 +225,11 @@ def _retried(name: str) -> Callable[..., Any]:
     return call
 
 
-# _get_trials too: Optuna's cached storage reads the trials through it, not through get_all_trials.
-for _name in [n for n in dir(RDBStorage) if (not n.startswith("_") or n in ("_get_stale_trial_ids", "_get_trials"))]:
+# Optuna's _CachedStorage (every Study wraps an RDBStorage in one) calls these private methods of its backend,
+# not the public ones: creating a trial (ask), setting a sampled parameter, reading trials and the best trial.
+_CACHED_BACKEND_CALLS = ("_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
+                         "_get_stale_trial_ids")
+for _name in [n for n in dir(RDBStorage) if not n.startswith("_") or n in _CACHED_BACKEND_CALLS]:
     if _name not in _NOT_RETRIED | {"set_trial_state_values", "_get_stale_trial_ids"} and callable(getattr(RDBStorage, _name)) and not isinstance(
             RDBStorage.__dict__.get(_name), (staticmethod, classmethod)):
         setattr(RetryingRDBStorage, _name, _retried(_name))

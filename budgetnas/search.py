@@ -550,8 +550,8 @@ class _CtrlC:
         if self.study is not None:
             try:
                 self.study.stop()
-            except RuntimeError:  # optimize() already returned; the flag above is enough
-                pass
+            except RuntimeError:  # not inside optimize(): set what stop() sets, which StopAtTotal.room polls while
+                self.study._stop_flag = True  # it waits for running trials (optimize() clears it when it starts)
 
     def installed(self, study: optuna.Study) -> "_CtrlC":
         self.study = study

@@ -162,7 +162,8 @@ def spec_from_dict(data: dict[str, Any]) -> Spec:
 
     Unknown keys and wrong types raise :class:`UsageError` naming the key.
     """
-    if not isinstance(data, dict) or data.get("family") not in FAMILIES:  # another family: the registry
+    if not isinstance(data, dict) or not isinstance(data.get("family"), str) or data["family"] not in FAMILIES:
+        # another family, or none: the registry (which also says what is wrong with it)
         from budgetnas.families import spec_from_dict as from_registry
 
         return from_registry(data)

@@ -37,7 +37,8 @@ Asynchronous successive halving in the spirit of Syne Tune's MOASHA (Schmucker e
 "Multi-objective asynchronous successive halving"). Rungs sit at epochs ``r, r*eta, r*eta^2,
 ...`` before the last (``r = 1``, ``eta = 3``: epoch 1 of a 3-epoch search; 1 and 3 of a
 9-epoch one). When a trial reaches a rung it is ranked with every trial of the study that
-reached that rung before (running, stopped or complete, so workers share the rungs), on the
+reached that rung before (running, stopped or complete, so workers share the rungs; not failed:
+:func:`compared_trials`), on the
 study's objectives at that point of training: accuracy at the rung's epoch, runtime projected
 to the full run (``seconds so far * epochs / rung``), parameters and mult-adds (exact). The
 ranking is non-dominated sorting (front 1, then the front of the rest, ...), ties within a
@@ -127,17 +128,25 @@ class HalfwayPruner:
         self.n_min_trials = n_min_trials
 
     def prune(self, study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> bool:
-        from optuna.trial import TrialState
-
         if trial.last_step != self.step:
             return False
-        peers = [t.intermediate_values[self.step] for t in study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-            if t.number != trial.number and self.step in t.intermediate_values]
+        peers = [t.intermediate_values[self.step] for t in compared_trials(study, trial.number)
+                 if self.step in t.intermediate_values]
         if len(peers) < self.n_min_trials:
             return False
         best = max(trial.intermediate_values.values())
         return bool(best < statistics.median(peers))
+
+
+def compared_trials(study: "optuna.Study", number: int) -> list["optuna.trial.FrozenTrial"]:
+    """The trials whose curves a stopping rule weighs trial ``number`` against: running, stopped and
+    complete ones, never failed ones. A failed trial's curve was cut short by a crash or a killed
+    worker, and its retry (same parameters, same seed, the same curve) would tie with it and lose on
+    runtime: the retry would be stopped by its own failed original."""
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return [t for t in study.get_trials(deepcopy=False, states=states) if t.number != number]
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,19 @@ def where(url: str) -> str:
     return f"{parsed.host or 'localhost'}:{parsed.port or default_port}/{parsed.database or ''}"
 
 
+def storage_file(url: str | None) -> Path | None:
+    """The file a SQLite or journal storage keeps its study in (None for a database server).
+
+    Parsed as SQLAlchemy parses the URL, so a driver (``sqlite+pysqlite:///``) or a query string
+    (``?timeout=5``) names the same file the storage opens.
+    """
+    url = normalise_url(url)
+    if url.startswith(JOURNAL_PREFIX):
+        return Path(url[len(JOURNAL_PREFIX):]).expanduser()
+    parsed = _parse(url)
+    return Path(parsed.database).expanduser() if parsed.get_backend_name() == "sqlite" else None
+
+
 def open_storage(url: str | None, *, heartbeat: Heartbeat | None = None, heartbeat_interval: int | None = None,
                  grace_period: int | None = None) -> Any:
     """Open (and create if needed) the Optuna storage that ``url`` names.
@@ -241,7 +254,7 @@ def open_storage(url: str | None, *, heartbeat: Heartbeat | None = None, heartbe
         return open_journal(Path(url[len(JOURNAL_PREFIX):]).expanduser(), _check_parent)
     backend = _parse(url).get_backend_name()
     if backend == "sqlite":
-        _check_parent(Path(url.split(":///", 1)[1]))
+        _check_parent(storage_file(url))
         # Several readers (dashboard, report) may open the file while a search writes.
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 30.0}}
     else:

@@ -8,23 +8,20 @@ storage, or fails with a one-line list of the studies to choose from.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from budgetnas.errors import StorageError
-from budgetnas.storage import normalise_url, open_storage, redact
+from budgetnas.storage import normalise_url, open_storage, redact, storage_file
 
 
 def open_existing_storage(url: str | None) -> tuple[Any, str]:
     """(storage, normalised URL) of a storage that must already exist."""
     url = normalise_url(url)
-    for prefix in ("sqlite:///", "journal:"):
-        if url.startswith(prefix):
-            path = Path(url[len(prefix):]).expanduser()
-            if not path.is_file():
-                hint = "" if url != normalise_url(None) else " (the default; pass --storage to choose one)"
-                raise StorageError(f"storage file {path} does not exist{hint}; run 'budgetnas search' first "
-                                   "or pass the --storage URL the search printed")
+    path = storage_file(url)
+    if path is not None and not path.is_file():
+        hint = "" if url != normalise_url(None) else " (the default; pass --storage to choose one)"
+        raise StorageError(f"storage file {path} does not exist{hint}; run 'budgetnas search' first "
+                           "or pass the --storage URL the search printed")
     return open_storage(url), url
 
 

@@ -58,10 +58,17 @@ class SweepConfig:
     replay_workers: int | str = 1
 
     def __post_init__(self) -> None:
+        from budgetnas.limits import MAX_EPOCHS, check_subset
         from budgetnas.recipe import AUGMENTS
         from budgetnas.runs import check_seeds
         from budgetnas.processes import parse_workers
 
+        # Checked here, before any search: a typo would otherwise surface after the searches, as a recipe error.
+        epochs = self.replay_epochs
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
+                                   or not 1 <= epochs <= MAX_EPOCHS):
+            raise UsageError(f"--replay-epochs must be an integer from 1 to {MAX_EPOCHS:,}, got {epochs!r}")
+        check_subset(self.replay_subset, "--replay-subset")
         if self.replay_seeds:
             check_seeds(self.replay_seeds, "replay_seeds")
         parse_workers(self.replay_workers, "--replay-workers")

@@ -114,6 +114,7 @@ class StopAtTotal:
         self.gate = TrialGate(lock if lock is not None else os.environ.get(LOCK_ENV) or None)
         self.say = say  # told what the worker waits for, and for how long at most
         self._granted = 0  # trials this process was let start (before any, a RUNNING one is no sibling's)
+        self._orphans: set[int] | None = None  # the trials RUNNING before this process started any
         self._told = -math.inf
 
     def __call__(self, study: "optuna.Study", trial: Any) -> None:
@@ -133,6 +134,8 @@ class StopAtTotal:
             retried = retried_numbers(trials)
             finished = sum(1 for t in trials if t.state.is_finished() and self.counts(t, retried))
             running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+            if self._orphans is None:
+                self._orphans = {t.number for t in trials if t.state == TrialState.RUNNING}
             if finished >= self.total:
                 break
             if finished + running < self.total:
@@ -141,8 +144,12 @@ class StopAtTotal:
             if not is_heartbeat_enabled(study._storage):
                 # Cannot tell a dead worker from a slow one: leave the rest to the others, and say how
                 # to release a trial whose worker was killed (else the study would wait for it forever).
-                if not self._granted:  # at the end of a normal run the others' trials are just running
-                    self._explain_no_heartbeat(study, [t.number for t in trials if t.state == TrialState.RUNNING])
+                # At the end of a normal run the others' trials are just running; the ones that were RUNNING
+                # before this process started any (a killed worker's) are the ones to explain.
+                stuck = [t.number for t in trials if t.state == TrialState.RUNNING
+                         and (not self._granted or t.number in self._orphans)]
+                if stuck:
+                    self._explain_no_heartbeat(study, stuck)
                 break
             self.gate.release()
             self._explain_wait(study, [t.number for t in trials if t.state == TrialState.RUNNING])

@@ -145,15 +145,20 @@ def run_workers(config: "SearchConfig", workers: int | str = DEFAULT_WORKERS,
         codes, interrupted = _wait(processes)
     messages = [m for m in (last_line(p) for p in processes) if m]
     heartbeat = storage_kind(config.storage_url) != "journal"
+    # Every worker has ended: a trial still RUNNING is one a killed worker left (a worker stopped by the
+    # Ctrl-C passed on to it, before or after its trial, left none, and needs no advice).
+    left = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
     for index, code in enumerate(codes):
         if code < 0 and heartbeat:
             say(f"worker {index} was killed by signal {-code}; the trial it was running is failed and retried by "
                 "the other workers once its heartbeat is stale")
+        elif code < 0 and left:
+            say(f"worker {index} was killed by signal {-code}; journal storage has no heartbeat, so trial(s) "
+                f"{', '.join(map(str, left))} stay RUNNING. When no worker of this study runs any more, fail them "
+                f"and queue them again with: {fail_running_command(config.storage_url, config.study_name)}; then "
+                "rerun this search to finish the study")
         elif code < 0:
-            say(f"worker {index} was killed by signal {-code}; journal storage has no heartbeat, so its trial stays "
-                "RUNNING. When no worker of this study runs any more, fail it and queue it again with: "
-                f"{fail_running_command(config.storage_url, config.study_name)}; then rerun this search to finish "
-                "the study")
+            say(f"worker {index} was stopped by signal {-code}; it left no trial running")
     summary = search.summarise(study, config, time.perf_counter() - start)
     if interrupted or EXIT_INTERRUPTED in codes:
         summary.interrupted = True

@@ -99,6 +99,12 @@ BAD_FILES = {
     "not-toml.toml": _text('name = "x\n[spec\n'),
     "zero-channels.toml": _text('[spec]\nfamily = "cnn"\n[[spec.conv]]\nout_channels = 0\n'),
     "unknown-family.toml": _text('[spec]\nfamily = "rnn"\nhidden = [10]\n'),
+    "family-list.toml": _text('[spec]\nfamily = ["cnn"]\n'),
+    "missing-spec-key.toml": _text('[spec]\nfamily = "cnn"\nfc = [10]\n'),
+    "fc-not-a-list.toml": _text('[spec]\nfamily = "cnn"\nfc = 5\n[[spec.conv]]\nout_channels = 4\n'),
+    "float-stride.toml": _text('[spec]\nfamily = "mbconv"\nstem = 8\n[[spec.stages]]\nblock = "plain"\n'
+                               'out_channels = 8\nstride = 2.0\n'),
+    "paper-weights-text.toml": _text(GOOD_SPEC + '[paper]\nweights = "n/a"\n'),
     "unknown-conv-key.toml": _text('[spec]\nfamily = "cnn"\n[[spec.conv]]\nout_channels = 4\nstride = 2\n'),
     "unknown-dataset.toml": _text('dataset = "imagenet"\n' + GOOD_SPEC),
     "four-pools.toml": _text('[spec]\nfamily = "cnn"\n' + '[[spec.conv]]\nout_channels = 4\npool = 2\n' * 4),
@@ -268,6 +274,16 @@ ROWS = {
     "config-not-toml": row("count", "{bad:not-toml.toml}", contains="TOML"),
     "config-zero-channels": row("count", "{bad:zero-channels.toml}", contains="out_channels"),
     "config-unknown-family": row("count", "{bad:unknown-family.toml}", contains="rnn"),
+    "config-family-list": row("count", "{bad:family-list.toml}", contains="needs a family"),
+    "config-missing-spec-key": row("count", "{bad:missing-spec-key.toml}", contains="lacks key(s) conv"),
+    "config-fc-not-a-list": row("count", "{bad:fc-not-a-list.toml}", contains="fc must be a list"),
+    "config-float-stride": row("train", "{bad:float-stride.toml}", *CPU1, contains="stride must be 1 or 2"),
+    "config-paper-weights-text": row("count", "{bad:paper-weights-text.toml}", contains="weights must be a number"),
+    # readers never create a storage file, however the URL spells it
+    "report-driver-url-absent": row("report", "--storage", "sqlite+pysqlite:///{tmp}/absent.db",
+                                    contains="does not exist"),
+    "fail-running-absent-journal": row("storage", "fail-running", "--storage", "journal:{tmp}/absent.log",
+                                       "--study", "x", contains="does not exist"),
     "config-unknown-conv-key": row("count", "{bad:unknown-conv-key.toml}", contains="stride"),
     "config-unknown-dataset": row("count", "{bad:unknown-dataset.toml}", contains="imagenet"),
     "config-missing": row("count", "{tmp}/absent.toml", contains="absent"),
@@ -290,6 +306,11 @@ ROWS = {
                             contains="abc", study="fresh"),
     "sweep-no-budgets": row("sweep", "--family", "cnn", "--budgets", ",", "--storage", "{fresh}",
                             contains="budgets", study="fresh"),
+    # checked before the searches: a typo here used to surface after them, naming --epochs
+    "sweep-replay-epochs-zero": row("sweep", "--family", "cnn", "--budgets", "10k", "--replay-epochs", "0",
+                                    "--storage", "{fresh}", contains="--replay-epochs", study="fresh"),
+    "sweep-replay-subset-tiny": row("sweep", "--family", "cnn", "--budgets", "10k", "--replay-subset", "5",
+                                    "--storage", "{fresh}", contains="--replay-subset", study="fresh"),
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -230,19 +231,26 @@ def test_postgres_stopped_mid_trial_is_one_line_then_resumes(tiny_npz, tmp_path,
     assert left_running <= retried(trials)  # each trial the outage interrupted was retried
 
 
-@pytest.mark.slow
-def test_killed_search_rerun_says_what_it_waits_for_and_retries_quietly(tiny_npz, tmp_path):
-    """SIGKILL during the first trial; the rerun waits out the heartbeat grace aloud, then retries it quietly."""
-    from pg import FAST_HEARTBEAT, assert_well_formed, counted, search_args, start_cli
+def _kill_mid_trial(npz: Path, folder: Path, url: str, study: str) -> None:
+    """Start a search and SIGKILL it while its first trial runs: the trial stays RUNNING, its heartbeat stops."""
+    from pg import FAST_HEARTBEAT, search_args, start_cli
 
-    url, study = f"sqlite:///{tmp_path}/s.db", "killed"
-    proc = start_cli(search_args(tiny_npz, url, study, trials=2, epochs=2), tmp_path, env=FAST_HEARTBEAT)
+    proc = start_cli(search_args(npz, url, study, trials=2, epochs=2), folder, env=FAST_HEARTBEAT)
     try:
         _wait_for(lambda: _running_for(url, study), proc)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
         proc.communicate()
+
+
+@pytest.mark.slow
+def test_killed_search_rerun_says_what_it_waits_for_and_retries_quietly(tiny_npz, tmp_path):
+    """SIGKILL during the first trial; the rerun waits out the heartbeat grace aloud, then retries it quietly."""
+    from pg import FAST_HEARTBEAT, assert_well_formed, counted, search_args
+
+    url, study = f"sqlite:///{tmp_path}/s.db", "killed"
+    _kill_mid_trial(tiny_npz, tmp_path, url, study)
     # A grace longer than the rerun's start-up and first trial: the rerun then has to wait for trial 0.
     slow_grace = {**FAST_HEARTBEAT, "BUDGETNAS_HEARTBEAT_GRACE": "30"}
     again = run_cli(*search_args(tiny_npz, url, study, trials=2, epochs=2), cwd=tmp_path, env=slow_grace)
@@ -252,6 +260,33 @@ def test_killed_search_rerun_says_what_it_waits_for_and_retries_quietly(tiny_npz
     trials = load_trials(url, study)
     assert_well_formed(trials)
     assert len(counted(trials)) == 2 and [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_one_signal_stops_a_rerun_that_waits_for_a_dead_workers_trial(tiny_npz, tmp_path, signum):
+    """The rerun of a killed search waits for the dead trial's heartbeat to go stale (outside Optuna's optimize,
+    where study.stop() refuses): one Ctrl-C, or the one SIGTERM a batch system sends, must end the wait."""
+    from pg import FAST_HEARTBEAT, search_args, start_cli
+
+    url, study = f"sqlite:///{tmp_path}/s.db", "waits"
+    _kill_mid_trial(tiny_npz, tmp_path, url, study)
+    # --trials 1: the dead trial fills the study, so the rerun waits before it starts optimize().
+    rerun = start_cli(search_args(tiny_npz, url, study, trials=1, epochs=2), tmp_path,
+                      env={**FAST_HEARTBEAT, "BUDGETNAS_HEARTBEAT_GRACE": "300"})
+    try:
+        err, deadline = "", time.time() + 120
+        while "waiting for running trial(s) 0" not in err:
+            assert rerun.poll() is None and time.time() < deadline, err[-3000:]
+            if select.select([rerun.stderr], [], [], 1.0)[0]:
+                err += os.read(rerun.stderr.fileno(), 4096).decode()
+        rerun.send_signal(signum)
+        _, rest = rerun.communicate(timeout=30)  # before the fix: still waiting after one signal
+    finally:
+        if rerun.poll() is None:
+            rerun.kill()
+    assert rerun.returncode == 130, (err + rest)[-3000:]
+    assert "Traceback" not in err + rest
 
 
 def test_an_interrupt_raised_inside_a_weakref_callback_is_delivered_again_not_printed(capsys):
@@ -481,6 +516,36 @@ def test_a_trial_a_lost_connection_interrupted_is_retried_once_the_database_answ
 
 
 
+def test_a_database_that_refuses_writes_is_one_error_at_once_not_an_outage(tmp_path):
+    """A read-only SQLite file raises SQLAlchemy's OperationalError, as a lost server does, but no wait cures it:
+    the storage says what to fix at once (a StorageError: exit 2) instead of retrying for a minute. The write is a
+    trial's creation, which Optuna's cached storage makes through a private backend method (``_create_new_trial``),
+    so that one is retried and classified like the public calls; a lost connection stays transient."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from budgetnas.resilience import RetryingRDBStorage, is_transient, refusal
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="s").optimize(lambda t: 1.0, n_trials=1)
+    before = (tmp_path / "s.db").read_bytes()
+    read_only = RetryingRDBStorage(f"sqlite:///file:{tmp_path}/s.db?mode=ro&uri=true", where="s.db", seconds=60)
+    study = optuna.load_study(storage=read_only, study_name="s")
+    assert len(study.trials) == 1  # reads work
+    start = time.monotonic()
+    with pytest.raises(StorageError, match=r"refuses writes \(attempt to write a readonly database\); make the file"):
+        study.ask()
+    assert time.monotonic() - start < 30 and read_only.unavailable is None
+    assert (tmp_path / "s.db").read_bytes() == before
+
+    locked = OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    lost = OperationalError("SELECT", {}, ConnectionRefusedError("server closed the connection"))
+    full = OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+    assert is_transient(locked) and is_transient(lost) and refusal(lost) is None
+    assert not is_transient(full) and "disk is full" in refusal(full)
+
+
 def test_a_failed_trial_left_without_its_retry_is_queued_once_by_the_next_run(tmp_path):
     """Optuna fails a stale trial and queues its retry in two calls: a worker killed between them leaves an
     orphan. A real SQLite study with a 1 s heartbeat; the orphan is recorded as that worker would leave it."""
@@ -527,6 +592,10 @@ def test_a_journal_trial_left_running_by_a_killed_worker_is_explained(cli, tiny_
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"trial(s) {left.number} still RUNNING" in again.stderr, again.stderr[-2000:]
     assert f"budgetnas storage fail-running --storage {url} --study j" in again.stderr, again.stderr[-2000:]
+    # With room for one more trial the rerun trains it, then ends one short of --trials: said too, not silent.
+    later = cli(*small_search(tiny_npz, url, 3, "--workers", "1"))  # one process: no sibling's trial to tell apart
+    assert later.returncode == 0, later.stderr[-2000:]
+    assert "[3/3]" not in later.stderr and f"trial(s) {left.number} still RUNNING" in later.stderr, later.stderr[-2000:]
 
 
 @pytest.mark.postgres

@@ -165,3 +165,37 @@ def test_auto_resolves_per_mode_and_no_early_stop_means_none():
 
     assert SearchConfig(budget=1000, trials=1, early_stop=False, pruner="sha").pruner_name() == "none"
     assert SearchConfig(budget=1000, objectives="accuracy", trials=1, pruner="hyperband").pruner_name() == "hyperband"
+
+
+
+def test_failed_trials_are_not_compared_so_a_retry_is_not_stopped_by_its_original(search, tmp_path):
+    """A killed worker's trial fails with a curve cut short; its retry has the same parameters and seed, so it
+    would tie with it at every rung and lose on runtime. The stopping rules weigh running, stopped and complete
+    trials only: here three failed trials that dominate everything at the rung never stop anyone."""
+    import optuna
+    from optuna.trial import create_trial
+
+    from budgetnas.stopping import HalfwayPruner, compared_trials
+
+    flags = ("--pruner", "sha", "--objectives", "accuracy,params", "--sampler", "random")
+    assert search("--trials", "1", *flags, epochs="3").returncode == 0
+    study = load(tmp_path)
+    for _ in range(3):
+        study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
+            "val_accuracy_curve": [1.0], "epoch_seconds": [0.001], "params": 1, "mult_adds": 1}))
+    proc = search("--trials", "7", *flags, epochs="3")
+    assert proc.returncode == 0, proc.stderr
+    stopped = [t.user_attrs["stopped_early"] for t in load(tmp_path).trials if "stopped_early" in t.user_attrs]
+    assert stopped, "six more random candidates at one rung: some are stopped by the complete ones"
+    assert not [s for s in stopped if any(f"trial {n}" in s or f", {n}" in s for n in (1, 2, 3))], stopped
+
+    memory = optuna.create_study(directions=["maximize"])
+    for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.FAIL, TrialState.FAIL):
+        memory.add_trial(create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None,
+                                      intermediate_values={1: 0.99 if state == TrialState.FAIL else 0.5}))
+    running = memory.ask()
+    running.report(0.6, 1)
+    assert [t.number for t in compared_trials(memory, running.number)] == [0, 1]
+    assert [t.number for t in compared_trials(memory, 0)] == [1, running.number]
+    # Counted, the three failed trials would put the median at epoch 1 at 0.99 and stop the trial.
+    assert not HalfwayPruner(step=1, n_min_trials=2).prune(memory, memory.get_trials(deepcopy=False)[-1])

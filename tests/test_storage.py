@@ -207,3 +207,18 @@ def test_sqlite_search_killed_then_rerun_retries_the_dead_trial(tiny_npz, tmp_pa
     assert_well_formed(trials)
     assert trials[dead].state == TrialState.FAIL and len(counted(trials)) == 3
     assert [t.number for t in trials if t.system_attrs.get("failed_trial") == dead]
+
+
+@pytest.mark.parametrize("url", ["sqlite+pysqlite:///{}/absent.db", "sqlite:///{}/absent.db?timeout=5",
+                                 "journal:{}/absent.log"])
+def test_readers_never_create_the_storage_file_however_the_url_spells_it(tmp_path, url):
+    """report, replay and fail-running open existing storages only; the file is found as SQLAlchemy parses the
+    URL (a driver or a query string used to slip past a prefix check and leave an empty database behind)."""
+    from budgetnas.storage import storage_file
+    from budgetnas.studyio import open_existing_storage
+
+    url = url.format(tmp_path)
+    assert storage_file(url) == tmp_path / ("absent.log" if url.startswith("journal:") else "absent.db")
+    with pytest.raises(StorageError, match="does not exist"):
+        open_existing_storage(url)
+    assert list(tmp_path.iterdir()) == []

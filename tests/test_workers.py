@@ -107,6 +107,7 @@ def test_killed_worker_on_journal(tiny_npz, tmp_path):
 
     orphans = [t for t in trials() if t.state == TrialState.RUNNING]
     assert len(orphans) == 1  # the killed worker's trial; the survivor stopped instead of waiting for it
+    assert f"trial(s) {orphans[0].number} stay RUNNING" in err, err[-3000:]
     assert len(counted(trials())) == total - 1
 
     fix = subprocess.run([sys.executable, "-m", "budgetnas.storage", "fail-running", "--storage", url,
@@ -153,6 +154,7 @@ def test_ctrl_c_stops_every_worker_and_the_study_resumes(tiny_npz, tmp_path):
     assert parent.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "--workers 2" in err.split("Resume with:")[-1]
     assert not [t for t in trials() if t.state == TrialState.RUNNING]  # every worker saved its trial
+    assert "fail-running" not in err, err[-3000:]  # so no worker's exit may advise failing a running trial
 
     total = len(counted(trials())) + 2  # resume for two more trials
     again = run_cli(*search_args(tiny_npz, url, study, trials=total, epochs=2), "--workers", "2", cwd=tmp_path)

@@ -46,9 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def fail_running(args: argparse.Namespace) -> int:
     from budgetnas.storage import fail_running_trials
+    from budgetnas.studyio import open_existing_storage
 
     older = parse_duration(args.older_than) if args.older_than else None
-    numbers = fail_running_trials(args.storage, args.study, older_than=older, retry=not args.no_retry)
+    storage, _ = open_existing_storage(args.storage)  # never a new, empty storage file
+    numbers = fail_running_trials(storage, args.study, older_than=older, retry=not args.no_retry)
     queued = "" if args.no_retry else "; each is queued again and runs with the next search"
     print(f"failed {len(numbers)} running trial(s){': ' + ', '.join(map(str, numbers)) if numbers else ''}"
           + (queued if numbers else ""))

@@ -47,12 +47,10 @@ def add_epoch_options(parser: argparse.ArgumentParser) -> None:
 
 def check_epoch_options(args: argparse.Namespace) -> None:
     """The options the library does not check before it loads data (--epochs and --seed: the recipe does)."""
-    from budgetnas.errors import UsageError
-    from budgetnas.limits import check_threads
+    from budgetnas.limits import check_subset, check_threads
 
     check_threads(args.threads)
-    if args.subset is not None and args.subset < 20:
-        raise UsageError(f"--subset must be at least 20 images, got {args.subset}")
+    check_subset(args.subset)
 
 
 def run(args: argparse.Namespace) -> int:

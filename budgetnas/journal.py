@@ -134,7 +134,15 @@ def open_journal(path: Path, check_parent: Callable[[Path], None]) -> Any:
             message = problem(path, check_journal(path))
             if message:
                 raise StorageError(message)
-        return JournalStorage(GuardedBackend(str(path)))
+        return JournalStorage(GuardedBackend(str(path)))  # replays every record already in the file
+    except StorageError:
+        raise
+    except (KeyError, TypeError, ValueError, AssertionError, AttributeError) as exc:
+        # Every line is a JSON operation (checked above) but one lacks what Optuna needs to replay it: a file
+        # made or edited by something else. Nothing was written to it.
+        raise StorageError(f"journal file {path} holds a record Optuna cannot replay ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())[:120]}); it is not a study's journal as Optuna wrote it: "
+                           "point --storage at another file") from None
     except OSError as exc:
         raise StorageError(f"cannot open journal file {path}: {exc.strerror or exc}") from None
 

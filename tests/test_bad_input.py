@@ -109,6 +109,7 @@ BAD_FILES = {
     "unknown-dataset.toml": _text('dataset = "imagenet"\n' + GOOD_SPEC),
     "four-pools.toml": _text('[spec]\nfamily = "cnn"\n' + '[[spec.conv]]\nout_channels = 4\npool = 2\n' * 4),
     "random-bytes.log": lambda p: p.write_bytes(bytes(range(256)) * 16),
+    "op-code-only.log": lambda p: p.write_bytes(b'{"op_code": 0}\n'),  # JSON, an operation, but no study name
     # sizes that must be refused before anything is allocated
     "width-1e9.toml": _text('[spec]\nfamily = "cnn"\n[[spec.conv]]\nout_channels = 1000000000\n'),
     "width-1e20.toml": _text('[spec]\nfamily = "fcn"\nhidden = [100000000000000000000]\n'),
@@ -232,6 +233,8 @@ ROWS = {
                                      "--budget", "100k", contains="127.0.0.1"),
     "storage-sqlite-folder-missing": row(*SEARCH[:-1], "sqlite:///{tmp}/no/such/folder/s.db", "--budget", "100k",
                                          contains="no/such/folder"),
+    "report-journal-unreplayable": row("report", "--storage", "journal:{bad:op-code-only.log}",
+                                       contains="cannot replay"),
     "storage-journal-random-bytes": row(*SEARCH[:-1], "journal:{bad:random-bytes.log}", "--budget", "100k",
                                          contains="not an Optuna journal"),
     "storage-journal-torn": row(*SEARCH[:-1], "journal:{bad:torn.log}", "--budget", "100k", contains="repair journal:"),

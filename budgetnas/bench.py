@@ -106,8 +106,8 @@ def bench(refs: Sequence[str] | None = None, *, devices: Sequence[str] = ("cpu",
             seconds, used = time_training_steps(config.spec, data, config.recipe, device=device,
                                                 precision=precision, steps=steps, warmup=warmup)
             step = statistics.median(seconds)
-            batch = min(config.recipe.batch_size, len(data.train))
-            epoch = math.ceil(PAPER_TRAIN_IMAGES / config.recipe.batch_size) * step
+            batch = min(config.recipe.batch_size, len(data.train))  # a --subset smaller than the batch: smaller steps
+            epoch = math.ceil(PAPER_TRAIN_IMAGES / batch) * step  # as many of the steps timed as an epoch takes
             rows.append(BenchRow(name=config.name, device=device, precision=used, batch=batch, steps=steps,
                                  step_seconds=step, images_per_second=batch / step, epoch_seconds=epoch,
                                  run_seconds=epoch * config.recipe.epochs, epochs=config.recipe.epochs,

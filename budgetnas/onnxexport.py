@@ -42,7 +42,8 @@ def export_onnx(model: nn.Module, data: Data, recipe: Recipe, path: str | Path,
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), str(path), input_names=["images"], output_names=["logits"],
                           dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},), dynamo=True,
-                          verbose=False)
+                          verbose=False, external_data=False)  # one self-contained file (the weights inside:
+    # budgets stop far below protobuf's 2 GB), not model.onnx beside a model.onnx.data that must travel with it
     batch = (images if images is not None else data.val.x[:64]).float() / 255
     difference = max_difference(module, path, batch)
     if not difference <= TOLERANCE:

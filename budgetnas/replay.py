@@ -329,6 +329,9 @@ def retrain(spec: Any, recipe: Any, settings: StudySettings, data: Any, *, devic
                     on_epoch=on_epoch)
     trained, metrics, artifacts = run.result, run.metrics, run.artifacts
     metrics["replayed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    # metrics.json marks a finished replay: removed before the first artifact is written, written after the last,
+    # so a folder a stopped replay left half rewritten never claims an earlier run's figures.
+    (out / "metrics.json").unlink(missing_ok=True)
     artifacts["weights"] = save_weights(trained.model, out / "model.pt")
     header = (f"Replayed {name}: test accuracy {metrics['test_accuracy']:.4f}, {metrics['params']} params.\n"
               "Retrain with: budgetnas train spec.toml")

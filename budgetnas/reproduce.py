@@ -294,15 +294,15 @@ PAPER_COLUMNS = [("model", "Model"), ("weights", "Weights"), ("test_acc", "Test 
                  ("device", "Device"), ("mult_adds", "Mult-adds (b=512)"), ("lowest_loss", "Lowest loss")]
 
 
-def comparison_row(metrics: dict[str, Any], paper: dict[str, Any]) -> dict[str, str]:
-    """Ours next to the paper's for one model, with the differences."""
+def comparison_row(metrics: dict[str, Any], paper: dict[str, Any], *, same_epochs: bool = True) -> dict[str, str]:
+    """Ours next to the paper's for one model, with the differences (no time ratio over other epochs)."""
     ours = paper_row(metrics)
     acc, paper_acc = metrics.get("test_accuracy"), paper.get("test_accuracy")
     diff = "-" if acc is None or paper_acc is None else f"{acc * 100 - paper_acc:+.2f}"
     weights, paper_weights = metrics.get("params"), paper.get("weights")
     weight_diff = "-" if weights is None or paper_weights is None else f"{weights - paper_weights:+,}"
     seconds, paper_cpu = metrics.get("train_seconds"), paper.get("cpu_seconds")
-    speed = "-" if not seconds or not paper_cpu else f"{paper_cpu / seconds:.2f}x"
+    speed = "-" if not seconds or not paper_cpu or not same_epochs else f"{paper_cpu / seconds:.2f}x"
     paper_loss = paper.get("lowest_loss")
     return {
         "model": ours["model"],
@@ -372,8 +372,12 @@ def reproduce(names: Sequence[str] | None = None, *, epochs: int | None = None, 
     """
     from budgetnas.data import load_dataset
 
-    configs = [override(resolve_config(n), epochs=epochs, seed=seed, dataset=dataset)
-               for n in (names or paper_names())]
+    originals = [resolve_config(n) for n in (names or paper_names())]
+    configs = [override(c, epochs=epochs, seed=seed, dataset=dataset) for c in originals]
+    # The paper's figures hold for its dataset and its epochs: other data (an npz may be a slice of Fashion-MNIST,
+    # or anything) and other epochs are said in a note, and over other epochs the time ratio is left out.
+    other_data = sorted({c.dataset for c, o in zip(configs, originals) if c.dataset != o.dataset and o.paper})
+    other_epochs = any(c.recipe.epochs != o.recipe.epochs for c, o in zip(configs, originals) if o.paper)
     out = Path(out)
     check_writable(out)
     datasets: dict[str, Any] = {}
@@ -399,10 +403,16 @@ def reproduce(names: Sequence[str] | None = None, *, epochs: int | None = None, 
         done_cost += cost[i - 1]
         save_run(report, out / "models" / config.name)
         runs.append({**report.metrics, "paper": dict(config.paper)})
-        rows.append(comparison_row(report.metrics, config.paper))
+        rows.append(comparison_row(report.metrics, config.paper, same_epochs=config.recipe.epochs
+                                   == originals[i - 1].recipe.epochs))
         progress(f"[{i}/{len(configs)}] {config.name}: test accuracy {percent(report.metrics['test_accuracy'])} "
                  f"in {format_duration(report.metrics['train_seconds'])}")
-    return _write_reproduction(rows, runs, out, command=command, subset=subset)
+    notes = [f"Trained on {', '.join(other_data)}, not the paper's Fashion-MNIST: its figures compare only "
+             "where that is Fashion-MNIST."] if other_data else []
+    if other_epochs:
+        notes.append(f"Trained for {plural(configs[0].recipe.epochs, 'epoch')} instead of the paper's: accuracy is "
+                     "not comparable to the paper's, and the time ratio is left out.")
+    return _write_reproduction(rows, runs, out, command=command, subset=subset, extra_notes=notes)
 
 
 def _cost(config: RunConfig) -> float:
@@ -425,7 +435,7 @@ def _cost(config: RunConfig) -> float:
 
 
 def _write_reproduction(rows: list[dict[str, str]], runs: list[dict[str, Any]], out: Path, *, command: str,
-                        subset: int | None) -> Reproduction:
+                        subset: int | None, extra_notes: Sequence[str] = ()) -> Reproduction:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = machine_description()
     devices = sorted({f"{r['device']} ({r['precision']})" for r in runs})
@@ -435,6 +445,7 @@ def _write_reproduction(rows: list[dict[str, str]], runs: list[dict[str, Any]], 
              "is measured once, after the last epoch; Δ acc. = ours − paper in percentage points."]
     if subset:
         notes.append(f"Trained on a {subset}-image slice of the data: a smoke run, NOT comparable to the paper.")
+    notes.extend(extra_notes)
     facts = [f"Date: {when}", f"Machine: {machine}", f"Device: {', '.join(devices)}"]
     if command:
         facts.append(f"Command: `{command}`")

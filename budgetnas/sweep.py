@@ -516,6 +516,8 @@ def found_config(row: SweepRow, search: SearchConfig) -> RunConfig:
         result["finalist_estimate"] = row.finalist_estimate
     if row.finalist_augments:  # augmentation chosen at full length, among these
         result["finalist_augments"] = list(row.finalist_augments)
+    if r.get("subset"):  # --replay-subset: the test figures come from a quick run on a slice
+        result["replay_subset"] = r["subset"]
     result.update(row.seed_replays)  # seeds = [{seed, val_accuracy, test_accuracy, train_seconds}], the means
     name = f"{get_family(search.family).name}-{format_budget(row.budget)}"  # a plug-in's name, not its module path
     return RunConfig(name=f"found-{name}", dataset=search.dataset, spec=spec_from_dict(r["spec"]),
@@ -549,7 +551,8 @@ def write_winner(row: SweepRow, search: SearchConfig, chosen: str | int, augment
     Why: the replay of a slow winner takes as long as the search did, and the search's choice (the
     finalists' ranking included) is the expensive part of a sweep. Written first, a stopped or failed
     replay still leaves the config to retrain (``budgetnas train``) or replay (its ``[result]`` names
-    the study and trial).
+    the study and trial). A config that already holds a replay (a rerun of the sweep) is left as it is
+    until this replay ends: overwritten now, a stopped rerun would lose measured figures.
     """
     from budgetnas.records import spec_of
     from budgetnas.replay import choose_trial, replay_recipe
@@ -562,7 +565,29 @@ def write_winner(row: SweepRow, search: SearchConfig, chosen: str | int, augment
     recipe = replay_recipe(trial, epochs=epochs, seed=seed, augment=augment)
     row.replay = {"spec": spec_to_dict(spec_of(trial)), "recipe": recipe.to_dict(),
                   "params": trial.user_attrs["params"]}
+    path = found_path(search, folder)
+    if _replayed(path):
+        return path
     return write_found(row, search, folder)
+
+
+def found_path(search: SearchConfig, folder: Path) -> Path:
+    """Where :func:`write_found` writes the config of ``search``'s budget: ``folder/FAMILY-BUDGET.toml``."""
+    from budgetnas.families import get_family
+
+    return folder / f"{get_family(search.family).name}-{format_budget(search.budget)}.toml"
+
+
+def _replayed(path: Path) -> bool:
+    """Whether ``path`` is a found config that holds test figures."""
+    from budgetnas.config import read_toml
+
+    if not path.is_file():
+        return False
+    try:
+        return "test_accuracy" in read_toml(path).get("result", {})
+    except UsageError:  # unreadable: nothing measured to keep
+        return False
 
 
 def write_found(row: SweepRow, search: SearchConfig, folder: Path) -> Path:
@@ -586,6 +611,9 @@ def write_found(row: SweepRow, search: SearchConfig, folder: Path) -> Path:
                    f"{percent(r['val_accuracy'])}, test accuracy {percent(r['test_accuracy'])}, "
                    f"{r['params']:,} parameters.\n"
                    "[result] holds the replayed figures and the search that found it (selected on validation only).\n")
+    if r.get("subset") and "test_accuracy" in r:
+        figures += (f"Trained on a {r['subset']:,}-image slice of the training split (--replay-subset): a quick "
+                    "run, not a full-length result.\n")
     header = f"{config.description}.\n{figures}Retrain with: budgetnas train {short}.toml"
     return save_config(config, folder / f"{short}.toml", header=header)
 
@@ -666,7 +694,7 @@ def render_html(family: str, dataset: str, rows: list[SweepRow]) -> str:
 
 def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("params", "val_accuracy", "test_accuracy", "train_seconds", "mult_adds", "lowest_loss",
-            "lowest_loss_epoch", "epochs", "seed", "device", "precision", "spec", "recipe")
+            "lowest_loss_epoch", "epochs", "seed", "device", "precision", "subset", "spec", "recipe")
     return {k: metrics[k] for k in keys if k in metrics}
 
 

@@ -32,6 +32,15 @@ def test_bench_json_times_each_config_on_the_cpu(cli):
         assert any("no CUDA" in n for n in doc["notes"]) and "no CUDA" in proc.stderr
 
 
+def test_a_subset_smaller_than_the_batch_counts_the_steps_of_that_batch(cli):
+    """200 images train in steps of 180 (the training part of the slice), not 512: an epoch of the whole split is
+    ceil(54,000 / 180) such steps, not 106 (which made the epoch look 2.8 times faster than it is)."""
+    proc = cli("bench", "fcn-50k", "--steps", "1", "--warmup", "0", "--devices", "cpu", "--subset", "200", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)["rows"]
+    assert row["batch"] == 180 and row["epoch_seconds"] == pytest.approx(300 * row["step_seconds"])
+
+
 def test_bench_table_and_bad_devices(cli):
     proc = cli("bench", "fcn-50k", "--steps", "1", "--warmup", "0", "--devices", "cpu", "--subset", "600")
     assert proc.returncode == 0, proc.stderr

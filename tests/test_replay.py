@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -130,7 +131,26 @@ def test_exported_program_matches_the_trained_model(replayed):
     assert program(images[:1].float() / 255).shape == (1, 10)
 
 
-def test_onnx_file_runs_in_onnxruntime_and_matches_the_trained_model(replayed):
+def test_a_stopped_replay_into_a_used_folder_leaves_no_earlier_metrics(replayed, tmp_path, monkeypatch):
+    """The folder of a replay stopped while writing its artifacts holds the new model beside the old ONNX file:
+    the earlier run's metrics.json must not stay there to vouch for it (it is written last, removed first)."""
+    import budgetnas.onnxexport
+
+    study, first = replayed
+    out = tmp_path / "used"
+    shutil.copytree(first.out, out)
+    assert (out / "metrics.json").is_file()
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(budgetnas.onnxexport, "export_onnx", stopped)  # the last artifact: Ctrl-C just before
+    with pytest.raises(KeyboardInterrupt):
+        replay(study.url, trial="best", device="cpu", precision="fp32", out=out, seed=5, record=False)
+    assert not (out / "metrics.json").exists() and (out / "model.pt").is_file()
+
+
+def test_onnx_file_runs_in_onnxruntime_and_matches_the_trained_model(replayed, tmp_path):
     import onnxruntime
 
     study, result = replayed
@@ -138,7 +158,12 @@ def test_onnx_file_runs_in_onnxruntime_and_matches_the_trained_model(replayed):
     data = load_dataset(study.dataset, with_test=True)
     config = load_config(result.out / "spec.toml")
     images = data.test.x[100:137]  # not the images the export was checked on; an odd, dynamic batch
-    session = onnxruntime.InferenceSession(str(result.out / "model.onnx"), providers=["CPUExecutionProvider"])
+    # One self-contained file: copied alone, it still runs (no model.onnx.data sidecar to carry along).
+    alone = tmp_path / "elsewhere" / "model.onnx"
+    alone.parent.mkdir()
+    shutil.copy(result.out / "model.onnx", alone)
+    assert not list(result.out.glob("*.onnx.data"))
+    session = onnxruntime.InferenceSession(str(alone), providers=["CPUExecutionProvider"])
     (got,) = session.run(["logits"], {"images": (images.float() / 255).numpy()})
     with torch.inference_mode():
         expected = result.model.to("cpu").eval()(prepare(images, data, config.recipe)).numpy()

@@ -34,6 +34,10 @@ def test_reproduce_writes_markdown_and_html_with_ours_next_to_the_paper(cli, tin
     assert re.search(r"\| fcn-50k \| 46,580 \| 46,580 \| \+0 \|", markdown)
     assert "<table>" in page and "<td>cnn-10k+bn</td>" in page
     assert "Command: `budgetnas reproduce fcn-50k" in markdown
+    # Another dataset and other epochs than the paper's are said; a time ratio over 1 epoch against 20 is left out.
+    assert f"Trained on npz:{tiny_npz}, not the paper's Fashion-MNIST" in markdown
+    assert "Trained for 1 epoch instead of the paper's" in markdown
+    assert not re.search(r"\| \d+\.\d+x \|", markdown)
     for name in ours:
         assert (out / "models" / name / "model.pt").is_file()
 

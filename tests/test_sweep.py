@@ -154,6 +154,12 @@ def test_sweep_rejects_unknown_finalist_augments(cli, tiny_npz):
     assert_one_line_error(proc, 2, "--finalist-augments")
 
 
+def test_sweep_refuses_a_study_name(cli, tiny_npz):
+    """Each budget has its own study, named by the sweep: a --study would be silently ignored."""
+    proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}", "--study", "mine")
+    assert_one_line_error(proc, 2, "leave --study out")
+
+
 def test_finalists_within_timeout_needs_a_budget_timeout(cli, tiny_npz):
     proc = cli("sweep", "--family", "cnn", "--budgets", "3k", "--dataset", f"npz:{tiny_npz}",
                "--finalist-augments", "none,flip", "--finalists-within-timeout")
@@ -408,6 +414,19 @@ def test_winner_config_is_written_before_its_replay(tiny_npz, tmp_path):
     assert (found.recipe.epochs, found.recipe.seed, found.recipe.augment) == (7, 3, "flip")  # as the replay trains
     assert found.result["trial"] == best.number and "test_accuracy" not in found.result
     assert "Not replayed yet" in path.read_text(encoding="utf-8")
+
+    # The replay rewrites it with its figures (here a quick one on a slice, which the config says); a rerun of the
+    # sweep that chooses again must not replace those measured figures by "Not replayed yet" before its own
+    # replay ends (a stopped rerun used to leave no test figures at all).
+    from budgetnas.sweep import write_found
+
+    row.replay.update(val_accuracy=0.5, test_accuracy=0.25, train_seconds=1.0, epochs=7, seed=3, subset=600)
+    write_found(row, search, tmp_path / "found")
+    replayed = path.read_bytes()
+    assert b"600-image slice" in replayed and load_config(path).result["replay_subset"] == 600
+    rerun = SweepRow(budget=BUDGET, study=made.name, trial=-1, search_trials=len(study.trials), search_seconds=9.0)
+    assert write_winner(rerun, search, "best", None, epochs=7, seed=3, folder=tmp_path / "found") == path
+    assert path.read_bytes() == replayed and rerun.trial == best.number
 
     # Any family's spec: an mbconv winner (a real 50K sweep once failed here, on a spec without to_dict). The
     # study's best trial copied with an mbconv spec in place of its CNN's; nothing here trains it.

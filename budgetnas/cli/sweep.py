@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from budgetnas.sweep import SweepConfig, parse_augments, parse_budgets, run_sweep
     from budgetnas.processes import AUTO
 
+    if args.study:
+        raise UsageError("sweep names each budget's study itself (FAMILY-BUDGET-DATASET, e.g. cnn-10k-fashion-mnist); "
+                         "leave --study out, or search one budget with `budgetnas search --study NAME`")
     if str(args.workers) not in ("1", AUTO):  # auto: as many as a sweep can use, which is one
         raise UsageError("sweep runs one worker; start extra `budgetnas search --budget B --study NAME` "
                          "workers on the same storage to parallelise a budget")

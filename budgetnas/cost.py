@@ -45,6 +45,7 @@ from typing import Literal, Union
 
 from budgetnas.counting import PAPER_BATCH, count_mult_adds, count_params, human_count
 from budgetnas.errors import UsageError
+from budgetnas.families import describe as describe_spec
 from budgetnas.limits import available_memory as host_memory, gib
 from budgetnas.space import POOL, POOLED_SIZE
 from budgetnas.spec import Spec
@@ -252,5 +253,5 @@ def check_model_memory(spec: "Spec", input_shape: tuple[int, int, int], num_clas
     if need > have:
         doing = (f"to train at batch {batch}" if training
                  else f"for a batch of {batch}" if batch else "for its weights")
-        raise UsageError(f"{what} needs at least {gib(need)} {doing} ({spec.describe()[:120]}), more than the "
+        raise UsageError(f"{what} needs at least {gib(need)} {doing} ({describe_spec(spec)[:120]}), more than the "
                          f"{gib(have)} of memory available; use smaller widths" + (" or batch" if batch else ""))

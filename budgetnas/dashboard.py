@@ -70,8 +70,8 @@ def serve(storage: str | None = None, host: str = "127.0.0.1", port: int = 8080,
     check_port(host, port)
     folder = artifact_dir(url)  # the trials' learning curves (budgetnas/trialnotes.py), when there are any
     store = None
-    if folder is not None and folder.is_dir():
-        from optuna.artifacts import FileSystemArtifactStore
+    if folder is not None:  # even before the folder exists: a search may train its first trial while this serves
+        from optuna.artifacts import FileSystemArtifactStore  # (the store touches no file until asked for one)
 
         store = FileSystemArtifactStore(str(folder))
     with warnings.catch_warnings():

@@ -37,10 +37,11 @@ from budgetnas import cost, objectives, records, trialnotes
 from budgetnas.cost import COMPUTE_CONSTRAINT, MEMORY_CONSTRAINT, CostBounds  # noqa: F401 (re-exported)
 from budgetnas.counting import PAPER_BATCH, count_params, human_count
 from budgetnas.errors import RunFailure
+from budgetnas.families import describe as describe_spec
 from budgetnas.families import get_family
 from budgetnas.fmt import percent
 from budgetnas.limits import available_memory, gib
-from budgetnas.proxies import SCREEN_ATTR, ProxyScreen
+from budgetnas.proxies import SCREEN_ATTR, SCREEN_PROXY_ATTR, ProxyScreen
 from budgetnas.space import sample_recipe
 from budgetnas.spec import spec_to_dict
 from budgetnas.stopping import PRUNER_WORDS, FrontRule, RungRule, compared_trials, resolve_pruner
@@ -113,20 +114,20 @@ class Objective:
             trial.set_user_attr("memory_estimate", memory)
         reason = None
         if params > config.budget:
-            reason = f"{params:,} parameters > budget {config.budget:,}: {spec.describe()}"
+            reason = f"{params:,} parameters > budget {config.budget:,}: {describe_spec(spec)}"
         elif self.bounds.max_mult_adds is not None and mult_adds > self.bounds.max_mult_adds:
             reason = (f"{human_count(mult_adds)} mult-adds > cap {human_count(self.bounds.max_mult_adds)} "
-                      f"(batch {PAPER_BATCH}): {spec.describe()}")
+                      f"(batch {PAPER_BATCH}): {describe_spec(spec)}")
         elif self.bounds.max_memory is not None and memory is not None and memory > self.bounds.max_memory:
             reason = (f"{cost.human_bytes(memory)} of training activations (estimated, batch {recipe.batch_size}) "
-                      f"> cap {cost.human_bytes(self.bounds.max_memory)}: {spec.describe()}")
+                      f"> cap {cost.human_bytes(self.bounds.max_memory)}: {describe_spec(spec)}")
         elif (need := cost.model_bytes(spec, data.input_shape, data.num_classes, batch=recipe.batch_size,
                                   training=True)) > available_memory():
             # Whatever the caps say (even none): a model that cannot fit at all is never built.
-            reason = f"needs at least {gib(need)} of memory to train, more than is available: {spec.describe()}"
+            reason = f"needs at least {gib(need)} of memory to train, more than is available: {describe_spec(spec)}"
         elif self.admission is not None and (refused := self.admission(
                 memory / recipe.batch_size if memory is not None else None)):
-            reason = f"{refused}: {spec.describe()}"
+            reason = f"{refused}: {describe_spec(spec)}"
         if not reason and self.screen is not None:
             reason = self._screened(trial, spec)
         if reason:
@@ -142,7 +143,7 @@ class Objective:
         measured = {o.name: o.measure(candidate) for o in map(objectives.objective, config.objectives) if o.measure}
         for name, value in measured.items():
             trial.set_user_attr(objectives.objective(name).metric, value)
-        self.progress(f"trial {trial.number}: {params:,} params, {spec.describe()}")
+        self.progress(f"trial {trial.number}: {params:,} params, {describe_spec(spec)}")
 
         curve: list[EpochStats] = []
         front = self._front(trial.study) if self.rule else []
@@ -211,10 +212,14 @@ class Objective:
 
     def _screened(self, trial: optuna.Trial, spec: Any) -> str | None:
         """Score the candidate with ``--proxy`` (recorded) and say why the pre-screen rejects it, if it does."""
+        # Only scores of the same proxy compare (their scales differ by orders of magnitude: a study resumed with
+        # another --proxy rejected every candidate); a score recorded without its proxy's name is left out.
         earlier = [t.user_attrs[SCREEN_ATTR] for t in trial.study.get_trials(deepcopy=False)
-                   if SCREEN_ATTR in t.user_attrs and t.number != trial.number]
+                   if SCREEN_ATTR in t.user_attrs and t.user_attrs.get(SCREEN_PROXY_ATTR) == self.screen.name
+                   and t.number != trial.number]
         value, reason = self.screen.check(spec, earlier, enqueued="enqueued" in trial.user_attrs)
         trial.set_user_attr(SCREEN_ATTR, value)
+        trial.set_user_attr(SCREEN_PROXY_ATTR, self.screen.name)
         return reason
 
     @staticmethod

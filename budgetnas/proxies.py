@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from budgetnas.errors import UsageError
+from budgetnas.families import describe as describe_spec
 from budgetnas.model import _ACTIVATIONS, build_model
 from budgetnas.spec import Spec
 
@@ -145,6 +146,7 @@ def _without_batch_norm(model: nn.Module) -> nn.Module:
 
 
 SCREEN_ATTR = "proxy_score"  # trial user attribute: the candidate's score under the study's --proxy
+SCREEN_PROXY_ATTR = "proxy_name"  # and which proxy gave it: a resumed study may use another --proxy
 MIN_SCORED = 5  # no candidate is screened out before this many earlier candidates were scored
 
 
@@ -175,7 +177,7 @@ class ProxyScreen:
         threshold = float(np.quantile(np.asarray(earlier, dtype=float), self.fraction, method="lower"))  # -inf safe
         if value < threshold:
             return value, (f"{self.name} {value:.4g} below the {self.fraction:.0%} quantile {threshold:.4g} "
-                           f"of {len(earlier)} earlier candidates: {spec.describe()}")
+                           f"of {len(earlier)} earlier candidates: {describe_spec(spec)}")
         return value, None
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from budgetnas.errors import StorageError, UsageError
+from budgetnas.families import describe as describe_spec
 from budgetnas.fmt import epoch_line, percent, plural
 from budgetnas.records import StudySettings, recipe_of, replay_key, settings_of, spec_of
 from budgetnas.runs import TrainedRun, check_seeds, seed_heading, seed_summary, write_json
@@ -186,7 +187,7 @@ def _replay_trial(loaded: Any, settings: StudySettings, choice: Choice, data: An
     spec, stored = spec_of(choice.trial), recipe_of(choice.trial)
     recipe = replay_recipe(choice.trial, epochs=epochs, seed=seed, augment=augment)
     say(f"replaying {choice.reason}")
-    say(f"  spec {spec.describe()}; {plural(recipe.epochs, 'epoch')}, seed {recipe.seed}"
+    say(f"  spec {describe_spec(spec)}; {plural(recipe.epochs, 'epoch')}, seed {recipe.seed}"
         + (f", augmentation {recipe.augment} (the trial's: {stored.augment})" if augment else ""))
     run = retrain(spec, recipe, settings, data, device=device, precision=precision, subset=subset, out=out,
                   images=images, name=f"{loaded.study_name}-trial{choice.trial.number}", progress=say)

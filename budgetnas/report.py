@@ -26,6 +26,7 @@ from budgetnas import tables
 from budgetnas.counting import human_count
 from budgetnas.datasets import reference_models
 from budgetnas.errors import StorageError, UsageError
+from budgetnas.families import describe as describe_spec
 from budgetnas.fmt import percent
 from budgetnas.paper import PaperModel, paper_models
 from budgetnas.records import StudySettings, replays_of, settings_of
@@ -81,7 +82,7 @@ def report_info(study: Any, storage_url: str = "") -> ReportInfo:
     front = {t.number for t in study.best_trials} if len(study.directions) > 1 else {choice.trial.number}
     points = [Point(t.number, val_accuracy_of(t, settings), float(t.user_attrs.get("train_seconds", math.nan)),
                     int(t.user_attrs.get("params", 0)), int(t.user_attrs.get("mult_adds", 0)),
-                    spec_from_dict(t.user_attrs["spec"]).describe(), t.number in front,
+                    describe_spec(spec_from_dict(t.user_attrs["spec"])), t.number in front,
                     list(t.user_attrs.get("val_accuracy_curve", [])), list(t.user_attrs.get("train_loss_curve", [])))
               for t in trained]
     counts: dict[str, int] = {}

@@ -29,6 +29,7 @@ from budgetnas.fmt import epoch_line, percent, plural
 from budgetnas.cost import check_model_memory
 from budgetnas.progress import Remaining
 from budgetnas.replay import check_writable
+from budgetnas.families import describe as describe_spec
 from budgetnas.families import family_of
 
 PAPER_DIR_ENV = "BUDGETNAS_PAPER_DIR"
@@ -119,7 +120,7 @@ def count_config(config: RunConfig, batch: int = 512, data_root: str | None = No
     check_model_memory(config.spec, input_shape, num_classes, batch=batch, what=config.name)  # torchinfo runs it
     return {
         "name": config.name, "dataset": config.dataset, "input_shape": list(input_shape),
-        "num_classes": num_classes, "batch": batch, "spec": config.spec.describe(),
+        "num_classes": num_classes, "batch": batch, "spec": describe_spec(config.spec),
         "params": count_params(config.spec, input_shape, num_classes),
         "mult_adds": count_mult_adds(config.spec, input_shape, num_classes, batch=batch),
         "paper": dict(config.paper),
@@ -389,7 +390,7 @@ def reproduce(names: Sequence[str] | None = None, *, epochs: int | None = None, 
             datasets[config.dataset] = load_dataset(config.dataset, data_root, with_test=True, subset=subset)
         data = datasets[config.dataset]
         per_epoch = cost[i - 1] / config.recipe.epochs
-        progress(f"[{i}/{len(configs)}] {config.name}: {config.spec.describe()} "
+        progress(f"[{i}/{len(configs)}] {config.name}: {describe_spec(config.spec)} "
                  f"({plural(config.recipe.epochs, 'epoch')}, {len(data.train)} train images)")
 
         def on_epoch(e: Any, i: int = i, per_epoch: float = per_epoch, config: RunConfig = config) -> None:

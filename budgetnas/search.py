@@ -38,6 +38,7 @@ from budgetnas.data import Data, check_dataset_name, check_validation, load_data
 from budgetnas.device import resolve_placement
 from budgetnas.errors import DataError, FieldError, RunFailure, UsageError
 from budgetnas.families import check_choices, family_key, get_family
+from budgetnas.families import describe as describe_spec
 from budgetnas.fmt import percent
 from budgetnas.limits import check_search_edges, check_threads
 from budgetnas.objective import Objective
@@ -491,7 +492,7 @@ def front_row(trial: FrozenTrial) -> dict[str, Any]:
     spec = records.spec_of(trial)
     return {"trial": trial.number, "params": attrs.get("params"), "val_accuracy": curve[-1],
             "train_seconds": attrs.get("train_seconds"), "mult_adds": attrs.get("mult_adds"),
-            "spec": spec.describe(),
+            "spec": describe_spec(spec),
             "recipe": records.recipe_of(trial).describe() if "recipe" in attrs else ""}
 
 

@@ -25,6 +25,7 @@ from budgetnas.budget import format_budget
 from budgetnas.cost import EpochTime
 from budgetnas.datasets import reference_models
 from budgetnas.errors import UsageError
+from budgetnas.families import describe as describe_spec
 from budgetnas.fmt import epoch_line, percent, plural
 from budgetnas.search import SearchConfig, run_search
 
@@ -645,7 +646,7 @@ def render_markdown(family: str, dataset: str, rows: list[SweepRow]) -> str:
     lines.append(tables.markdown(["budget", "study / trial", "params", "val acc", "test acc", "paper test acc", "diff",
                                   "train s", "mult-adds", "search trials", "search s"], cells))
     lines += ["", tables.markdown(["budget", "architecture", "recipe"],
-                                  [[format_budget(row.budget), spec_from_dict(row.replay["spec"]).describe(),
+                                  [[format_budget(row.budget), describe_spec(spec_from_dict(row.replay["spec"])),
                                     Recipe.from_dict(row.replay["recipe"]).describe()]
                                    for row in rows if "spec" in row.replay])]
     for row in rows:

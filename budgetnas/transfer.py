@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from budgetnas.counting import count_params
 from budgetnas.errors import StorageError, UsageError
-from budgetnas.families import family_of
+from budgetnas.families import describe as describe_spec
+from budgetnas.families import family_key, family_of
 from budgetnas.space import FILL
 from budgetnas.spec import Spec
 from budgetnas.trainer import Recipe
@@ -107,7 +108,7 @@ def refit(source: Source, budget: int, input_shape: tuple[int, int, int], num_cl
         values["fill"] = low
     spec = fitted(values["fill"])
     if count_params(spec, input_shape, num_classes) > budget:  # fit guarantees it; a start must never break it
-        raise UsageError(f"{source.ref}: re-fitted spec {spec.describe()} is over the budget {budget:,}")
+        raise UsageError(f"{source.ref}: re-fitted spec {describe_spec(spec)} is over the budget {budget:,}")
     return values
 
 
@@ -150,8 +151,8 @@ def _from_config(ref: str, config: "SearchConfig") -> Source:
     from budgetnas.reproduce import resolve_config
 
     run = resolve_config(ref)
-    if run.spec.family != config.family:
-        raise UsageError(f"--transfer-from {ref} is a {run.spec.family} config; this search is {config.family}")
+    if family_key(run.spec) != config.family:  # a plug-in's spec type need not carry its family's name
+        raise UsageError(f"--transfer-from {ref} is a {family_key(run.spec)} config; this search is {config.family}")
     from budgetnas.data import dataset_info
 
     shape, classes = dataset_info(run.dataset or config.dataset, config.data_root)

@@ -29,6 +29,7 @@ import optuna
 from budgetnas import tables
 from budgetnas.counting import human_count
 from budgetnas.fmt import percent, plural
+from budgetnas.families import describe as describe_spec
 from budgetnas.families import family_of
 from budgetnas.spec import Spec
 from budgetnas.trainer import Recipe
@@ -47,7 +48,7 @@ def artifact_dir(storage_url: str) -> Path | None:
 
 def readable_attrs(spec: Spec) -> dict[str, Any]:
     """User attributes that read as an architecture in the dashboard's attribute panel."""
-    return {"architecture": spec.describe(), **family_of(spec).readable_attrs(spec)}
+    return {"architecture": describe_spec(spec), **family_of(spec).readable_attrs(spec)}
 
 
 def note(number: int, spec: Spec, recipe: Recipe, params: int, budget: int, mult_adds: int,
@@ -61,7 +62,7 @@ def note(number: int, spec: Spec, recipe: Recipe, params: int, budget: int, mult
         rows.append(["val accuracy", f"{percent(val_curve[-1])} after {plural(len(val_curve), 'epoch')}"
                      + (f" (stopped early: {stopped})" if stopped else "")])
         rows.append(["train time", f"{seconds:.1f}s"])
-    return "\n".join([f"## Trial {number}", "", f"`{spec.describe()}`", "", tables.markdown(["", ""], rows), ""])
+    return "\n".join([f"## Trial {number}", "", f"`{describe_spec(spec)}`", "", tables.markdown(["", ""], rows), ""])
 
 
 def annotate(trial: optuna.Trial, storage_url: str | None, spec: Spec, recipe: Recipe, params: int, budget: int,

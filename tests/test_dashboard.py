@@ -117,10 +117,10 @@ def test_dashboard_serves_each_trials_architecture_note_and_learning_curve(tmp_p
         study.add_trial(create_trial(values=[0.1 * len(names), 1.0], params={n: 0.1 * len(names) for n in names},
                                      distributions={n: FloatDistribution(0.0, 1.0) for n in names}))
     spec = CNNSpec(conv=(ConvBlock(12, 3, pool=2, batch_norm=True), ConvBlock(7, 5, pool=None)), fc=(20,), head="gap")
-    trial = study.ask()
-    annotate(trial, url, spec, PAPER_RECIPE, 2890, 3000, 1_234_567, [0.71, 0.8], [1.2, 0.6], 3.5)
-    study.tell(trial, [0.8, 3.5])
 
+    # Started before any trial has a learning curve (no artifact folder yet), as while a search's first trial
+    # trains: the curve stored afterwards must still be served.
+    assert not list(tmp_path.glob("*.artifacts"))
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "default"}  # show every warning there is
     server = subprocess.Popen([sys.executable, "-m", "budgetnas", "dashboard", "--storage", url, "--port", str(port)],
@@ -129,6 +129,9 @@ def test_dashboard_serves_each_trials_architecture_note_and_learning_curve(tmp_p
         deadline = time.monotonic() + 120
         base = f"http://127.0.0.1:{port}"
         study_id = get_json(f"{base}/api/studies", deadline)["study_summaries"][0]["study_id"]
+        trial = study.ask()
+        annotate(trial, url, spec, PAPER_RECIPE, 2890, 3000, 1_234_567, [0.71, 0.8], [1.2, 0.6], 3.5)
+        study.tell(trial, [0.8, 3.5])
         shown = [t for t in get_json(f"{base}/api/studies/{study_id}", deadline)["trials"]
                  if t["number"] == trial.number][0]
         body = shown["note"]["body"]

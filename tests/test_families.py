@@ -431,6 +431,64 @@ def test_plugin_family_through_search_replay_count_and_report(cli, tiny_npz, tmp
     assert_one_line_error(missing, 2, "cannot import module 'my_family'")
 
 
+MINIMAL_FAMILY = """
+import math
+from dataclasses import dataclass
+from torch import nn
+from budgetnas.families import Family
+
+
+@dataclass(frozen=True)
+class TinySpec:  # no describe(), no family attribute: the README lists neither as required
+    hidden: tuple = (32,)
+
+
+class Tiny(Family):
+    name = "tiny"
+    spec_type = TinySpec
+
+    def count_params(self, spec, input_shape, num_classes):
+        fan, total = math.prod(input_shape), 0
+        for h in spec.hidden:
+            total, fan = total + fan * h + h, h
+        return total + fan * num_classes + num_classes
+
+    def count_mult_adds(self, spec, input_shape, num_classes, batch=1):
+        return batch * self.count_params(spec, input_shape, num_classes)
+
+    def build(self, spec, input_shape, num_classes):
+        layers, fan = [nn.Flatten()], math.prod(input_shape)
+        for h in spec.hidden:
+            layers, fan = layers + [nn.Linear(fan, h), nn.ReLU()], h
+        return nn.Sequential(*layers, nn.Linear(fan, num_classes))
+
+    def sample(self, trial, budget, input_shape, num_classes, parameterisation="fit"):
+        return TinySpec((trial.suggest_int("w", 4, 32, log=True),))
+
+    def minimal_spec(self, parameterisation, input_shape):
+        return TinySpec((4,))
+"""
+
+
+@pytest.mark.slow
+def test_a_family_with_only_the_required_members_works_through_search_replay_and_transfer(cli, tiny_npz, tmp_path):
+    """Written as the README says, with none of the optional members: described by Family.describe's default
+    (no AttributeError on a spec without describe), and --transfer-from one of its configs is skipped with a
+    note (it has no params_of) instead of an internal error."""
+    (tmp_path / "minimalfam.py").write_text(MINIMAL_FAMILY, encoding="utf-8")
+    env, url = _env(tmp_path), f"sqlite:///{tmp_path / 'm.db'}"
+    args = ("search", "--budget", "20k", "--family", "minimalfam:Tiny", "--dataset", f"npz:{tiny_npz}",
+            "--epochs", "1", "--storage", url)
+    search = cli(*args, "--trials", "2", env=env, timeout=600)
+    assert search.returncode == 0 and "TinySpec(hidden=" in search.stderr, search.stderr[-2000:]
+    replay = cli("replay", "--storage", url, "--out", "best", env=env, timeout=600)
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    again = cli(*args, "--trials", "3", "--transfer-from", str(tmp_path / "best" / "spec.toml"), env=env,
+                timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "skipped: the tiny family cannot start a search from a given model" in again.stderr, again.stderr[-2000:]
+
+
 @pytest.mark.parametrize("ref, message", [
     ("nosuchmodule_xyz:Fam", "cannot import module 'nosuchmodule_xyz'"),
     ("my_family:Nope", "has no attribute 'Nope'"),

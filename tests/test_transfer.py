@@ -241,6 +241,19 @@ def test_proxy_screen_rejects_candidates_below_the_quantile_of_earlier_ones(sear
         screened += below
     assert screened >= 1
 
+    # Resumed with another proxy: its scores are on another scale, so it is judged against its own only (every
+    # candidate was rejected when grad_norm's were compared with synflow's).
+    proc = search("--trials", "22", "--objectives", "accuracy", "--sampler", "random", "--proxy", "grad_norm",
+                  "--proxy-screen", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    later = load(tmp_path).trials[len(trials):]
+    assert len(later) == 6 and all(t.user_attrs["proxy_name"] == "grad_norm" for t in later)
+    assert not [t for t in later[:MIN_SCORED] if t.user_attrs.get("rejected")]
+    for i, trial in enumerate(later[MIN_SCORED:], start=MIN_SCORED):
+        threshold = np.quantile([t.user_attrs[SCREEN_ATTR] for t in later[:i]], 0.5, method="lower")
+        assert trial.user_attrs.get("rejected", "").startswith("grad_norm") == (trial.user_attrs[SCREEN_ATTR]
+                                                                                  < threshold)
+
 
 def test_proxy_screen_never_rejects_enqueued_starts_and_fraction_zero_only_records(tiny_npz):
     from budgetnas.data import load_dataset

@@ -55,6 +55,7 @@ def check_epoch_options(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from budgetnas.cli._common import format_table, parse_seeds, print_json, progress
+    from budgetnas.families import describe as describe_spec
     from budgetnas.replay import check_writable
     from budgetnas.reproduce import PAPER_COLUMNS, override, paper_row, resolve_config, save_run, train_config
 
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     config = override(resolve_config(args.config), epochs=args.epochs, seed=args.seed, dataset=args.dataset)
     from budgetnas.fmt import epoch_line, plural
 
-    progress(f"training {config.name}: {config.spec.describe()} on {config.dataset}, "
+    progress(f"training {config.name}: {describe_spec(config.spec)} on {config.dataset}, "
              f"{plural(config.recipe.epochs, 'epoch')}")
 
     def on_epoch(e) -> None:
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_seeds(args: argparse.Namespace, config, seeds: list[int], on_epoch) -> int:
     from budgetnas.cli._common import print_json, progress, seed_table
+    from budgetnas.families import describe as describe_spec
     from budgetnas.reproduce import train_config_seeds
     from budgetnas.runs import seed_summary
 
@@ -102,7 +104,7 @@ def _run_seeds(args: argparse.Namespace, config, seeds: list[int], on_epoch) -> 
     if args.json:
         print_json({"name": config.name, **summary, "runs": [r.metrics for r in reports]})
         return 0
-    print(f"{config.name}: {config.spec.describe()}")
+    print(f"{config.name}: {describe_spec(config.spec)}")
     print(seed_table([r.metrics for r in reports], summary, places))
     return 0
 

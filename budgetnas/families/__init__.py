@@ -96,6 +96,12 @@ def family_of(spec: Any) -> Family:
     return _REGISTRY[key]
 
 
+def describe(spec: Any) -> str:
+    """One line for ``spec`` of any family, by its family (:meth:`Family.describe`): a plug-in's spec type
+    need not have a ``describe`` method, and a family may describe its specs its own way."""
+    return family_of(spec).describe(spec)
+
+
 def family_key(spec: Any) -> str:
     """The key ``spec``'s family is registered under (``cnn``, or ``package.module:Name``)."""
     family_of(spec)

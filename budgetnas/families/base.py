@@ -95,8 +95,8 @@ class Family(ABC):
     def params_of(self, spec: Any, recipe: "Recipe | None", budget: int, input_shape: Shape, num_classes: int,
                   parameterisation: str = "fit") -> dict[str, Any]:
         """Trial parameters that make ``sample`` rebuild ``spec`` exactly (used by ``--enqueue``)."""
-        raise UsageError(f"the {self.name} family cannot start a search from a given model (--enqueue): "
-                         "it has no inverse of its search space")
+        raise UsageError(f"the {self.name} family cannot start a search from a given model (--enqueue, "
+                         "--transfer-from): it has no inverse of its search space (params_of)")
 
     def nearest_in_space(self, spec: Any) -> Any:
         """The spec nearest ``spec`` that ``sample`` can produce, where a revision of the space fixed a

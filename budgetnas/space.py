@@ -320,6 +320,8 @@ def params_of(spec: Spec, recipe: Recipe | None, budget: int, input_shape: tuple
     if not DROPOUT[0] <= spec.dropout <= DROPOUT[1]:
         raise UsageError(f"{spec.describe()}: the space's dropout is {DROPOUT[0]}..{DROPOUT[1]}")
     if parameterisation == "direct":
+        check_direct_widths(spec.describe(), widths, {name: CHANNELS if name.startswith("conv") else FC_UNITS
+                                                      if name.startswith("fc") else FCN_UNITS for name in widths})
         values.update({f"{name}_{unit_names[name]}": width for name, width in widths.items()})
     else:
         values.update(fit_params(widths, params, budget, spec.describe()))
@@ -332,6 +334,16 @@ def params_of(spec: Spec, recipe: Recipe | None, budget: int, input_shape: tuple
         raise UsageError(f"{spec.describe()} is not reachable exactly in the {parameterisation} space "
                          f"(it rebuilds as {rebuilt.describe()}); use --parameterisation direct")
     return values
+
+
+def check_direct_widths(what: str, widths: dict[str, int], ranges: dict[str, tuple[int, int]]) -> None:
+    """Refuse a width outside the range the ``direct`` space samples it from (Optuna would store the enqueued
+    value anyway, outside its distribution, with a warning)."""
+    for name, width in widths.items():
+        low, high = ranges[name]
+        if not low <= width <= high:
+            raise UsageError(f"{what}: the direct space has {name} widths {low}..{high}, got {width}; "
+                             "use --parameterisation fit")
 
 
 def recipe_params(recipe: Recipe) -> dict[str, Any]:

@@ -225,3 +225,22 @@ def test_params_of_names_what_the_space_cannot_express(spec, message):
 
     with pytest.raises(UsageError, match=re.escape(message)):
         params_of(spec, None, 50_000, FMNIST, 10, "fit")
+
+
+@pytest.mark.parametrize("family, spec, message", [
+    ("cnn", CNNSpec(conv=(ConvBlock(300, batch_norm=True),)), "conv1 widths 2..256, got 300"),
+    ("cnn", CNNSpec(conv=(ConvBlock(8, batch_norm=True),), fc=(600,)), "fc1 widths 2..512, got 600"),
+    ("fcn", FCNSpec(hidden=(1,)), "hidden1 widths 2..1024, got 1"),
+    ("mbconv", None, "stage1 widths 2..256, got 300"),
+])
+def test_direct_starts_outside_the_sampled_ranges_are_refused(family, spec, message):
+    """--enqueue in the direct space: a width the space never samples would be stored outside its distribution
+    (Optuna only warns), so the inverse says why it cannot instead."""
+    from budgetnas.errors import UsageError
+    from budgetnas import MBConvSpec, Stage
+    from budgetnas.families import get_family
+
+    if spec is None:
+        spec = MBConvSpec(stem=16, stages=(Stage("plain", 300),))
+    with pytest.raises(UsageError, match=re.escape(message) + ".*--parameterisation fit"):
+        get_family(family).params_of(spec, None, 10**7, FMNIST, 10, "direct")

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from budgetnas.errors import UsageError
 from budgetnas.families.mbconv_spec import BLOCKS, MAX_EXPANSION, MBConvSpec, Stage, count_params
-from budgetnas.space import (CHANNELS, DROPOUT, FILL, RELATIVE_WIDTH, _regularisation, fit_params, fit_widths,
-                             recipe_params)
+from budgetnas.space import (CHANNELS, DROPOUT, FILL, RELATIVE_WIDTH, _regularisation, check_direct_widths,
+                             fit_params, fit_widths, recipe_params)
 
 if TYPE_CHECKING:
     from optuna.trial import BaseTrial
@@ -122,6 +122,8 @@ def params_of(spec: MBConvSpec, recipe: "Recipe | None", budget: int, input_shap
     widths = {"stem": spec.stem, **{f"stage{i}": s.out_channels for i, s in enumerate(stages, start=1)},
               **({"head": spec.head} if spec.head else {})}
     if parameterisation == "direct":
+        check_direct_widths(spec.describe(), widths,
+                            {name: HEAD_CHANNELS if name == "head" else CHANNELS for name in widths})
         values.update({f"{name}_channels": width for name, width in widths.items()})
     else:
         values.update(fit_params(widths, params, budget, spec.describe()))

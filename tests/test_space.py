@@ -244,3 +244,13 @@ def test_direct_starts_outside_the_sampled_ranges_are_refused(family, spec, mess
         spec = MBConvSpec(stem=16, stages=(Stage("plain", 300),))
     with pytest.raises(UsageError, match=re.escape(message) + ".*--parameterisation fit"):
         get_family(family).params_of(spec, None, 10**7, FMNIST, 10, "direct")
+
+
+def test_a_start_of_exactly_the_budget_has_fill_one_and_one_over_it_keeps_its_own():
+    """fill = (params + 0.5) / budget put a spec of exactly the budget at 1.000006, outside the space's (0.5, 1)
+    (Optuna warned and stored it); an over-budget start keeps its fill, so the exact check rejects it as it is."""
+    from budgetnas.space import FILL, fit_params
+
+    assert fit_params({"a": 10, "b": 20}, 1000, 1000, "x")["fill"] == FILL[1]
+    assert fit_params({"a": 10, "b": 20}, 999, 1000, "x")["fill"] == pytest.approx(0.9995)
+    assert fit_params({"a": 10, "b": 20}, 1001, 1000, "x")["fill"] == pytest.approx(1.0015)

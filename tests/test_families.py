@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -417,6 +418,16 @@ def test_plugin_family_through_search_replay_count_and_report(cli, tiny_npz, tmp
     assert "not saved" not in search.stderr  # the dashboard note of every trained trial
     study = json.loads(search.stdout)["study"]
     assert study == f"{PLUGIN}-20k-fmnist-tiny" and "wide " in json.loads(search.stdout)["front"][0]["spec"]
+    # The printed replay command names where the module came from, so that it runs as printed from any folder
+    # and shell, without the PYTHONPATH this search was started with.
+    printed = json.loads(search.stdout)["commands"]["replay"]
+    assert printed.startswith(f"PYTHONPATH={EXAMPLES}{os.pathsep}"), printed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    bare = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    pasted = subprocess.run(["bash", "-c", printed + " --out pasted --epochs 1 --json"], cwd=elsewhere, env=bare,
+                            capture_output=True, text=True, timeout=600)
+    assert pasted.returncode == 0 and json.loads(pasted.stdout)["spec"]["family"] == PLUGIN, pasted.stderr[-2000:]
     # The study names the module: replay and report rebuild the specs from the storage alone.
     replay = cli("replay", "--storage", url, "--device", "cpu", "--out", "best", "--json", env=_env(), timeout=600)
     assert replay.returncode == 0, replay.stderr

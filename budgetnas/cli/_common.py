@@ -123,6 +123,29 @@ def invocation() -> list[str]:
     return [sys.executable, "-m", "budgetnas"]
 
 
+def family_path(family: str) -> str:
+    """``PYTHONPATH=... `` to put before a printed command when the family is a plug-in module
+    (``package.module:Name``) that was imported from outside the installed packages (from ``PYTHONPATH``
+    or the current folder): pasted in another folder or shell, the command would not find it. The module's
+    import root comes first, then this run's own ``PYTHONPATH`` entries, all absolute. Else ``""``."""
+    import os
+    import shlex
+    import site
+    from pathlib import Path
+
+    module_name, colon, _ = family.partition(":")
+    file = getattr(sys.modules.get(module_name), "__file__", None) if colon else None
+    if not file:
+        return ""
+    path = Path(file).resolve()
+    root = path.parents[module_name.count(".") + (path.name == "__init__.py")]  # the folder the import starts in
+    installed = {Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    if root in installed:
+        return ""
+    entries = [str(root), *(str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    return f"PYTHONPATH={shlex.quote(os.pathsep.join(dict.fromkeys(entries)))} "
+
+
 def absolute_storage(url: str) -> str:
     """``url`` as a printed command names it: a relative SQLite or journal path made absolute (it works
     from any folder), and a URL holding a password replaced by ``$BUDGETNAS_STORAGE`` (storage.command_storage)."""

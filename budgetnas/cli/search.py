@@ -6,8 +6,8 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from budgetnas.cli._common import (absolute_storage, add_data_options, add_device_options, add_json_option,
-                                   add_storage_option, data_options, format_table, invocation, parse_duration,
-                                   print_json, progress)
+                                   add_storage_option, data_options, family_path, format_table, invocation,
+                                   parse_duration, print_json, progress)
 from budgetnas.choices import PARAMETERISATIONS, RECIPE_SPACES, SAMPLERS, VALIDATIONS
 from budgetnas.objectives import NAMES as OBJECTIVE_NAMES
 from budgetnas.stopping import PRUNERS
@@ -233,8 +233,9 @@ def commands(summary: "SearchSummary", config: "SearchConfig") -> dict[str, str]
     result = {"dashboard": shell_join([*invocation(), "dashboard", *where])}
     if summary.front:
         data_root = data_options(config.dataset, config.data_root)[2:]  # replay reads the dataset from the study
-        result["replay"] = shell_join([*invocation(), "replay", *where, "--study", summary.study,
-                                       "--trial", str(summary.front[0]["trial"]), *data_root])
+        result["replay"] = family_path(config.family) + shell_join(
+            [*invocation(), "replay", *where, "--study", summary.study, "--trial", str(summary.front[0]["trial"]),
+             *data_root])
     return result
 
 
@@ -292,4 +293,4 @@ def resume_command(args: argparse.Namespace, config: "SearchConfig") -> str:
         parts += ["--workers", str(args.workers)]
     if config.threads:
         parts += ["--threads", str(config.threads)]
-    return shell_join(parts)
+    return family_path(config.family) + shell_join(parts)

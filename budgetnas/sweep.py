@@ -520,8 +520,7 @@ def found_config(row: SweepRow, search: SearchConfig) -> RunConfig:
     if r.get("subset"):  # --replay-subset: the test figures come from a quick run on a slice
         result["replay_subset"] = r["subset"]
     result.update(row.seed_replays)  # seeds = [{seed, val_accuracy, test_accuracy, train_seconds}], the means
-    name = f"{get_family(search.family).name}-{format_budget(row.budget)}"  # a plug-in's name, not its module path
-    return RunConfig(name=f"found-{name}", dataset=search.dataset, spec=spec_from_dict(r["spec"]),
+    return RunConfig(name=f"found-{found_name(search)}", dataset=search.dataset, spec=spec_from_dict(r["spec"]),
                      recipe=Recipe.from_dict(r["recipe"]), result=result,
                      description=f"budgetnas search winner under {row.budget:,} parameters "
                                  f"({row.study} trial {row.trial})")
@@ -572,11 +571,17 @@ def write_winner(row: SweepRow, search: SearchConfig, chosen: str | int, augment
     return write_found(row, search, folder)
 
 
-def found_path(search: SearchConfig, folder: Path) -> Path:
-    """Where :func:`write_found` writes the config of ``search``'s budget: ``folder/FAMILY-BUDGET.toml``."""
+def found_name(search: SearchConfig) -> str:
+    """``FAMILY-BUDGET`` of ``search``'s winner (a plug-in's family name, not its module path): its found
+    config is ``found-FAMILY-BUDGET``, written as ``FAMILY-BUDGET.toml``."""
     from budgetnas.families import get_family
 
-    return folder / f"{get_family(search.family).name}-{format_budget(search.budget)}.toml"
+    return f"{get_family(search.family).name}-{format_budget(search.budget)}"
+
+
+def found_path(search: SearchConfig, folder: Path) -> Path:
+    """Where :func:`write_found` writes the config of ``search``'s budget."""
+    return folder / f"{found_name(search)}.toml"
 
 
 def _replayed(path: Path) -> bool:
@@ -597,7 +602,7 @@ def write_found(row: SweepRow, search: SearchConfig, folder: Path) -> Path:
 
     config = found_config(row, search)
     r = row.replay
-    short = config.name.removeprefix("found-")
+    path = found_path(search, folder)
     if "test_accuracy" not in r:
         figures = (f"Not replayed yet: {r['params']:,} parameters. When the sweep's replay ends, it rewrites this "
                    "file with the test figures.\n"
@@ -615,8 +620,8 @@ def write_found(row: SweepRow, search: SearchConfig, folder: Path) -> Path:
     if r.get("subset") and "test_accuracy" in r:
         figures += (f"Trained on a {r['subset']:,}-image slice of the training split (--replay-subset): a quick "
                     "run, not a full-length result.\n")
-    header = f"{config.description}.\n{figures}Retrain with: budgetnas train {short}.toml"
-    return save_config(config, folder / f"{short}.toml", header=header)
+    header = f"{config.description}.\n{figures}Retrain with: budgetnas train {path.name}"
+    return save_config(config, path, header=header)
 
 
 def render_markdown(family: str, dataset: str, rows: list[SweepRow]) -> str:

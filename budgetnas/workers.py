@@ -146,8 +146,9 @@ def run_workers(config: "SearchConfig", workers: int | str = DEFAULT_WORKERS,
     messages = [m for m in (last_line(p) for p in processes) if m]
     heartbeat = storage_kind(config.storage_url) != "journal"
     # Every worker has ended: a trial still RUNNING is one a killed worker left (a worker stopped by the
-    # Ctrl-C passed on to it, before or after its trial, left none, and needs no advice).
-    left = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+    # Ctrl-C passed on to it, before or after its trial, left none, and needs no advice). Read only then.
+    left = ([t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+            if not heartbeat and any(code < 0 for code in codes) else [])
     for index, code in enumerate(codes):
         if code < 0 and heartbeat:
             say(f"worker {index} was killed by signal {-code}; the trial it was running is failed and retried by "
